@@ -1,0 +1,11 @@
+"""vit_jax: the Vision Transformer family in JAX/Flax, with a config-driven trainer.
+
+    model = vit_jax.create_model('ViT-B_16', num_classes=10)
+    variables = model.init(jax.random.key(0), images)        # images [batch, 224, 224, 3]
+    logits = model.apply(variables, images, train=False)     # [batch, 10]
+"""
+
+from vit_jax.models import create_model, list_models, model_options
+
+__all__ = ['create_model', 'list_models', 'model_options']
+__version__ = '0.1.0'

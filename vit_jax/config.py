@@ -1,0 +1,212 @@
+"""Config files and command-line overrides.
+
+A config is a Python file with `get_config(arg=None) -> ml_collections.ConfigDict`, named as
+`path/to/file.py[:arg]` (e.g. `configs/vit.py:b16,cifar10`), then changed key by key with
+`--config.key=value`. Every mistake is a `ConfigError` of one line naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import os
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import ml_collections
+from ml_collections.config_dict import FieldReference
+
+from vit_jax.errors import ConfigError, ModelError
+from vit_jax.models import registry
+
+# Set by the trainer from the data (class count) and `pp.crop` (image size).
+DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` by calling the file's `get_config(arg)`."""
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path):
+        raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG], '
+                          f'e.g. --config=configs/digits.py')
+    module_spec = importlib.util.spec_from_file_location(f'_vit_jax_config_{abs(hash(path))}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise ConfigError(f'config file {path!r} has no get_config() function')
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Iterable[tuple[str, str]]) -> ml_collections.ConfigDict:
+    """Sets each dotted `key` of `config` to `value` (text, parsed as the key's type)."""
+    for key, text in overrides:
+        parts = key.split('.')
+        node = config
+        for depth, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise _unknown_key(key, '.'.join(parts[:depth]), node)
+            if depth < len(parts) - 1:
+                node = node[part]
+        value = _parse(key, text, node.get_ref(parts[-1]))
+        with node.unlocked():
+            node[parts[-1]] = value
+    return config
+
+
+def _unknown_key(key: str, prefix: str, node: Any) -> ConfigError:
+    keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    close = difflib.get_close_matches(key.split('.')[len(prefix.split('.')) if prefix else 0],
+                                      keys, n=3)
+    hint = ('; did you mean ' + ', '.join(f'--config.{_join(prefix, c)}' for c in close) + '?'
+            if close else '; see the config file for the keys it has')
+    return ConfigError(f'unknown config key --config.{key}{hint}')
+
+
+def _join(prefix: str, key: str) -> str:
+    return f'{prefix}.{key}' if prefix else key
+
+
+def _parse(key: str, text: str, ref: FieldReference) -> Any:
+    """Parses `text` as the type of the config field `ref`."""
+    kind = ref.get_type()
+    try:
+        if kind is str:
+            return text
+        if kind is bool:
+            if text.lower() in ('true', '1', 'yes'):
+                return True
+            if text.lower() in ('false', '0', 'no'):
+                return False
+            raise ValueError(text)
+        if kind in (int, float):
+            return kind(text)
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if kind in (str, int, float, bool):
+            raise ConfigError(f'--config.{key}={text!r} is not a valid {kind.__name__}') from None
+        value = text
+    if kind is not None and kind not in (type(None), object) and value is not None \
+            and not isinstance(value, kind):
+        raise ConfigError(f'--config.{key}={text!r}: expected a {kind.__name__}')
+    return value
+
+
+def model_config(name: str, **values: Any) -> ml_collections.ConfigDict:
+    """`config.model` for model `name`: every option as a typed field, unset (None) unless given.
+
+    Unset options keep the registered variant's value; `num_classes` and `img_size` come from
+    the data, so they are not here.
+    """
+    spec = registry.get_spec(name)
+    hints = typing.get_type_hints(spec.module)
+    fields = {}
+    for field in dataclasses.fields(spec.module):
+        if field.name in registry.NOT_OPTIONS or field.name in DATA_DEFINED_OPTIONS:
+            continue
+        fields[field.name] = ml_collections.config_dict.placeholder(_base_type(hints[field.name]))
+    config = ml_collections.ConfigDict(fields)
+    for key, value in values.items():
+        if key not in fields:
+            raise ModelError(f'model {name!r} has no option {key!r}')
+        config[key] = value
+    return config
+
+
+def _base_type(hint: Any) -> type:
+    """`int | None` -> int; `tuple[int, int]` -> tuple; `str` -> str."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0] if len(args) == 1 else object
+    return typing.get_origin(hint) or hint
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The options set in `config.model` (unset ones keep the variant's value)."""
+    return {k: v for k, v in config.model.items() if v is not None}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Training defaults shared by every config file (the original fine-tune recipe's names)."""
+    placeholder = ml_collections.config_dict.placeholder
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model_name = 'ViT-B_16'
+    c.model = model_config('ViT-B_16')
+    # A tfds name (cifar10, imagenet2012, ...), 'digits' (embedded, offline) or a folder
+    # root/<split>/<class>/*.jpg|png of one's own images.
+    c.dataset = 'digits'
+    c.tfds_data_dir = placeholder(str)
+    c.pp = ml_collections.ConfigDict(dict(
+        train='train', test='test', crop=224,
+        augment='inception',  # 'inception' | 'pad_crop' | 'none'
+        area_min=0.05, pad=0, flip=True))
+    c.batch = 512  # global: split over devices and accumulation steps
+    c.batch_eval = 512
+    c.shuffle_buffer = 50_000
+    c.total_steps = 10_000
+    c.accum_steps = 1
+    c.optimizer = 'sgd'  # 'sgd' (momentum) | 'adamw'
+    c.base_lr = 0.03
+    c.momentum = 0.9
+    c.optim_dtype = 'float32'  # SGD momentum / Adam moments dtype ('bfloat16' as the original)
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.weight_decay = 0.0
+    c.decay_type = 'cosine'  # 'cosine' | 'linear' | 'constant'
+    c.warmup_steps = 500
+    c.grad_norm_clip = 1.0
+    c.label_smoothing = 0.0
+    c.progress_every = 10
+    c.eval_every = 100
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    return c
+
+
+_CHOICES = {
+    'optimizer': ('sgd', 'adamw'),
+    'decay_type': ('cosine', 'linear', 'constant'),
+    'optim_dtype': ('float32', 'bfloat16'),
+    'pp.augment': ('inception', 'pad_crop', 'none'),
+}
+_POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'keep_checkpoints')
+_NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
+                 'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises a one-line `ConfigError` for a value that cannot work."""
+    def get(key: str) -> Any:
+        node = config
+        for part in key.split('.'):
+            node = node[part]
+        return node
+
+    for key, allowed in _CHOICES.items():
+        if get(key) not in allowed:
+            raise ConfigError(f'--config.{key}={get(key)!r} is not supported; choose one of '
+                              f'{allowed}')
+    for key in _POSITIVE:
+        if get(key) is None or get(key) <= 0:
+            raise ConfigError(f'--config.{key} must be > 0, got {get(key)!r}')
+    for key in _NON_NEGATIVE:
+        if get(key) is not None and get(key) < 0:
+            raise ConfigError(f'--config.{key} must be >= 0, got {get(key)!r}')
+    if config.batch % config.accum_steps:
+        raise ConfigError(f'--config.batch={config.batch} is not divisible by '
+                          f'--config.accum_steps={config.accum_steps}')
+    if config.warmup_steps >= config.total_steps:
+        raise ConfigError(f'--config.warmup_steps={config.warmup_steps} must be smaller than '
+                          f'--config.total_steps={config.total_steps}')
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f'--config.label_smoothing must be in [0, 1), got '
+                          f'{config.label_smoothing}')
+    registry.get_spec(config.model_name)

@@ -1,0 +1,90 @@
+"""Input pipeline: train and eval iterators over tfds datasets, `digits` and image folders.
+
+Importing this package does not import TensorFlow; `create_datasets` imports it when called.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from vit_jax.errors import DataError
+
+AUGMENTATIONS = ('inception', 'pad_crop', 'none')
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a dataset."""
+
+    name: str  # 'digits', a tfds name such as 'cifar10', or the folder path.
+    num_classes: int
+    num_train: int  # Examples in the train split actually used (all processes).
+    num_eval: int  # Examples in the eval split (all processes).
+    class_names: tuple[str, ...]
+
+
+def pad_batch(batch: Batch, size: int) -> Batch:
+    """Pads every array of `batch` with zeros along axis 0 up to `size` rows.
+
+    Args:
+        batch: arrays with the same leading dimension `n <= size`, e.g. `image` [n, h, w, 3] and
+            `label` [n]; an optional `mask` [n] marks which rows are real.
+        size: the batch size to pad to.
+
+    Returns:
+        The padded arrays, each [size, ...], with `mask` [size] (float32 when `batch` has none):
+        the old mask (or 1) for the first `n` rows, 0 for the padding.
+    """
+    sizes = {name: len(array) for name, array in batch.items()}
+    n = next(iter(sizes.values()))
+    if set(sizes.values()) != {n} or n > size:
+        raise ValueError(f'pad_batch needs arrays of one length <= {size}, got lengths {sizes}.')
+    batch = {'mask': np.ones(n, np.float32), **batch}
+    return {
+        name: np.pad(array, [(0, size - n)] + [(0, 0)] * (array.ndim - 1))
+        for name, array in batch.items()
+    }
+
+
+def create_datasets(
+    config: ml_collections.ConfigDict,
+) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
+    """Builds the input pipeline that `config` describes; reads this process's share of the data.
+
+    Args:
+        config: uses `dataset`, `tfds_data_dir`, `pp` (`train`, `test`, `crop`, `augment`,
+            `area_min`, `pad`, `flip`), `batch`, `batch_eval`, `shuffle_buffer` and `seed`.
+
+    Returns:
+        `(train_iterator, make_eval_iterator, info)`. The train iterator is infinite and yields
+        `image` float32 [batch / process_count, crop, crop, 3] in [-1, 1] and `label` int32
+        [batch / process_count]. `make_eval_iterator()` returns a fresh, finite iterator of
+        ceil(num_eval / batch_eval) batches of `image`, `label` and `mask` float32, each with
+        batch_eval / process_count rows; the last ones are padded, with mask 0, so that every
+        eval example counts exactly once.
+    """
+    _check_config(config)
+    from vit_jax.data import pipeline  # Imports TensorFlow, so only here.
+
+    return pipeline.create_datasets(config)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `DataError` for settings that cannot work, before TensorFlow is imported."""
+    count = jax.process_count()
+    for key in ('batch', 'batch_eval'):
+        if config[key] < 1 or config[key] % count:
+            raise DataError(
+                f'config.{key}={config[key]} must be a positive multiple of the number of '
+                f'processes ({count}); set --config.{key} to a multiple of {count}.'
+            )
+    if config.pp.crop < 1:
+        raise DataError(f'config.pp.crop={config.pp.crop} must be >= 1; set --config.pp.crop.')
+    if config.pp.augment not in AUGMENTATIONS:
+        raise DataError(
+            f'Unknown config.pp.augment={config.pp.augment!r}; use one of {AUGMENTATIONS}.'
+        )

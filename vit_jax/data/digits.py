@@ -1,0 +1,85 @@
+"""`digits`: scikit-learn's 1,797 handwritten 8x8 digits as a local tfds dataset, for offline runs.
+
+The images ship with scikit-learn, so nothing is downloaded. They are stored once as uint8 RGB
+(gray 0..16 scaled to 0..255 and replicated to 3 channels) with a fixed stratified split:
+`train` 1,437 / `test` 360 examples.
+"""
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+NAME = 'digits'
+VERSION = '1.0.0'
+NUM_TEST = 360
+DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'vit_jax', 'tensorflow_datasets')
+
+
+def images_and_labels() -> tuple[np.ndarray, np.ndarray]:
+    """Returns all digits: images uint8 [1797, 8, 8, 3] in 0..255 and labels int64 [1797]."""
+    from sklearn.datasets import load_digits  # Only needed to build; scikit-learn loads slowly.
+
+    digits = load_digits()
+    gray = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1), digits.target.astype(np.int64)
+
+
+def split_indices(labels: np.ndarray, num_test: int = NUM_TEST) -> tuple[np.ndarray, np.ndarray]:
+    """Returns sorted `(train, test)` indices; `test` holds `num_test`, stratified by label.
+
+    Each class is shuffled and its examples ranked by their position as a fraction of the class
+    size; the `num_test` lowest ranks form the test split, so every class gets its share.
+    """
+    rng = np.random.RandomState(0)  # The legacy generator's stream is frozen across NumPy versions.
+    rank = np.empty(len(labels))
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+    test = np.zeros(len(labels), bool)
+    test[np.argsort(rank, kind='stable')[:num_test]] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """Returns a builder for `digits` in `data_dir` (default ~/.cache/vit_jax/...), built once.
+
+    The dataset is written to a temporary folder and renamed into place, so concurrent callers
+    and interrupted builds never leave a partial `digits/VERSION` folder behind.
+    """
+    data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+    path = os.path.join(data_dir, NAME, VERSION)
+    if not os.path.isdir(path):
+        _build(data_dir, path)
+    return tfds.builder_from_directory(path)
+
+
+def _build(data_dir: str, path: str) -> None:
+    """Writes the dataset to a temporary folder in `data_dir`, then renames it to `path`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f'.{NAME}-', dir=data_dir)
+    try:
+        images, labels = images_and_labels()
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name=NAME,
+            version=VERSION,
+            features=tfds.features.FeaturesDict({
+                'image': tfds.features.Image(shape=(8, 8, 3)),
+                'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
+            }),
+            split_datasets={
+                split: [(int(i), {'image': images[i], 'label': labels[i]}) for i in indices]
+                for split, indices in zip(('train', 'test'), split_indices(labels), strict=True)
+            },
+            data_dir=tmp_dir,
+            description="scikit-learn's load_digits: 8x8 handwritten digits (UCI).",
+        )
+        try:
+            os.rename(os.path.join(tmp_dir, NAME, VERSION), path)
+        except OSError:
+            if not os.path.isdir(path):  # Otherwise another process finished first: keep its copy.
+                raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -1,0 +1,57 @@
+r"""Command line: trains a model from a config file.
+
+    python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=DIR --config.batch=128
+
+`--config=FILE.py[:ARG]` names the config; `--config.KEY=VALUE` (or `--config.KEY VALUE`)
+changes any key, nested keys with dots (`--config.pp.crop=224`). The run resumes from the
+latest checkpoint in `--workdir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vit_jax.errors import VitJaxError
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    """Splits `argv` into the named flags and the `--config.KEY VALUE` overrides."""
+    parser = argparse.ArgumentParser(prog='python -m vit_jax.main', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', required=True, help='config file, FILE.py[:ARG]')
+    parser.add_argument('--workdir', required=True, help='checkpoints and metrics go here')
+    args, rest = parser.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith('--config.'):
+            parser.error(f'unrecognized argument {arg!r}; overrides look like --config.KEY=VALUE')
+        key, eq, value = arg[len('--config.'):].partition('=')
+        if not eq:
+            if i + 1 >= len(rest):
+                parser.error(f'{arg} needs a value: {arg}=VALUE')
+            value, i = rest[i + 1], i + 1
+        overrides.append((key, value))
+        i += 1
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        from vit_jax import config as config_lib
+        from vit_jax import train
+
+        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+        train.train(config, args.workdir)
+    except VitJaxError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

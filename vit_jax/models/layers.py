@@ -1,0 +1,232 @@
+"""Building blocks shared by every model family: attention, MLP, drop-path, patch embedding,
+position embeddings and activations. Each idea lives here once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.errors import ModelError
+
+Array = jax.Array
+Dtype = Any
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),  # the original ViT code (flax default)
+    'gelu': lambda x: nn.gelu(x, approximate=False),  # exact erf GELU (timm, PyTorch)
+    'relu': nn.relu,
+    'silu': nn.silu,
+}
+ATTENTION_IMPLS = ('fused', 'explicit')
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+    """Returns the activation function called `name` (a key of `ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ModelError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}')
+    return ACTIVATIONS[name]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of an example with probability `rate`.
+
+    Kept examples are scaled by 1 / (1 - rate); uses the 'dropout' RNG stream.
+    """
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MlpBlock(nn.Module):
+    """Transformer feed-forward block: Dense_0 -> activation -> dropout -> Dense_1 -> dropout.
+
+    `[..., dim] -> [..., out_dim or dim]`.
+    """
+
+    hidden_dim: int
+    out_dim: int | None = None
+    dropout_rate: float = 0.0
+    act_layer: str = 'gelu_tanh'
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    bias_init: Callable = nn.initializers.normal(stddev=1e-6)
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool) -> Array:
+        out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
+        dense = lambda features, name: nn.Dense(  # noqa: E731
+            features, dtype=self.dtype, kernel_init=self.kernel_init,
+            bias_init=self.bias_init, name=name)
+        x = dense(self.hidden_dim, 'Dense_0')(x)
+        x = get_activation(self.act_layer)(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = dense(out_dim, 'Dense_1')(x)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+
+def attention_weights(q: Array, k: Array, bias: Array | None = None,
+                      mask: Array | None = None) -> Array:
+    """Softmax attention weights `[batch, heads, q_tokens, k_tokens]`, computed in float32.
+
+    `q`, `k`: `[batch, tokens, heads, head_dim]`.
+    """
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * (q.shape[-1] ** -0.5)
+    logits = logits.astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with the original ViT parameter layout.
+
+    Parameters: `query`, `key`, `value` (kernel `[dim, heads, head_dim]`) and `out`
+    (kernel `[heads, head_dim, dim]`), as in flax's `MultiHeadDotProductAttention`.
+
+    `impl='fused'` calls `jax.nn.dot_product_attention` (cuDNN flash attention on GPU);
+    `impl='explicit'` computes the softmax step by step and stores the attention weights
+    `[batch, heads, tokens, tokens]` in the 'intermediates' collection under
+    'attention_weights' (read them with `apply(..., mutable=['intermediates'])`). Both give the
+    same numbers. Attention dropout needs the weights, so while it is active the explicit path
+    is used.
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+    qkv_bias: bool = True
+    impl: str = 'fused'
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(self, x: Array, *, bias: Array | None = None, mask: Array | None = None,
+                 deterministic: bool = True) -> Array:
+        """`x`: `[batch, tokens, dim]`; `bias`, `mask`: `[batch, heads, tokens, tokens]`
+        (broadcastable)."""
+        dim = x.shape[-1]
+        if dim % self.num_heads:
+            raise ModelError(f'width {dim} is not divisible by num_heads={self.num_heads}')
+        head_dim = dim // self.num_heads
+
+        def proj(name: str) -> Array:  # [batch, tokens, heads, head_dim]
+            return nn.DenseGeneral((self.num_heads, head_dim), use_bias=self.qkv_bias,
+                                   dtype=self.dtype, kernel_init=self.kernel_init, name=name)(x)
+
+        q, k, v = proj('query'), proj('key'), proj('value')
+        dropping = self.dropout_rate > 0.0 and not deterministic
+        if self.impl == 'fused' and not dropping:
+            if bias is not None:
+                bias = bias.astype(q.dtype)
+            y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+        else:
+            weights = attention_weights(q, k, bias, mask)
+            self.sow('intermediates', 'attention_weights', weights)
+            weights = nn.Dropout(self.dropout_rate, broadcast_dims=())(
+                weights, deterministic=deterministic)
+            y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+        return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
+                               kernel_init=self.kernel_init, name='out')(y)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> float:
+    """Output length of a convolution along one axis (fractional when the stride does not fit)."""
+    return (size + 2 * padding - kernel) / stride + 1
+
+
+class PatchEmbed(nn.Module):
+    """Linear patch embedding as a strided convolution with parameters `kernel`, `bias`.
+
+    `[batch, height, width, in_chans] -> [batch, height', width', dim]`. With `kernel_size`
+    larger than `patch_size` (and `padding`), patches overlap: kernel 20, stride 16, padding 2
+    gives the same 14×14 grid at 224 px as non-overlapping 16×16 patches.
+    """
+
+    dim: int
+    patch_size: int
+    kernel_size: int | None = None
+    padding: int = 0
+    in_chans: int = 3
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.ndim != 4 or x.shape[-1] != self.in_chans:
+            raise ModelError(
+                f'expected images [batch, height, width, {self.in_chans}], got shape '
+                f'{tuple(x.shape)}; convert grayscale/RGBA images to {self.in_chans} channels '
+                f'(channels last)')
+        k = self.kernel_size or self.patch_size
+        for size in x.shape[1:3]:
+            if not conv_output_size(size, k, self.patch_size, self.padding).is_integer():
+                raise ModelError(
+                    f'image size {size} does not fit patch size {self.patch_size} (kernel {k}, '
+                    f'padding {self.padding}); use a multiple of {self.patch_size}, e.g. '
+                    f'{valid_sizes_hint(size, k, self.patch_size, self.padding)}')
+        kernel = self.param('kernel', self.kernel_init, (k, k, self.in_chans, self.dim))
+        bias = self.param('bias', nn.initializers.zeros, (self.dim,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(self.patch_size,) * 2, padding=[(self.padding,) * 2] * 2,
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        return y + bias
+
+
+def valid_sizes_hint(size: int, kernel: int, stride: int, padding: int) -> str:
+    """The two image sizes nearest to `size` that a patch embedding accepts, as text."""
+    base = kernel - 2 * padding
+    below = max(base, base + (size - base) // stride * stride)
+    return f'{below} or {below + stride}'
+
+
+class LearnedPositionEmbedding(nn.Module):
+    """Adds a learned position embedding `pos_embedding` `[1, tokens, dim]` (init N(0, 0.02))."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:])
+        return x + pe.astype(x.dtype)
+
+
+def sincos_1d(length: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 1-D sine-cosine embedding `[1, length, dim]` (sines in the first half)."""
+    if dim % 2:
+        raise ModelError(f'sincos1d position embedding needs an even width, got {dim}')
+    omega = 1.0 / temperature ** (np.arange(dim // 2) / (dim // 2))
+    angles = np.arange(length)[:, None] * omega[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)[None].astype(np.float32)
+
+
+def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sine-cosine embedding `[1, height * width, dim]` (as big_vision and MoCo v3).
+
+    The width is split in four: sin(x), cos(x), sin(y), cos(y).
+    """
+    if dim % 4:
+        raise ModelError(f'sincos2d position embedding needs a width divisible by 4, got {dim}')
+    y, x = np.mgrid[:height, :width]
+    omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4))
+    ax = x.reshape(-1)[:, None] * omega[None, :]
+    ay = y.reshape(-1)[:, None] * omega[None, :]
+    emb = np.concatenate([np.sin(ax), np.cos(ax), np.sin(ay), np.cos(ay)], axis=1)
+    return emb[None].astype(np.float32)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rate per block, rising linearly from 0 to `rate` (as timm)."""
+    return [float(r) for r in np.linspace(0.0, rate, depth)]

@@ -1,0 +1,115 @@
+"""Pure training and evaluation steps. No side effects: the loop jits and calls them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a resumed run needs: step, parameters, optimizer state, mutable model state
+    (e.g. `{'batch_stats': ...}` for BatchNorm models, `{}` for ViT) and the base RNG key."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: dict[str, Any]
+    rng: jax.Array
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+    """Initialises the model on zeros of `image_shape` `[batch, height, width, channels]`."""
+    init_rng, rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros(image_shape, jnp.float32), train=False)
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=dict(variables), rng=rng)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy `[batch]`; `labels` are class ids `[batch]`."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing) \
+        if label_smoothing else jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum_steps: int = 1,
+                    label_smoothing: float = 0.0) -> Callable[[TrainState, Batch],
+                                                              tuple[TrainState, Metrics]]:
+    """Returns `train_step(state, batch) -> (state, metrics)`.
+
+    `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}`. With `accum_steps > 1` the batch
+    is split into that many micro-batches whose gradients are averaged: the same update as the
+    whole batch at a fraction of the activation memory (BatchNorm statistics aside).
+    """
+
+    def loss_fn(params, model_state, images, labels, rng):
+        variables = {'params': params, **model_state}
+        logits, new_state = model.apply(variables, images, train=True, rngs={'dropout': rng},
+                                        mutable=list(model_state))
+        loss = cross_entropy(logits, labels, label_smoothing).mean()
+        correct = (logits.argmax(-1) == labels).mean()
+        return loss, (correct, new_state)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        if accum_steps == 1:
+            (loss, (accuracy, model_state)), grads = grad_fn(
+                state.params, state.model_state, batch['image'], batch['label'], rng)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
+
+            def accumulate(carry, inputs):
+                grads, loss, accuracy, model_state = carry
+                i, mb = inputs
+                (mb_loss, (mb_accuracy, model_state)), mb_grads = grad_fn(
+                    state.params, model_state, mb['image'], mb['label'], jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, grads, mb_grads), loss + mb_loss,
+                        accuracy + mb_accuracy, model_state), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, loss, accuracy, model_state), _ = jax.lax.scan(
+                accumulate, (zeros, 0.0, 0.0, state.model_state),
+                (jnp.arange(accum_steps), micro))
+            grads = jax.tree.map(lambda g: g / accum_steps, grads)
+            loss, accuracy = loss / accum_steps, accuracy / accum_steps
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  model_state=model_state)
+        return new_state, {'loss': loss, 'accuracy': accuracy,
+                           'grad_norm': optax.global_norm(grads)}
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+    """Returns `eval_step(state, batch) -> sums` over the examples where `batch['mask']` is 1.
+
+    Sums (not means) so that padded batches add up exactly: `{'correct', 'loss', 'count'}`.
+    """
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
+                             train=False)
+        mask = batch['mask'].astype(jnp.float32)
+        correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
+        return {'correct': (correct * mask).sum(),
+                'loss': (cross_entropy(logits, batch['label']) * mask).sum(),
+                'count': mask.sum()}
+
+    return eval_step
