@@ -12,8 +12,9 @@ def get_config():
     c = base_config()
     c.dataset = 'digits'
     c.model_name = 'ViT-Ti_16'
-    c.model = model_config('ViT-Ti_16', patch_size=2, embed_dim=64, depth=4, num_heads=4,
-                           mlp_ratio=2.0)
+    # 16x16 input (the 8x8 digits upsampled), 4x4 patches: 16 tokens of width 64.
+    c.model = model_config('ViT-Ti_16', patch_size=4, embed_dim=64, depth=4, num_heads=4,
+                           mlp_ratio=2.0, classifier='gap')
     c.pp.crop = 16
     c.pp.augment = 'pad_crop'
     c.pp.pad = 2
@@ -21,12 +22,12 @@ def get_config():
     c.batch = 128
     c.batch_eval = 512
     c.shuffle_buffer = 2_000
-    c.total_steps = 1_500
+    c.total_steps = 1_200
     c.warmup_steps = 100
     c.optimizer = 'adamw'
-    c.base_lr = 1e-3
+    c.base_lr = 4e-3
     c.weight_decay = 0.05
     c.progress_every = 100
-    c.eval_every = 500
-    c.checkpoint_every = 500
+    c.eval_every = 400
+    c.checkpoint_every = 400
     return c.lock()

@@ -1,4 +1,4 @@
-"""Shared test set-up: a small data dir for `digits`, built once per session."""
+"""Shared test set-up."""
 
 import os
 
@@ -9,5 +9,5 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='session')
 def digits_data_dir(tmp_path_factory) -> str:
-    """A tfds data dir holding the embedded `digits` dataset (built on first use)."""
+    """A tfds data dir shared by the tests that read the embedded `digits` dataset."""
     return str(tmp_path_factory.mktemp('tfds'))

@@ -50,9 +50,10 @@ class Progress:
     """A progress bar with step, loss, img/s and ETA; redrawn in place on a terminal."""
 
     def __init__(self, total_steps: int, batch: int, first_step: int = 0,
-                 stream: TextIO = sys.stdout, width: int = 24):
-        self.total, self.batch, self.stream, self.width = total_steps, batch, stream, width
-        self._tty = stream.isatty()
+                 stream: TextIO | None = None, width: int = 24):
+        self.stream = sys.stdout if stream is None else stream
+        self.total, self.batch, self.width = total_steps, batch, width
+        self._tty = self.stream.isatty()
         self._mark = (time.perf_counter(), first_step)
 
     def restart(self, step: int) -> None:

@@ -92,7 +92,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)
         return new_state, {'loss': loss, 'accuracy': accuracy,
-                           'grad_norm': optax.global_norm(grads)}
+                           'grad_norm': optax.tree.norm(grads)}
 
     return train_step
 

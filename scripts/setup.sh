@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv and installs vit_jax with the extras given (default: data,tensorboard), once:
+# later calls return at once unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-data,tensorboard}"
+if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+fi
+stamp=".venv/.installed-${extras//,/-}-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+    echo "Installing vit_jax[$extras] into .venv (about 2 minutes the first time)..."
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+    touch "$stamp"
+fi
