@@ -10,8 +10,6 @@ from vit_jax import config as config_lib
 from vit_jax import main as cli
 from vit_jax.errors import ConfigError, ModelError
 
-
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, 'configs', 'digits.py')
 
@@ -95,7 +93,8 @@ def test_cli_parses_both_override_forms():
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--config.bacth=64'], 'error: unknown config key --config.bacth; did you mean --config.batch?'),
+    (['--config.bacth=64'],
+     'error: unknown config key --config.bacth; did you mean --config.batch?'),
     (['--config.model_name=ViT-B_17'], "error: unknown model 'ViT-B_17'; did you mean ViT-B_16"),
     (['--config.pp.crop=18'], 'error: img_size=18 does not fit patch_size=4'),
 ])
