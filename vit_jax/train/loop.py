@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +38,24 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],
             'count': int(count)}
 
 
+def _compile(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
+             ) -> tuple[TrainState, Callable, Callable]:
+    """The initial state and the jitted train and eval steps, placed on `mesh`."""
+    tx = create_optimizer(config)
+    state_sharding = sharding.replicated(mesh)
+    data_sharding = sharding.batch_sharding(mesh)
+    init = functools.partial(create_train_state, model, tx,
+                             image_shape=(1, config.pp.crop, config.pp.crop, 3))
+    state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+    train_step = jax.jit(
+        make_train_step(model, tx, accum_steps=config.accum_steps,
+                        label_smoothing=config.label_smoothing),
+        in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
+        donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, data_sharding))
+    return state, train_step, eval_step
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           datasets: tuple[Iterator[dict], Callable[[], Iterator[dict]], Any] | None = None,
           ) -> dict[str, float]:
@@ -56,19 +75,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     model = models.create_model(config.model_name, **config_lib.model_overrides(config),
                                 num_classes=info.num_classes, img_size=config.pp.crop)
 
-    tx = create_optimizer(config)
     schedule = learning_rate_schedule(config)
-    state_sharding = sharding.replicated(mesh)
     data_sharding = sharding.batch_sharding(mesh)
-    init = functools.partial(create_train_state, model, tx,
-                             image_shape=(1, config.pp.crop, config.pp.crop, 3))
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
-    train_step = jax.jit(
-        make_train_step(model, tx, accum_steps=config.accum_steps,
-                        label_smoothing=config.label_smoothing),
-        in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
-        donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, data_sharding))
+    state, train_step, eval_step = _compile(config, model, mesh)
 
     is_main = jax.process_index() == 0
     checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
