@@ -8,6 +8,7 @@ without any tfds slice: `pp.train='train[:98%]'` reads all of `root/train`.
 """
 
 import difflib
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -55,14 +56,9 @@ def create_datasets(
     empty = {'image': np.zeros((0, crop, crop, 3), np.float32), 'label': np.zeros(0, np.int32)}
 
     def make_eval_iterator() -> Iterator[Batch]:
-        # Reads the tf iterator to its end (an abandoned one can stall interpreter exit), then
-        # pads with empty batches up to the count every process shares.
-        count = 0
-        for batch in test.as_numpy_iterator():
-            count += 1
+        batches = itertools.chain(test.as_numpy_iterator(), itertools.repeat(empty))
+        for batch in itertools.islice(batches, num_eval_batches):
             yield pad_batch(batch, eval_batch)
-        for _ in range(num_eval_batches - count):
-            yield pad_batch(empty, eval_batch)
 
     return train.as_numpy_iterator(), make_eval_iterator, info
 

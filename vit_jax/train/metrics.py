@@ -49,12 +49,11 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 class Progress:
     """A progress bar with step, loss, img/s and ETA; redrawn in place on a terminal."""
 
-    def __init__(self, total_steps: int, batch: int, first_step: int = 0,
-                 stream: TextIO | None = None, width: int = 24):
+    def __init__(self, total_steps: int, batch: int, stream: TextIO | None = None, width: int = 24):
         self.stream = sys.stdout if stream is None else stream
         self.total, self.batch, self.width = total_steps, batch, width
         self._tty = self.stream.isatty()
-        self._mark = (time.perf_counter(), first_step)
+        self._mark = (time.perf_counter(), 0)
 
     def restart(self, step: int) -> None:
         """Measures speed from `step` on (e.g. after the first, compiling step)."""
