@@ -1,0 +1,291 @@
+"""Checkpoint import and export for every family: `load(model, source)` and `save_npz`.
+
+`source` is a path (`.npz` in the original or big_vision layout, a PyTorch state dict as `.pth`,
+`.pt`, `.bin` or `.safetensors`) or an in-memory mapping of arrays. `load` reads it into flat
+arrays, lets the model's family map foreign names onto its own (each family file ends with its
+mapping and registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn`
+beside each model), resizes what the family knows how to resize (position embeddings), re-initialises
+a head whose class count differs, and checks every name and shape against the model.
+
+Flat keys are '/'-joined paths that start with the variable collection:
+`params/Transformer/encoder_norm/scale`, `batch_stats/stem/bn/mean`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Flat = dict[str, np.ndarray]
+Converter = Callable[[Flat, nn.Module], 'Flat | None']
+Resizer = Callable[[str, np.ndarray, tuple[int, ...], nn.Module], 'np.ndarray | None']
+COLLECTIONS = ('params', 'batch_stats')
+TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
+# Keys under which training scripts nest the state dict (timm, DeiT, Swin, ConvNeXt, DHVT, SReT).
+NESTING_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightMap:
+    """How one family reads foreign checkpoints.
+
+    `convert(arrays, model)` maps a checkpoint's flat arrays to the model's flat keys, or returns
+    None when it does not recognise the layout. `resize(key, array, shape, model)` adapts an
+    array whose shape differs (e.g. a position embedding trained at another resolution) or
+    returns None. Keys starting with one of `head` are re-initialised when their shape differs.
+    `layouts` names the accepted layouts in error messages.
+    """
+
+    convert: Converter
+    resize: Resizer | None = None
+    head: tuple[str, ...] = ('params/head/',)
+    layouts: str = ''
+
+
+_MAPPINGS: dict[type, WeightMap] = {}
+
+
+def register_mapping(module: type[nn.Module], convert: Converter, *, resize: Resizer | None = None,
+                     head: tuple[str, ...] = ('params/head/',), layouts: str = '') -> None:
+    """Registers the checkpoint mapping of a family's module class (called at the end of its file)."""
+    _MAPPINGS[module] = WeightMap(convert, resize, head, layouts)
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read(source: str | os.PathLike | Mapping[str, Any]) -> Flat:
+    """Reads a checkpoint into flat numpy arrays keyed by '/'-joined (or PyTorch '.') names.
+
+    Nested mappings are flattened with '/'; a state dict nested under 'model', 'state_dict' or
+    'module' (as training scripts save it) is unwrapped, and DataParallel's 'module.' prefix is
+    dropped.
+    """
+    if isinstance(source, Mapping):
+        return _flatten(_unwrap(source))
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise ModelError(f'weights file {path!r} does not exist')
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix == '.npz' or (suffix not in TORCH_SUFFIXES and _is_npz(path)):
+            with np.load(path, allow_pickle=False) as f:
+                return {k: np.asarray(f[k]) for k in f.files}
+        if suffix == '.safetensors':
+            from safetensors.numpy import load_file
+            return dict(load_file(path))
+        return _flatten(_unwrap(_torch_load(path)))
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- any reader failure means: not a checkpoint
+        raise ModelError(
+            f'{path!r} is not a checkpoint vit_jax can read ({type(e).__name__}: '
+            f'{str(e).splitlines()[0] if str(e) else ""}); expected an .npz, a PyTorch state dict '
+            f'(.pth, .pt, .bin) or .safetensors') from None
+
+
+def _is_npz(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith('.npy') for n in z.namelist())
+
+
+def _torch_load(path: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ModelError(f'reading the PyTorch checkpoint {path!r} needs torch: '
+                         f'pip install torch (or convert it to .safetensors)') from None
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _unwrap(tree: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in NESTING_KEYS:
+        if isinstance(tree.get(key), Mapping) and not any(
+                _is_array(v) for v in tree.values()):
+            return _unwrap(tree[key])
+    if tree and all(k.startswith('module.') for k in tree):
+        return {k[len('module.'):]: v for k, v in tree.items()}
+    return tree
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, 'shape') and hasattr(value, 'dtype')
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, 'detach'):  # torch.Tensor; bfloat16 has no numpy dtype
+        value = value.detach().cpu()
+        if not value.dtype.is_floating_point or value.dtype.itemsize >= 4:
+            return value.numpy()
+        return value.float().numpy()
+    return np.asarray(value)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> Flat:
+    flat: Flat = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + '/'))
+        elif _is_array(value) or isinstance(value, (int, float)):
+            flat[name] = _to_numpy(value)
+    return flat
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def model_shapes(model: nn.Module) -> dict[str, jax.ShapeDtypeStruct]:
+    """The model's variables as flat keys -> shapes, without computing them."""
+    images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, model.in_chans), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    return flatten_variables(shapes)
+
+
+def flatten_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """`{'params': {'a': {'b': x}}}` -> `{'params/a/b': x}`."""
+    return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(variables)).items()}
+
+
+def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
+         strict: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Loads a checkpoint into variables for `model` (`model.apply(variables, images)`).
+
+    A head whose class count differs from the checkpoint's is re-initialised (what fine-tuning
+    needs), with a log line; `strict=True` makes that, and checkpoint arrays the model does not
+    use, an error. `seed` seeds the re-initialised arrays.
+    """
+    checkpoint = read(source)
+    target = model_shapes(model)
+    mapping = _MAPPINGS.get(type(model))
+    converted = _as_own_layout(checkpoint, target)
+    if converted is None and mapping is not None:
+        converted = mapping.convert(checkpoint, model)
+    if converted is None:
+        layouts = mapping.layouts if mapping else 'its own parameter names'
+        raise ModelError(
+            f'the checkpoint is not a {type(model).__name__} checkpoint in a layout vit_jax knows '
+            f'({layouts}); its first keys are {sorted(checkpoint)[:3]}')
+    return _fit(converted, target, model, mapping or WeightMap(lambda *_: None), strict, seed)
+
+
+def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
+    """The checkpoint keyed by the model's own names, if it mostly uses them already."""
+    own = {k if k.split('/')[0] in COLLECTIONS else f'params/{k}': v
+           for k, v in checkpoint.items()}
+    return own if len(own.keys() & target.keys()) >= len(target) / 2 else None
+
+
+def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: WeightMap,
+         strict: bool, seed: int) -> dict[str, Any]:
+    name = type(model).__name__
+    out, reinit = {}, []
+    for key, spec in target.items():
+        is_head = key.startswith(mapping.head)
+        if key not in arrays:
+            if is_head and not strict:
+                reinit.append(key)
+                continue
+            missing = [k for k in target if k not in arrays]
+            raise ModelError(
+                f'the checkpoint lacks {len(missing)} of the {name} arrays, first {key!r} '
+                f'{tuple(spec.shape)}; it was saved from another model or family')
+        value = arrays[key]
+        if value.shape != tuple(spec.shape) and mapping.resize is not None:
+            resized = mapping.resize(key, value, tuple(spec.shape), model)
+            if resized is not None:
+                log.info('resized %s from %s to %s', key, value.shape, tuple(spec.shape))
+                value = resized
+        if value.shape != tuple(spec.shape):
+            if is_head and not strict:
+                reinit.append(key)
+                continue
+            hint = ('; load with strict=False to re-initialise the head' if is_head else
+                    '; it was saved from another model size or family')
+            raise ModelError(f'{key} has shape {value.shape} in the checkpoint but '
+                             f'{tuple(spec.shape)} in the {name}{hint}')
+        out[key] = np.asarray(value, dtype=spec.dtype)
+    unused = sorted(arrays.keys() - target.keys())
+    if unused and strict:
+        raise ModelError(f'the checkpoint has {len(unused)} arrays the {name} does not use, '
+                         f'first {unused[0]!r}; load with strict=False to ignore them')
+    if unused:
+        log.info('ignored %d checkpoint arrays the model does not use: %s', len(unused),
+                 ', '.join(unused[:5]))
+    if reinit:
+        log.info('re-initialised %s (the checkpoint has another class count)', ', '.join(reinit))
+        fresh = flatten_variables(_init(model, seed))
+        out.update({k: np.asarray(fresh[k]) for k in reinit})
+    return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
+
+
+def _init(model: nn.Module, seed: int) -> Any:
+    images = jnp.zeros((1, model.img_size, model.img_size, model.in_chans))
+    return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(images)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Writes variables as an `.npz` in the original layout (params keys without a prefix).
+
+    The original google-research/vision_transformer code and timm's reader of that format load
+    the result. Other collections (BatchNorm statistics) keep their collection prefix. The file
+    appears complete or not at all.
+    """
+    flat = flatten_variables(variables)
+    arrays = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
+    path = os.fspath(path)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- PyTorch layouts
+
+
+def linear(weight: np.ndarray) -> np.ndarray:
+    """PyTorch `Linear.weight` `[out, in]` -> flax `Dense.kernel` `[in, out]`."""
+    return weight.T
+
+
+def conv(weight: np.ndarray) -> np.ndarray:
+    """PyTorch conv weight `[out, in, h, w]` -> flax kernel `[h, w, in, out]`."""
+    return weight.transpose(2, 3, 1, 0)
+
+
+def attention(prefix: str, qkv_weight: np.ndarray, qkv_bias: np.ndarray | None,
+              proj_weight: np.ndarray, proj_bias: np.ndarray, num_heads: int) -> Flat:
+    """A fused PyTorch `qkv` + `proj` attention -> `layers.MultiHeadAttention` arrays under
+    `prefix` (`query`/`key`/`value` kernels `[dim, heads, head_dim]`, `out` `[heads, head_dim,
+    dim]`)."""
+    dim = proj_weight.shape[0]
+    head_dim = qkv_weight.shape[0] // 3 // num_heads
+    out = {f'{prefix}/out/kernel': proj_weight.T.reshape(num_heads, head_dim, dim),
+           f'{prefix}/out/bias': proj_bias}
+    for i, name in enumerate(('query', 'key', 'value')):
+        w = qkv_weight[i * num_heads * head_dim:(i + 1) * num_heads * head_dim]
+        out[f'{prefix}/{name}/kernel'] = w.T.reshape(dim, num_heads, head_dim)
+        if qkv_bias is not None:
+            out[f'{prefix}/{name}/bias'] = qkv_bias[
+                i * num_heads * head_dim:(i + 1) * num_heads * head_dim].reshape(num_heads, head_dim)
+    return out
+
