@@ -16,7 +16,8 @@ def import_timm():
     if _torchvision_ops is None and not hasattr(torch.ops.torchvision, 'nms'):
         _torchvision_ops = torch.library.Library('torchvision', 'DEF')
         for op in ('nms', 'qnms'):
-            _torchvision_ops.define(f'{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+            _torchvision_ops.define(
+                f'{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
     import timm
     return timm
 

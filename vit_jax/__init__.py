@@ -3,9 +3,11 @@
     model = vit_jax.create_model('ViT-B_16', num_classes=10)
     variables = model.init(jax.random.key(0), images)        # images [batch, 224, 224, 3]
     logits = model.apply(variables, images, train=False)     # [batch, 10]
+    variables = vit_jax.weights.load(model, 'ViT-B_16.npz')  # published weights, any layout
 """
 
+from vit_jax import weights
 from vit_jax.models import create_model, list_models, model_options
 
-__all__ = ['create_model', 'list_models', 'model_options']
+__all__ = ['create_model', 'list_models', 'model_options', 'weights']
 __version__ = '0.1.0'

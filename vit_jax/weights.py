@@ -4,8 +4,9 @@
 `.pt`, `.bin` or `.safetensors`) or an in-memory mapping of arrays. `load` reads it into flat
 arrays, lets the model's family map foreign names onto its own (each family file ends with its
 mapping and registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn`
-beside each model), resizes what the family knows how to resize (position embeddings), re-initialises
-a head whose class count differs, and checks every name and shape against the model.
+beside each model), resizes what the family knows how to resize (position embeddings),
+re-initialises a head whose class count differs, and checks every name and shape against the
+model.
 
 Flat keys are '/'-joined paths that start with the variable collection:
 `params/Transformer/encoder_norm/scale`, `batch_stats/stem/bn/mean`.
@@ -61,7 +62,7 @@ _MAPPINGS: dict[type, WeightMap] = {}
 
 def register_mapping(module: type[nn.Module], convert: Converter, *, resize: Resizer | None = None,
                      head: tuple[str, ...] = ('params/head/',), layouts: str = '') -> None:
-    """Registers the checkpoint mapping of a family's module class (called at the end of its file)."""
+    """Registers the checkpoint mapping of a family's module class (at the end of its file)."""
     _MAPPINGS[module] = WeightMap(convert, resize, head, layouts)
 
 
@@ -188,8 +189,10 @@ def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
 
 def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
     """The checkpoint keyed by the model's own names, if it mostly uses them already."""
-    own = {k if k.split('/')[0] in COLLECTIONS else f'params/{k}': v
-           for k, v in checkpoint.items()}
+    own = {}
+    for key, value in checkpoint.items():
+        key = key.removeprefix('opt/target/')  # checkpoints saved with flax.optim's optimizer
+        own[key if key.split('/')[0] in COLLECTIONS else f'params/{key}'] = value
     return own if len(own.keys() & target.keys()) >= len(target) / 2 else None
 
 
@@ -281,11 +284,11 @@ def attention(prefix: str, qkv_weight: np.ndarray, qkv_bias: np.ndarray | None,
     head_dim = qkv_weight.shape[0] // 3 // num_heads
     out = {f'{prefix}/out/kernel': proj_weight.T.reshape(num_heads, head_dim, dim),
            f'{prefix}/out/bias': proj_bias}
+    width = num_heads * head_dim
     for i, name in enumerate(('query', 'key', 'value')):
-        w = qkv_weight[i * num_heads * head_dim:(i + 1) * num_heads * head_dim]
-        out[f'{prefix}/{name}/kernel'] = w.T.reshape(dim, num_heads, head_dim)
+        rows = slice(i * width, (i + 1) * width)
+        out[f'{prefix}/{name}/kernel'] = qkv_weight[rows].T.reshape(dim, num_heads, head_dim)
         if qkv_bias is not None:
-            out[f'{prefix}/{name}/bias'] = qkv_bias[
-                i * num_heads * head_dim:(i + 1) * num_heads * head_dim].reshape(num_heads, head_dim)
+            out[f'{prefix}/{name}/bias'] = qkv_bias[rows].reshape(num_heads, head_dim)
     return out
 

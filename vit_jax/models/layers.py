@@ -143,6 +143,14 @@ class MultiHeadAttention(nn.Module):
                                kernel_init=self.kernel_init, name='out')(y)
 
 
+def check_images(x: Array, in_chans: int) -> None:
+    """Raises a `ModelError` unless `x` is `[batch, height, width, in_chans]`."""
+    if x.ndim != 4 or x.shape[-1] != in_chans:
+        raise ModelError(
+            f'expected images [batch, height, width, {in_chans}], got shape {tuple(x.shape)}; '
+            f'convert grayscale/RGBA images to {in_chans} channels (channels last)')
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> float:
     """Output length of a convolution along one axis (fractional when the stride does not fit)."""
     return (size + 2 * padding - kernel) / stride + 1
@@ -166,11 +174,7 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        if x.ndim != 4 or x.shape[-1] != self.in_chans:
-            raise ModelError(
-                f'expected images [batch, height, width, {self.in_chans}], got shape '
-                f'{tuple(x.shape)}; convert grayscale/RGBA images to {self.in_chans} channels '
-                f'(channels last)')
+        check_images(x, self.in_chans)
         k = self.kernel_size or self.patch_size
         for size in x.shape[1:3]:
             if not conv_output_size(size, k, self.patch_size, self.padding).is_integer():

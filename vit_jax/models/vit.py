@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
+from vit_jax.models import layers, resnet
 from vit_jax.models.registry import register
 
 CLASSIFIERS = ('token', 'gap')
@@ -95,8 +96,11 @@ class VisionTransformer(nn.Module):
     """ViT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `patch_kernel_size` > `patch_size` (with `patch_padding`) makes
-    patches overlap. `dtype` is the compute dtype; parameters stay float32. `num_classes=0`
-    returns the pooled features `[batch, embed_dim or representation_size]`.
+    patches overlap. `resnet_layers` (units per stage; `()` for the root alone) puts the hybrid's
+    ResNet (`resnet.hybrid_stem`, `resnet_width` times 64 root channels) before the patch
+    embedding, whose patches are then taken from the ResNet's feature map. `dtype` is the
+    compute dtype; parameters stay float32. `num_classes=0` returns the pooled features
+    `[batch, embed_dim or representation_size]`.
     """
 
     num_classes: int = 1000
@@ -119,6 +123,8 @@ class VisionTransformer(nn.Module):
     dtype: str = 'float32'
     in_chans: int = 3
     head_bias_init: float = 0.0
+    resnet_layers: tuple[int, ...] | None = None
+    resnet_width: float = 1.0
 
     def __post_init__(self) -> None:
         for option, value, allowed in (
@@ -139,20 +145,28 @@ class VisionTransformer(nn.Module):
     def grid(self) -> tuple[int, int]:
         """The token grid `(rows, cols)` that `img_size` gives."""
         kernel = self.patch_kernel_size or self.patch_size
-        n = layers.conv_output_size(self.img_size, kernel, self.patch_size, self.patch_padding)
+        stride = 1 if self.resnet_layers is None else resnet.hybrid_stride(self.resnet_layers)
+        n = layers.conv_output_size(self.img_size / stride, kernel, self.patch_size,
+                                    self.patch_padding)
         if n < 1 or not n.is_integer():
-            hint = layers.valid_sizes_hint(self.img_size, kernel, self.patch_size,
+            hint = layers.valid_sizes_hint(self.img_size // stride, kernel, self.patch_size,
                                            self.patch_padding)
+            hint = ' or '.join(str(int(v) * stride) for v in hint.split(' or '))
+            what = f'the ResNet stride {stride} and ' if stride > 1 else ''
             raise ModelError(
-                f'img_size={self.img_size} does not fit patch_size={self.patch_size} '
+                f'img_size={self.img_size} does not fit {what}patch_size={self.patch_size} '
                 f'(kernel {kernel}, padding {self.patch_padding}); use img_size={hint}')
         return int(n), int(n)
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        x = images
+        if self.resnet_layers is not None:
+            layers.check_images(x, self.in_chans)
+            x = resnet.hybrid_stem(x, self.resnet_layers, self.resnet_width, self.dtype)
         x = layers.PatchEmbed(self.embed_dim, self.patch_size, self.patch_kernel_size,
-                              self.patch_padding, in_chans=self.in_chans, dtype=self.dtype,
-                              name='embedding')(images)
+                              self.patch_padding, in_chans=x.shape[-1], dtype=self.dtype,
+                              name='embedding')(x)
         batch, h, w, dim = x.shape
         if self.pos_embed == 'learned' and (h, w) != self.grid:
             raise ModelError(
@@ -187,6 +201,11 @@ _SIZES = {'Ti': (192, 12, 3), 'S': (384, 12, 6), 'B': (768, 12, 12), 'L': (1024,
 _ZOO = {'Ti_16': 0.0, 'S_16': 0.0, 'S_32': 0.0, 'B_8': 0.0, 'B_16': 0.0, 'B_32': 0.0,
         'L_16': 0.1, 'L_32': 0.0, 'H_14': 0.1}
 
+# Hybrids: (ResNet units per stage, ViT size, patch size on the ResNet's feature map).
+_HYBRIDS = {'R+ViT-Ti_16': ((), 'Ti', 8), 'R26+ViT-S_32': ((2, 2, 2, 2), 'S', 1),
+            'R26+ViT-B_32': ((2, 2, 2, 2), 'B', 1), 'R50+ViT-B_16': ((3, 4, 9), 'B', 1),
+            'R50+ViT-L_32': ((3, 4, 6, 3), 'L', 1)}
+
 
 def _register_zoo() -> None:
     for variant, drop_rate in _ZOO.items():
@@ -196,8 +215,108 @@ def _register_zoo() -> None:
                       drop_rate=drop_rate)
         register(f'ViT-{variant}', VisionTransformer, **kwargs)
         register(f'ViT-{variant}-gap-norep', VisionTransformer, classifier='gap', **kwargs)
+    for name, (layers_, size, patch) in _HYBRIDS.items():
+        width, depth, heads = _SIZES[size]
+        register(name, VisionTransformer, resnet_layers=layers_, patch_size=patch, embed_dim=width,
+                 depth=depth, num_heads=heads)
     register('testing', VisionTransformer, patch_size=16, embed_dim=10, depth=1, num_heads=2,
              mlp_ratio=1.0, drop_rate=0.1)
 
 
 _register_zoo()
+
+
+# ----------------------------------------------------------------------------- weights
+# The original `.npz` uses this module's own names and needs no mapping; big_vision and timm do.
+
+_BIG_VISION_BLOCK = {'LayerNorm_0': 'LayerNorm_0', 'MultiHeadDotProductAttention_0':
+                     'MultiHeadDotProductAttention_1', 'LayerNorm_1': 'LayerNorm_2',
+                     'MlpBlock_0': 'MlpBlock_3'}
+
+
+def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
+    """big_vision names: top-level `pos_embedding`, block modules numbered from 0, blocks either
+    scanned (`encoderblock/...` with a leading layer axis) or `encoderblock_{i}/...`."""
+    out = {}
+    for key, value in ckpt.items():
+        key = key.removeprefix('params/')
+        if key == 'pos_embedding':
+            out['params/Transformer/posembed_input/pos_embedding'] = value
+        elif key.startswith('Transformer/encoderblock'):
+            block, module, rest = key.split('/', 3)[1:]
+            module = _BIG_VISION_BLOCK.get(module, module)
+            if block == 'encoderblock':  # scanned: one array per layer along axis 0
+                for i, layer in enumerate(value):
+                    out[f'params/Transformer/encoderblock_{i}/{module}/{rest}'] = layer
+            else:
+                out[f'params/Transformer/{block}/{module}/{rest}'] = value
+        else:
+            out[f'params/{key}'] = value
+    return out
+
+
+def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
+    """timm `VisionTransformer` (and hybrid) state dicts."""
+    out = {'params/Transformer/posembed_input/pos_embedding': sd.get('pos_embed'),
+           'params/cls': sd.get('cls_token'),
+           'params/embedding/kernel': weights.conv(sd['patch_embed.proj.weight']),
+           'params/embedding/bias': sd.get('patch_embed.proj.bias'),
+           'params/Transformer/encoder_norm/scale': sd.get('norm.weight'),
+           'params/Transformer/encoder_norm/bias': sd.get('norm.bias'),
+           'params/head/kernel': weights.linear(sd['head.weight']) if 'head.weight' in sd else None,
+           'params/head/bias': sd.get('head.bias')}
+    for i in range(model.depth):
+        b, t = f'blocks.{i}.', f'params/Transformer/encoderblock_{i}/'
+        if b + 'attn.qkv.weight' not in sd:
+            break
+        out.update(weights.attention(
+            t + 'MultiHeadDotProductAttention_1', sd[b + 'attn.qkv.weight'],
+            sd.get(b + 'attn.qkv.bias'), sd[b + 'attn.proj.weight'], sd[b + 'attn.proj.bias'],
+            model.num_heads))
+        for src, dst in (('norm1', 'LayerNorm_0'), ('norm2', 'LayerNorm_2')):
+            out[f'{t}{dst}/scale'], out[f'{t}{dst}/bias'] = sd[b + src + '.weight'], sd[
+                b + src + '.bias']
+        for src, dst in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
+            out[f'{t}MlpBlock_3/{dst}/kernel'] = weights.linear(sd[f'{b}mlp.{src}.weight'])
+            out[f'{t}MlpBlock_3/{dst}/bias'] = sd[f'{b}mlp.{src}.bias']
+    backbone = 'patch_embed.backbone.'
+    if backbone + 'stem.conv.weight' in sd or backbone + 'conv.weight' in sd:
+        stem = backbone + ('stem.' if backbone + 'stem.conv.weight' in sd else '')
+        out['params/conv_root/kernel'] = weights.conv(sd[stem + 'conv.weight'])
+        out['params/gn_root/scale'] = sd[stem + 'norm.weight']
+        out['params/gn_root/bias'] = sd[stem + 'norm.bias']
+        out.update(resnet.torch_stages(sd, backbone, 'params/'))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _convert(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat | None:
+    if 'patch_embed.proj.weight' in ckpt:
+        return _from_timm(ckpt, model)
+    if any(k.removeprefix('params/') == 'pos_embedding' or 'encoderblock/' in k for k in ckpt):
+        return _from_big_vision(ckpt)
+    return None
+
+
+def resize_position_embedding(key: str, value: np.ndarray, shape: tuple[int, ...],
+                              model: VisionTransformer) -> np.ndarray | None:
+    """A learned position embedding `[1, prefix + n * n, dim]` for another resolution: the class
+    token's entry kept, the grid interpolated linearly (`scipy.ndimage.zoom`, order 1), as the
+    original fine-tuning code does."""
+    if not key.endswith('posembed_input/pos_embedding') or value.shape[-1] != shape[-1]:
+        return None
+    import scipy.ndimage
+
+    prefix = 1 if model.classifier == 'token' else 0
+    tokens, grid = value[:, :prefix], value[0, prefix:]
+    old = int(round(np.sqrt(len(grid))))
+    if old * old != len(grid):
+        return None
+    h, w = model.grid
+    grid = scipy.ndimage.zoom(grid.reshape(old, old, -1), (h / old, w / old, 1), order=1)
+    return np.concatenate([tokens, grid.reshape(1, h * w, -1)], axis=1)
+
+
+weights.register_mapping(
+    VisionTransformer, _convert, resize=resize_position_embedding,
+    layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
+            'timm VisionTransformer state dicts')
