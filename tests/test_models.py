@@ -13,8 +13,8 @@ import vit_jax
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
 
-# Parameter counts of the original model zoo with a 1000-class head at 224 px
-# (google-research/vision_transformer models_test.py and the published checkpoints).
+# Parameter counts with a 1000-class head at 224 px (google-research/vision_transformer
+# models_test.py and the published checkpoints; timm for BiT).
 PARAM_COUNTS = {
     'ViT-Ti_16': 5_717_416,
     'ViT-S_16': 22_050_664,
@@ -26,6 +26,18 @@ PARAM_COUNTS = {
     'ViT-L_32': 306_535_400,
     'ViT-H_14': 632_045_800,
     'ViT-B_16-gap-norep': 86_566_120,
+    # Hybrids (original configs) and BiT (timm's resnetv2_*_bit).
+    'R+ViT-Ti_16': 6_337_704,
+    'R26+ViT-S_32': 36_431_912,
+    'R26+ViT-B_32': 101_383_976,
+    'R50+ViT-B_16': 98_659_112,
+    'R50+ViT-L_32': 328_994_856,
+    'BiT-R50x1': 25_549_352,
+    'BiT-R50x3': 217_319_080,
+    'BiT-R101x1': 44_541_480,
+    'BiT-R101x3': 387_934_888,
+    'BiT-R152x2': 236_335_208,
+    'BiT-R152x4': 936_533_224,
 }
 
 
@@ -49,7 +61,7 @@ def test_gap_variants_drop_class_token_and_its_position(name):
 def test_every_registered_name_builds():
     names = vit_jax.list_models()
     assert {'testing', *PARAM_COUNTS} <= set(names)
-    assert len(names) == 19
+    assert len(vit_jax.list_models('ViT-*')) == 18
     assert vit_jax.list_models('ViT-B_*') == ['ViT-B_16', 'ViT-B_16-gap-norep', 'ViT-B_32',
                                                'ViT-B_32-gap-norep', 'ViT-B_8',
                                                'ViT-B_8-gap-norep']
@@ -271,3 +283,14 @@ def test_model_and_train_import_without_tensorflow():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'ok'
+
+
+def test_hybrid_image_size_error_names_sizes_that_work():
+    with pytest.raises(ModelError, match=r'img_size=200 does not fit the ResNet stride 16 and '
+                                         r'patch_size=1 .*use img_size=192 or 208'):
+        vit_jax.create_model('R50+ViT-B_16', img_size=200)
+    model = vit_jax.create_model('R+ViT-Ti_16', img_size=64, num_classes=3, depth=1)
+    x = jnp.zeros((2, 64, 64, 3))
+    variables = model.init(jax.random.key(0), x)
+    assert model.apply(variables, x).shape == (2, 3)
+    assert model.grid == (2, 2)

@@ -144,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
     # root/<split>/<class>/*.jpg|png of one's own images.
     c.dataset = 'digits'
     c.tfds_data_dir = placeholder(str)
+    # Weights to start from (any layout `vit_jax.weights.load` reads: the original or big_vision
+    # .npz, timm .pth/.bin/.safetensors); the head is re-initialised when the class count differs
+    # and the position embedding resized to the crop. Ignored when resuming a checkpoint.
+    c.pretrained = placeholder(str)
     c.pp = ml_collections.ConfigDict(dict(
         train='train', test='test', crop=224,
         augment='inception',  # 'inception' | 'pad_crop' | 'none'

@@ -166,12 +166,13 @@ def flatten_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
-         strict: bool = False, seed: int = 0) -> dict[str, Any]:
+         strict: bool = False, reset_head: bool = False, seed: int = 0) -> dict[str, Any]:
     """Loads a checkpoint into variables for `model` (`model.apply(variables, images)`).
 
     A head whose class count differs from the checkpoint's is re-initialised (what fine-tuning
     needs), with a log line; `strict=True` makes that, and checkpoint arrays the model does not
-    use, an error. `seed` seeds the re-initialised arrays.
+    use, an error. `reset_head=True` re-initialises the head whatever its shape, as the original
+    fine-tuning code does. `seed` seeds the re-initialised arrays.
     """
     checkpoint = read(source)
     target = model_shapes(model)
@@ -184,7 +185,8 @@ def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
         raise ModelError(
             f'the checkpoint is not a {type(model).__name__} checkpoint in a layout vit_jax knows '
             f'({layouts}); its first keys are {sorted(checkpoint)[:3]}')
-    return _fit(converted, target, model, mapping or WeightMap(lambda *_: None), strict, seed)
+    return _fit(converted, target, model, mapping or WeightMap(lambda *_: None), strict,
+                reset_head, seed)
 
 
 def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
@@ -197,11 +199,14 @@ def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
 
 
 def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: WeightMap,
-         strict: bool, seed: int) -> dict[str, Any]:
+         strict: bool, reset_head: bool, seed: int) -> dict[str, Any]:
     name = type(model).__name__
     out, reinit = {}, []
     for key, spec in target.items():
         is_head = key.startswith(mapping.head)
+        if is_head and reset_head:
+            reinit.append(key)
+            continue
         if key not in arrays:
             if is_head and not strict:
                 reinit.append(key)
@@ -233,7 +238,8 @@ def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: Wei
         log.info('ignored %d checkpoint arrays the model does not use: %s', len(unused),
                  ', '.join(unused[:5]))
     if reinit:
-        log.info('re-initialised %s (the checkpoint has another class count)', ', '.join(reinit))
+        why = 'as asked' if reset_head else 'the checkpoint has another class count'
+        log.info('re-initialised %s (%s)', ', '.join(reinit), why)
         fresh = flatten_variables(_init(model, seed))
         out.update({k: np.asarray(fresh[k]) for k in reinit})
     return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vit_jax import config as config_lib
-from vit_jax import models
+from vit_jax import models, weights
 from vit_jax.errors import TrainingError
 from vit_jax.train import sharding
 from vit_jax.train.checkpoint import Checkpointer
@@ -56,6 +56,16 @@ def _compile(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.shar
     return state, train_step, eval_step
 
 
+def _load_pretrained(state: TrainState, model: nn.Module, path: str,
+                     mesh: jax.sharding.Mesh) -> TrainState:
+    """`state` with parameters (and BatchNorm statistics) from the weights file `path`; the head
+    starts afresh, as in the original fine-tuning recipe."""
+    variables = jax.device_put(weights.load(model, path, reset_head=True),
+                               sharding.replicated(mesh))
+    params = variables.pop('params')
+    return state.replace(params=params, model_state={**state.model_state, **variables})
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           datasets: tuple[Iterator[dict], Callable[[], Iterator[dict]], Any] | None = None,
           ) -> dict[str, float]:
@@ -90,6 +100,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
         progress.print(f'Resumed from {checkpointer.directory} at step {int(state.step)}.')
+    elif config.pretrained:
+        state = _load_pretrained(state, model, config.pretrained, mesh)
+        progress.print(f'Starting from the weights in {config.pretrained}.')
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     progress.print(f'{config.model_name}: {n_params:,} parameters; {info.num_train:,} train / '
                    f'{info.num_eval:,} eval examples of {info.name!r}, {info.num_classes} classes; '
@@ -128,7 +141,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         progress.print(
             f'Done: eval accuracy {final["accuracy"]:.4f} on {final["count"]} held-out examples '
             f'in {final["train_seconds"]:.0f}s. Checkpoints: {checkpointer.directory}; metrics: '
-            f'{writer.path} (TensorBoard: {os.path.join(workdir, "tensorboard")}).')
+            f'{writer.path} (TensorBoard: {os.path.join(workdir, "tensorboard")}); weights in '
+            f'the original .npz layout: {os.path.join(workdir, "weights.npz")}.')
         with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
             json.dump(final, f, indent=2)
+        weights.save_npz({'params': state.params, **state.model_state},
+                         os.path.join(workdir, 'weights.npz'))
     return final
