@@ -11,9 +11,12 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 import vit_jax
 from vit_jax import config as config_lib
+from vit_jax import predict
+from vit_jax.data import digits
 from vit_jax.train import checkpoint, metrics, optim, step
 from vit_jax.train.loop import train
 
@@ -25,8 +28,9 @@ def digits_config(data_dir, *overrides):
     return config_lib.apply_overrides(config, [('tfds_data_dir', data_dir), *overrides])
 
 
-def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_data_dir):
+def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_data_dir, capsys):
     # 500 steps of the main job's recipe on the real digits; eval batches of 7 divide nothing.
+    # Then the predict command classifies held-out digits with the run's weights.
     config = digits_config(digits_data_dir, ('total_steps', '500'), ('warmup_steps', '50'),
                            ('batch_eval', '7'), ('eval_every', '0'), ('checkpoint_every', '0'))
     final = train(config, str(tmp_path))
@@ -38,6 +42,19 @@ def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_data_di
     assert records[0]['train_loss'] > 3 * records[-2]['train_loss']
     assert os.listdir(tmp_path / 'tensorboard')
     assert json.loads((tmp_path / 'final_metrics.json').read_text())['count'] == 360
+
+    # The run's weights.npz, read back by the predict command with the model's preprocessing.
+    images, labels = digits.images_and_labels()
+    held_out = digits.split_indices(labels)[1][:20]
+    paths = []
+    for i in held_out:
+        paths.append(str(tmp_path / f'digit{i}.png'))
+        Image.fromarray(images[i]).save(paths[-1])
+    assert predict.main(['--workdir', str(tmp_path), '--top', '1', *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top1 = [int(line.split('. ')[1].split(' ')[0]) for line in lines if line.startswith('  1. ')]
+    assert len(top1) == 20
+    assert np.mean(np.array(top1) == labels[held_out]) >= 0.9
 
 
 def small_model_overrides():

@@ -97,6 +97,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main:
         with open(os.path.join(workdir, 'config.json'), 'w') as f:
             f.write(config.to_json_best_effort(indent=2))
+        with open(os.path.join(workdir, 'classes.txt'), 'w') as f:  # for vit_jax.predict
+            f.write(''.join(f'{name}\n' for name in info.class_names))
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
         progress.print(f'Resumed from {checkpointer.directory} at step {int(state.step)}.')

@@ -1,0 +1,53 @@
+"""The predict command: ImageNet class names, the model's own preprocessing, clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+import vit_jax
+from vit_jax import predict, weights
+
+
+def test_top5_uses_the_weights_head_and_imagenet_names(tmp_path, capsys):
+    model = vit_jax.create_model('testing', img_size=32)
+    variables = jax.tree.map(np.array, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    variables['params']['head']['bias'][[281, 285, 1]] = [9.0, 8.0, 7.0]
+    weights.save_npz(variables, tmp_path / 'w.npz')
+    image = tmp_path / 'photo.jpg'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8)).save(image)
+
+    assert predict.main(['--model=testing', f'--weights={tmp_path / "w.npz"}', '--img_size=32',
+                         str(image)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f'{image}:'
+    assert lines[1].startswith('  1. tabby, tabby cat (')
+    assert lines[2].startswith('  2. Egyptian cat (')
+    assert lines[3].startswith('  3. goldfish, Carassius auratus (')
+    assert len(lines) == 6
+
+
+def test_preprocess_resizes_crops_and_normalises_as_the_model_expects(tmp_path):
+    path = tmp_path / 'wide.png'
+    pixels = np.zeros((60, 90, 3), np.uint8)
+    pixels[:, 45:] = 255  # right half white
+    Image.fromarray(pixels).save(path)
+    cfg = {'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': (0.5, 0.25, 0.5),
+           'std': (0.5, 0.25, 0.25)}
+    x = predict.preprocess(str(path), cfg, 28)  # shorter side 60 -> 32, centre crop 28
+    assert x.shape == (28, 28, 3)
+    np.testing.assert_allclose(x[:, 0], [[-1.0, -1.0, -2.0]] * 28, atol=1e-6)
+    np.testing.assert_allclose(x[:, -1], [[1.0, 3.0, 2.0]] * 28, atol=1e-6)
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    model = vit_jax.create_model('testing', img_size=32, num_classes=0)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    weights.save_npz(variables, tmp_path / 'features.npz')
+    image = tmp_path / 'x.png'
+    image.write_text('not an image')
+    assert predict.main(['--model=testing', f'--weights={tmp_path / "features.npz"}',
+                         str(image)]) == 2
+    assert 'has no classifier head' in capsys.readouterr().err
+    assert predict.main(['--workdir', str(tmp_path), str(image)]) == 2
+    assert 'holds no config.json; is it the --workdir of a run?' in capsys.readouterr().err

@@ -1,0 +1,138 @@
+r"""Command line: the top classes of images, with each model's own preprocessing.
+
+    python -m vit_jax.predict --model=ViT-B_16 --weights=ViT-B_16.npz cat.jpg dog.png
+    python -m vit_jax.predict --workdir=runs/digits digit.png   # a run of vit_jax.main
+
+`--weights` takes any layout `vit_jax.weights.load` reads; the class count (and the ViT's
+pre-logits width) come from the file. ImageNet-1k and -21k class names ship with the package;
+`--classes=FILE` (one name per line) names other classes. With `--workdir`, the model, its options,
+its weights (`weights.npz`) and class names (`classes.txt`) come from that training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from vit_jax import models, weights
+from vit_jax.errors import VitJaxError
+
+IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
+HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')
+
+
+def class_names(num_classes: int, path: str | None = None) -> list[str]:
+    """Names from `path` (one per line), ImageNet's for 1000 or 21843 classes, else indices."""
+    if path is None and num_classes in IMAGENET_CLASSES:
+        path = importlib.resources.files('vit_jax.data') / IMAGENET_CLASSES[num_classes]
+    if path is None:
+        return [f'class {i}' for i in range(num_classes)]
+    with open(path) as f:
+        names = [line.rstrip('\n') for line in f]
+    if len(names) != num_classes:
+        raise VitJaxError(f'{path} names {len(names)} classes but the model has {num_classes}')
+    return names
+
+
+def preprocess(path: str, pretrained_cfg: dict, size: int) -> np.ndarray:
+    """Reads an image and prepares it as its model expects: shorter side resized to
+    `size / crop_pct`, centre crop `size`, RGB scaled by the model's mean and std.
+
+    Returns float32 `[size, size, 3]`.
+    """
+    from PIL import Image
+
+    try:
+        image = Image.open(path).convert('RGB')
+    except (OSError, ValueError) as e:
+        raise VitJaxError(f'cannot read image {path!r}: {e}') from None
+    scale = size / pretrained_cfg['crop_pct'] / min(image.size)
+    resample = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[
+        pretrained_cfg['interpolation']]
+    w, h = (max(size, round(d * scale)) for d in image.size)
+    image = image.resize((w, h), resample)
+    left, top = (w - size) // 2, (h - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255
+    return (pixels - np.array(pretrained_cfg['mean'])) / np.array(pretrained_cfg['std'])
+
+
+def _head_classes(arrays: weights.Flat) -> int | None:
+    for key, value in arrays.items():
+        if key.endswith(HEAD_BIASES):
+            return int(value.shape[0])
+    return None
+
+
+def load_model(name: str, weights_path: str, overrides: dict | None = None,
+               ) -> tuple[object, dict, int]:
+    """`(model, variables, num_classes)` for registered model `name` and a weights file."""
+    arrays = weights.read(weights_path)
+    overrides = dict(overrides or {})
+    num_classes = _head_classes(arrays)
+    if num_classes is None:
+        raise VitJaxError(f'{weights_path} has no classifier head (no key ending in '
+                          f'{" or ".join(HEAD_BIASES)}); it holds features only')
+    pre_logits = next((v for k, v in arrays.items() if k.endswith('pre_logits/kernel')), None)
+    if pre_logits is not None and 'representation_size' in models.model_options(name):
+        overrides.setdefault('representation_size', int(pre_logits.shape[-1]))
+    model = models.create_model(name, **{**overrides, 'num_classes': num_classes})
+    return model, weights.load(model, arrays, strict=True), num_classes
+
+
+def _from_workdir(workdir: str) -> tuple[str, dict, str, str]:
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(path):
+        raise VitJaxError(f'{workdir} holds no config.json; is it the --workdir of a run?')
+    with open(path) as f:
+        config = json.load(f)
+    options = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in config.get('model', {}).items() if v is not None}
+    options['img_size'] = config['pp']['crop']
+    classes = os.path.join(workdir, 'classes.txt')
+    return (config['model_name'], options, os.path.join(workdir, 'weights.npz'),
+            classes if os.path.isfile(classes) else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m vit_jax.predict', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...)')
+    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
+    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors)')
+    parser.add_argument('--workdir', help='a training run: model, weights and classes from it')
+    parser.add_argument('--img_size', type=int, help="input size (default: the model's)")
+    parser.add_argument('--classes', help='class names, one per line')
+    parser.add_argument('--top', type=int, default=5, help='how many classes to print')
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.workdir:
+            name, options, weights_path, classes = _from_workdir(args.workdir)
+        elif args.model and args.weights:
+            name, options, weights_path, classes = args.model, {}, args.weights, None
+        else:
+            parser.error('give --model and --weights, or --workdir')
+        if args.img_size:
+            options['img_size'] = args.img_size
+        model, variables, num_classes = load_model(name, weights_path, options)
+        names = class_names(num_classes, args.classes or classes)
+        cfg = models.get_spec(name).pretrained_cfg
+        batch = np.stack([preprocess(p, cfg, model.img_size) for p in args.images])
+        probs = np.asarray(jax.nn.softmax(model.apply(variables, batch, train=False)))
+    except VitJaxError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    for path, p in zip(args.images, probs, strict=True):
+        print(f'{path}:')
+        for rank, i in enumerate(np.argsort(-p)[:args.top], 1):
+            print(f'  {rank}. {names[i]} ({p[i]:.3f})')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
