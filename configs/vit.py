@@ -3,10 +3,13 @@
     python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=DIR
 
 The argument is `MODEL,DATASET`: MODEL is a short name (ti16, s16, s32, b8, b16, b32, l16, l32,
-h14, optionally with `-gap-norep`) or any registered name; DATASET one of the presets below, a
-tfds name or a folder `root/<split>/<class>/*.jpg`. Hyper-parameters as
-google-research/vision_transformer: batch 512, SGD momentum 0.9, base lr 0.03 (0.01 for
-b16 on cifar10), 500 warm-up steps then cosine decay, clipping at global norm 1, 384 px.
+h14, optionally with `-gap-norep`; r_ti16, r26_s32, r26_b32, r50_b16, r50_l32 for the hybrids)
+or any registered name; DATASET one of the presets below, a tfds name or a folder
+`root/<split>/<class>/*.jpg`. Hyper-parameters as google-research/vision_transformer: batch 512
+(8 accumulation steps), SGD momentum 0.9 kept in bfloat16, base lr 0.03 (0.01 for b16 on
+cifar10), 500 warm-up steps then cosine decay, clipping at global norm 1, 384 px inception
+crops and flips. Start from published weights with `--config.pretrained=PATH` (e.g. the
+ImageNet-21k `ViT-B_16.npz`); the head starts from zeros, the position embedding is resized.
 """
 
 import ml_collections
@@ -24,10 +27,18 @@ DATASETS = {
 }
 
 
+# The original config names of the hybrids (vit_jax/configs/models.py).
+HYBRIDS = {'r_ti16': 'R+ViT-Ti_16', 'r26_s32': 'R26+ViT-S_32', 'r26_b32': 'R26+ViT-B_32',
+           'r50_b16': 'R50+ViT-B_16', 'r50_l32': 'R50+ViT-L_32'}
+
+
 def model_name(short: str) -> str:
-    """`b16` -> `ViT-B_16`, `ti16-gap-norep` -> `ViT-Ti_16-gap-norep`; registered names pass."""
+    """`b16` -> `ViT-B_16`, `ti16-gap-norep` -> `ViT-Ti_16-gap-norep`, `r50_b16` ->
+    `R50+ViT-B_16`; registered names pass."""
     if short in list_models():
         return short
+    if short in HYBRIDS:
+        return HYBRIDS[short]
     base, _, suffix = short.partition('-')
     size = base.rstrip('0123456789')
     name = f'ViT-{size.capitalize() if size == "ti" else size.upper()}_{base[len(size):]}'

@@ -81,6 +81,12 @@ def test_vit_config_follows_the_original_recipe():
     s32 = config_lib.load_config(os.path.join(REPO, 'configs', 'vit.py') + ':s32,cifar100')
     assert s32.model_name == 'ViT-S_32' and s32.base_lr == 0.03
     config_lib.validate(c)
+    hybrid = config_lib.load_config(os.path.join(REPO, 'configs', 'vit.py') + ':r50_b16,'
+                                    'imagenet2012')
+    assert hybrid.model_name == 'R50+ViT-B_16'
+    assert (hybrid.total_steps, hybrid.pp.train, hybrid.pp.test) == (20_000, 'train[:99%]',
+                                                                     'validation')
+    assert c.pretrained is None
     with pytest.raises(ConfigError, match="unknown model 'b17'"):
         config_lib.load_config(os.path.join(REPO, 'configs', 'vit.py') + ':b17,cifar10')
 
