@@ -1,23 +1,24 @@
 """DHVT: exact parameter counts, the authors' logits from their state dicts and checkpoint files,
-BatchNorm statistics through the train step and checkpoints, bad input, and a short training
-run through the command line."""
+BatchNorm statistics (PyTorch's momentum; updated by a short training run through the command
+line and kept in its checkpoints), bad input."""
 
 import argparse
+import functools
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 
 import vit_jax
+from vit_jax import config as config_lib
 from vit_jax import main, weights
-from vit_jax.errors import ModelError
+from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models.dhvt import DHVT
-from vit_jax.train import checkpoint, step
+from vit_jax.train import checkpoint, metrics, optim, step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(REPO), 'shared', 'fixtures', 'reference')
@@ -120,41 +121,27 @@ def tiny(**overrides):
     return DHVT(**{**options, **overrides})
 
 
-def test_batchnorm_statistics_train_through_the_step_and_checkpoint(tmp_path):
-    # The fixture's weights (non-default running statistics) spare compiling an init.
+def test_batchnorm_statistics_update_with_pytorchs_momentum():
+    # The fixture's weights carry non-default running statistics; one training-mode forward.
     config, state_dict, images, _ = read_fixture(1)
-    model = fixture_model({**config, 'drop_path_rate': 0.1})
+    model = fixture_model(config)
     variables = weights.load(model, state_dict)
-    tx = optax.adamw(1e-3)
-    state = step.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                            opt_state=tx.init(variables['params']),
-                            model_state={'batch_stats': variables['batch_stats']},
-                            rng=jax.random.key(0))
-    batch = {'image': jnp.asarray(images), 'label': jnp.arange(len(images)) % 10}
-    new_state, metrics = jax.jit(step.make_train_step(model, tx, label_smoothing=0.1))(
-        state, batch)
-    assert np.isfinite(metrics['loss']) and int(new_state.step) == 1
-    before = weights.flatten_variables(state.model_state)
-    after = weights.flatten_variables(new_state.model_state)
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+    _, new_stats = forward(variables, images)
+    before = weights.flatten_variables({'batch_stats': variables['batch_stats']})
+    after = weights.flatten_variables(new_stats)
     assert before.keys() == after.keys() and len(after) == 2 * (1 + 3 * config['depth'])
     for key in before:
         assert not np.allclose(before[key], after[key]), key
     # Flax momentum 0.9 is PyTorch's 0.1: the first BatchNorm's running mean moves a tenth of
     # the way to the batch mean of its input (the pre-affine, then the first convolution).
     params = variables['params']['patch_embed']
-    x = batch['image'] * params['pre_affine']['scale'] + params['pre_affine']['bias']
+    x = images * params['pre_affine']['scale'] + params['pre_affine']['bias']
     conv = jax.lax.conv_general_dilated(x, params['conv_0']['kernel'], (2, 2), [(1, 1)] * 2,
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     key = 'batch_stats/patch_embed/bn_0/mean'
     np.testing.assert_allclose(after[key], 0.9 * before[key] + 0.1 * conv.mean((0, 1, 2)),
                                rtol=1e-5, atol=1e-6)
-
-    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1)
-    ckpt.maybe_save(1, new_state, force=True)
-    ckpt.close()
-    restored = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1).restore(state)
-    for key, value in weights.flatten_variables(restored.model_state).items():
-        np.testing.assert_array_equal(value, after[key], err_msg=key)
 
 
 @pytest.mark.parametrize('patch_size', [1, 8, 14, 32])
@@ -177,18 +164,47 @@ def test_image_size_not_divisible_is_a_clear_error():
         tiny(num_heads=5)
 
 
-def test_short_training_run_on_digits(tmp_path, digits_data_dir, capsys):
-    workdir = tmp_path / 'run'
-    code = main.main([
-        '--config=' + os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar_patch4,digits',
-        f'--workdir={workdir}', f'--config.tfds_data_dir={digits_data_dir}',
-        '--config.model.embed_dim=16', '--config.model.depth=1', '--config.model.num_heads=2',
-        '--config.batch=32', '--config.total_steps=12', '--config.warmup_steps=2',
-        '--config.progress_every=6', '--config.eval_every=0', '--config.checkpoint_every=12'])
-    assert code == 0, capsys.readouterr().err
-    records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-    losses = [r['train_loss'] for r in records if 'train_loss' in r]
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    final = json.loads((workdir / 'final_metrics.json').read_text())
-    assert final['count'] == 360
-    assert checkpoint.Checkpointer(str(workdir), every=12, keep=1).latest_step() == 12
+def test_config_is_the_authors_cifar_recipe():
+    c = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') +
+                               ':tiny_cifar_patch4,cifar100')
+    config_lib.validate(c)
+    assert c.model_name == 'dhvt_tiny_cifar_patch4' and c.model.drop_path_rate == 0.1
+    assert (c.optimizer, c.weight_decay, c.label_smoothing, c.decay_type) == \
+        ('adamw', 0.05, 0.1, 'cosine')
+    assert (c.batch, c.base_lr, c.grad_norm_clip, c.pp.crop, c.pp.pad) == (512, 1e-3, 0.0, 32, 4)
+    assert (c.total_steps, c.warmup_steps) == (29_297, 489)  # 300 and 5 epochs of 50,000
+    imagenet = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') +
+                                      ':dhvt_small_imagenet_patch16,imagenet2012')
+    assert (imagenet.pp.crop, imagenet.batch, imagenet.base_lr) == (224, 1024, 1e-3)
+    with pytest.raises(ConfigError, match='unknown DHVT variant .*tiny_cifar_patch4'):
+        config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar,cifar10')
+
+
+def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
+        tmp_path, digits_data_dir, capsys):
+    # The standard trainer (make_train_step, Checkpointer) through the command line, 12 steps.
+    workdir = str(tmp_path / 'run')
+    spec = os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar_patch4,digits'
+    overrides = [('tfds_data_dir', digits_data_dir), ('model.embed_dim', '16'),
+                 ('model.depth', '1'), ('model.num_heads', '2'), ('batch', '32'),
+                 ('total_steps', '12'), ('warmup_steps', '2'), ('progress_every', '6'),
+                 ('eval_every', '0'), ('checkpoint_every', '12')]
+    argv = [f'--config={spec}', f'--workdir={workdir}']
+    argv += [f'--config.{key}={value}' for key, value in overrides]
+    assert main.main(argv) == 0, capsys.readouterr().err
+    losses = [r['train_loss'] for r in metrics.read_metrics(workdir) if 'train_loss' in r]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert json.loads(open(os.path.join(workdir, 'final_metrics.json')).read())['count'] == 360
+
+    config = config_lib.apply_overrides(config_lib.load_config(spec), overrides)
+    model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
+                                 num_classes=10, img_size=16)
+    template = jax.eval_shape(functools.partial(
+        step.create_train_state, model, optim.create_optimizer(config),
+        image_shape=(1, 16, 16, 3)), jax.random.key(0))
+    restored = checkpoint.Checkpointer(workdir, every=12, keep=1).restore(template)
+    assert int(restored.step) == 12
+    stats = weights.flatten_variables(restored.model_state)
+    assert len(stats) == 2 * (2 + 3) and all(np.isfinite(v).all() for v in stats.values())
+    for key, value in stats.items():  # moved away from their init (mean 0, variance 1)
+        assert not np.allclose(value, 0.0 if key.endswith('mean') else 1.0), key
