@@ -14,6 +14,7 @@ Flat keys are '/'-joined paths that start with the variable collection:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -112,7 +113,9 @@ def _torch_load(path: str) -> Any:
     except ImportError:
         raise ModelError(f'reading the PyTorch checkpoint {path!r} needs torch: '
                          f'pip install torch (or convert it to .safetensors)') from None
-    return torch.load(path, map_location='cpu', weights_only=True)
+    # DeiT-style training scripts (DHVT, SReT, ...) save their argparse options beside the model.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def _unwrap(tree: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,0 +1,203 @@
+"""DHVT: exact parameter counts, the authors' logits from their state dicts and checkpoint files,
+BatchNorm statistics (PyTorch's momentum; updated by a short training run through the command
+line and kept in its checkpoints), bad input."""
+
+import argparse
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import vit_jax
+from vit_jax import config as config_lib
+from vit_jax import main, weights
+from vit_jax.errors import ConfigError, ModelError
+from vit_jax.models.dhvt import DHVT
+from vit_jax.train import checkpoint, metrics, optim, step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The authors' models (ArieSeirack/DHVT vision_transformer.py) with each dataset's class count.
+PARAM_COUNTS = {
+    'dhvt_tiny_cifar_patch4': 6_008_650,
+    'dhvt_small_cifar_patch4': 23_425_450,
+    'dhvt_tiny_cifar_patch2': 5_845_162,
+    'dhvt_small_cifar_patch2': 22_766_698,
+    'dhvt_tiny_domain_patch16': 6_105_975,
+    'dhvt_small_domain_patch16': 23_788_431,
+    'dhvt_tiny_imagenet_patch16': 6_267_334,
+    'dhvt_small_imagenet_patch16': 24_040_606,
+}
+
+
+def fixture_path(seed):
+    return os.path.join(REPO, 'tests', 'fixtures', 'reference', f'dhvt_seed{seed}.npz')
+
+
+def read_fixture(seed):
+    with np.load(fixture_path(seed)) as f:
+        config = json.loads(str(f['config']))
+        state_dict = {k.removeprefix('sd/'): f[k] for k in f.files if k.startswith('sd/')}
+        return config, state_dict, f['input'], f['logits']
+
+
+def fixture_model(config):
+    assert config['family'] == 'dhvt'
+    return DHVT(**{k: v for k, v in config.items() if k not in ('family', 'seed')})
+
+
+def eval_logits(model, variables, images):
+    return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+
+
+def test_parameter_counts():
+    assert vit_jax.list_models('dhvt_*') == sorted(PARAM_COUNTS)
+    for name, expected in PARAM_COUNTS.items():
+        model = vit_jax.create_model(name)
+        images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, 3), jnp.float32)
+        shapes = jax.eval_shape(lambda x, m=model: m.init(jax.random.key(0), x), images)
+        assert sum(x.size for x in jax.tree.leaves(shapes['params'])) == expected, name
+        assert set(shapes) == {'params', 'batch_stats'}
+
+
+def test_pretrained_cfg_is_the_authors_preprocessing():
+    cfg = vit_jax.models.get_spec('dhvt_tiny_cifar_patch4').pretrained_cfg
+    assert cfg['input_size'] == (32, 32, 3) and cfg['mean'] == (0.485, 0.456, 0.406)
+    assert vit_jax.models.get_spec('dhvt_small_imagenet_patch16').pretrained_cfg['input_size'] == \
+        (224, 224, 3)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_authors_state_dict_reproduces_their_logits(seed):
+    config, state_dict, images, expected = read_fixture(seed)
+    model = fixture_model(config)
+    variables = weights.load(model, state_dict, strict=True)
+    logits = eval_logits(model, variables, images)
+    diff = np.abs(logits - expected).max()
+    print(f'dhvt_seed{seed}: max abs diff {diff:.3g}')
+    assert diff <= 1e-4
+
+
+def test_authors_training_checkpoint_file_loads(tmp_path):
+    # main.py saves {'model', 'optimizer', 'epoch', 'model_ema', 'args', ...}; SyncBatchNorm has
+    # BatchNorm's names and num_batches_tracked is not a model variable.
+    config, state_dict, _, _ = read_fixture(1)
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    path = tmp_path / 'checkpoint.pth'
+    torch.save({'model': tensors, 'optimizer': {'state': {}, 'param_groups': []}, 'epoch': 299,
+                'model_ema': tensors, 'args': argparse.Namespace(model='dhvt_tiny_cifar_patch2')},
+               path)
+    model = fixture_model(config)
+    from_file = weights.flatten_variables(weights.load(model, path, strict=True))
+    from_dict = weights.flatten_variables(weights.load(model, state_dict, strict=True))
+    assert from_file.keys() == from_dict.keys()
+    assert any(k.startswith('batch_stats/patch_embed/bn_0/') for k in from_file)
+    for key, value in from_dict.items():
+        np.testing.assert_array_equal(from_file[key], value, err_msg=key)
+
+
+@pytest.mark.slow
+def test_explicit_attention_agrees_with_fused():
+    config, state_dict, images, expected = read_fixture(2)
+    model = fixture_model({**config, 'attn_impl': 'explicit'})
+    variables = weights.load(model, state_dict)
+    np.testing.assert_allclose(eval_logits(model, variables, images), expected, atol=1e-4)
+
+
+def tiny(**overrides):
+    options = dict(num_classes=4, img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    return DHVT(**{**options, **overrides})
+
+
+def test_batchnorm_statistics_update_with_pytorchs_momentum():
+    # The fixture's weights carry non-default running statistics; one training-mode forward.
+    config, state_dict, images, _ = read_fixture(1)
+    model = fixture_model(config)
+    variables = weights.load(model, state_dict)
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+    _, new_stats = forward(variables, images)
+    before = weights.flatten_variables({'batch_stats': variables['batch_stats']})
+    after = weights.flatten_variables(new_stats)
+    assert before.keys() == after.keys() and len(after) == 2 * (1 + 3 * config['depth'])
+    for key in before:
+        assert not np.allclose(before[key], after[key]), key
+    # Flax momentum 0.9 is PyTorch's 0.1: the first BatchNorm's running mean moves a tenth of
+    # the way to the batch mean of its input (the pre-affine, then the first convolution).
+    params = variables['params']['patch_embed']
+    x = images * params['pre_affine']['scale'] + params['pre_affine']['bias']
+    conv = jax.lax.conv_general_dilated(x, params['conv_0']['kernel'], (2, 2), [(1, 1)] * 2,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    key = 'batch_stats/patch_embed/bn_0/mean'
+    np.testing.assert_allclose(after[key], 0.9 * before[key] + 0.1 * conv.mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('patch_size', [1, 8, 14, 32])
+def test_unsupported_patch_size_names_the_allowed_ones(patch_size):
+    with pytest.raises(ModelError, match=rf'patch_size={patch_size} .*\[2, 4, 16\]'):
+        tiny(patch_size=patch_size)
+    with pytest.raises(ModelError, match=r'patch_size in \[2, 4, 16\]'):
+        vit_jax.create_model('dhvt_tiny_cifar_patch4', patch_size=patch_size)
+
+
+def test_image_size_not_divisible_is_a_clear_error():
+    with pytest.raises(ModelError, match='image size 30 is not a multiple of the DHVT patch '
+                                         'size 4; use 28 or 32'):
+        tiny(img_size=30)
+    with pytest.raises(ModelError, match='image size 20 is not a multiple .* 16; use 16 or 32'):
+        vit_jax.create_model('dhvt_tiny_imagenet_patch16', img_size=20)
+    with pytest.raises(ModelError, match='image size 18 is not a multiple'):
+        tiny().init(jax.random.key(0), jnp.zeros((1, 18, 18, 3)))
+    with pytest.raises(ModelError, match='num_heads=5'):
+        tiny(num_heads=5)
+
+
+def test_config_is_the_authors_cifar_recipe():
+    c = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') +
+                               ':tiny_cifar_patch4,cifar100')
+    config_lib.validate(c)
+    assert c.model_name == 'dhvt_tiny_cifar_patch4' and c.model.drop_path_rate == 0.1
+    assert (c.optimizer, c.weight_decay, c.label_smoothing, c.decay_type) == \
+        ('adamw', 0.05, 0.1, 'cosine')
+    assert (c.batch, c.base_lr, c.grad_norm_clip, c.pp.crop, c.pp.pad) == (512, 1e-3, 0.0, 32, 4)
+    assert (c.total_steps, c.warmup_steps) == (29_297, 489)  # 300 and 5 epochs of 50,000
+    imagenet = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') +
+                                      ':dhvt_small_imagenet_patch16,imagenet2012')
+    assert (imagenet.pp.crop, imagenet.batch, imagenet.base_lr) == (224, 1024, 1e-3)
+    with pytest.raises(ConfigError, match='unknown DHVT variant .*tiny_cifar_patch4'):
+        config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar,cifar10')
+
+
+def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
+        tmp_path, digits_data_dir, capsys):
+    # The standard trainer (make_train_step, Checkpointer) through the command line, 12 steps.
+    workdir = str(tmp_path / 'run')
+    spec = os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar_patch4,digits'
+    overrides = [('tfds_data_dir', digits_data_dir), ('model.embed_dim', '16'),
+                 ('model.depth', '1'), ('model.num_heads', '2'), ('batch', '32'),
+                 ('total_steps', '12'), ('warmup_steps', '2'), ('progress_every', '6'),
+                 ('eval_every', '0'), ('checkpoint_every', '12')]
+    argv = [f'--config={spec}', f'--workdir={workdir}']
+    argv += [f'--config.{key}={value}' for key, value in overrides]
+    assert main.main(argv) == 0, capsys.readouterr().err
+    losses = [r['train_loss'] for r in metrics.read_metrics(workdir) if 'train_loss' in r]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert json.loads(open(os.path.join(workdir, 'final_metrics.json')).read())['count'] == 360
+
+    config = config_lib.apply_overrides(config_lib.load_config(spec), overrides)
+    model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
+                                 num_classes=10, img_size=16)
+    template = jax.eval_shape(functools.partial(
+        step.create_train_state, model, optim.create_optimizer(config),
+        image_shape=(1, 16, 16, 3)), jax.random.key(0))
+    restored = checkpoint.Checkpointer(workdir, every=12, keep=1).restore(template)
+    assert int(restored.step) == 12
+    stats = weights.flatten_variables(restored.model_state)
+    assert len(stats) == 2 * (2 + 3) and all(np.isfinite(v).all() for v in stats.values())
+    for key, value in stats.items():  # moved away from their init (mean 0, variance 1)
+        assert not np.allclose(value, 0.0 if key.endswith('mean') else 1.0), key

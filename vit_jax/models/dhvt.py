@@ -1,0 +1,337 @@
+"""DHVT: Dynamic Hybrid Vision Transformer (Lu et al., NeurIPS 2022), as the authors' code
+(ArieSeirack/DHVT `vision_transformer.py`, `VisionTransformer(apply_dhvt=True)`).
+
+A ViT for small datasets with three changes and no absolute position embedding:
+- SOPE (`SequentialPatchEmbed`): a learnable per-channel affine, a stack of 3x3 stride-2
+  convolutions with BatchNorm (GELU between), another affine. Patch size 2, 4 or 16 means 1, 2
+  or 4 convolutions.
+- DAFF (`DynamicAggregationFeedForward`): the MLP with convolutions on the patch grid
+  (1x1 -> BN -> GELU, depthwise 3x3 -> BN -> GELU with a shortcut, 1x1 -> BN); the patch
+  average rescales the class token through a squeeze-excitation.
+- HI-MHSA (`HeadInteractingAttention`): one extra token per head, made from that head's channel
+  group averaged over all tokens, takes part in attention and is then averaged into the class
+  token and dropped.
+
+BatchNorm statistics live in the `batch_stats` collection; under `jax.jit` over a sharded batch
+they are computed over the global batch, as the authors' SyncBatchNorm.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import weights
+from vit_jax.errors import ModelError
+from vit_jax.models import layers
+from vit_jax.models.registry import register
+
+# Patch size -> number of 3x3 stride-2 convolutions in SOPE.
+SOPE_CONVS = {2: 1, 4: 2, 16: 4}
+DTYPES = ('float32', 'bfloat16', 'float16')
+# The authors' init: Linear weights trunc_normal(std=.02), class token and head-token
+# position embeddings too; convolutions keep PyTorch's default init.
+dense_init = nn.initializers.truncated_normal(0.02)
+conv_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def conv_bias_init(fan_in: int) -> Callable:
+    """PyTorch's default convolution bias init: uniform in +-1/sqrt(fan_in)."""
+    bound = 1 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound)
+
+
+def batch_norm(train: bool, dtype: str, name: str) -> nn.BatchNorm:
+    """BatchNorm as PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                        name=name)
+
+
+class Affine(nn.Module):
+    """Learnable per-channel `x * scale + bias` (init 1 and 0): `[..., channels]`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+        bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+        return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
+class SequentialPatchEmbed(nn.Module):
+    """SOPE: `[batch, height, width, in_chans] -> [batch, height / p, width / p, embed_dim]`.
+
+    Convolution `i` of `n` has `embed_dim / 2**(n - 1 - i)` channels; GELU follows every
+    convolution but the last (and the single one of patch size 2).
+    """
+
+    embed_dim: int
+    patch_size: int
+    dtype: str = 'float32'
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        n = SOPE_CONVS[self.patch_size]
+        x = Affine(name='pre_affine')(x)
+        for i in range(n):
+            x = nn.Conv(self.embed_dim // 2 ** (n - 1 - i), (3, 3), strides=2, padding=1,
+                        use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                        name=f'conv_{i}')(x)
+            x = batch_norm(train, self.dtype, f'bn_{i}')(x)
+            if i < n - 1 or n == 1:
+                x = nn.gelu(x, approximate=False)
+        return Affine(name='post_affine')(x)
+
+
+class DynamicAggregationFeedForward(nn.Module):
+    """DAFF: `[batch, 1 + rows * cols, dim] -> [batch, 1 + rows * cols, dim]`.
+
+    The first token is the class token; the others form the `grid` `(rows, cols)`.
+    """
+
+    hidden_dim: int
+    grid: tuple[int, int]
+    dtype: str = 'float32'
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        batch, _, dim = x.shape
+        gelu = lambda y: nn.gelu(y, approximate=False)  # noqa: E731
+
+        def conv(features: int, kernel: int, fan_in: int, name: str, **kw) -> nn.Conv:
+            return nn.Conv(features, (kernel, kernel), padding=(kernel - 1) // 2,
+                           kernel_init=conv_init, bias_init=conv_bias_init(fan_in),
+                           dtype=self.dtype, name=name, **kw)
+
+        cls, tokens = x[:, :1], x[:, 1:]
+        y = tokens.reshape(batch, *self.grid, dim)  # [batch, rows, cols, dim]
+        y = gelu(batch_norm(train, self.dtype, 'bn1')(conv(self.hidden_dim, 1, dim, 'conv1')(y)))
+        shortcut = y
+        y = conv(self.hidden_dim, 3, 9, 'conv2', feature_group_count=self.hidden_dim)(y)
+        y = shortcut + gelu(batch_norm(train, self.dtype, 'bn2')(y))
+        y = batch_norm(train, self.dtype, 'bn3')(conv(dim, 1, self.hidden_dim, 'conv3')(y))
+        dense = lambda features, name: nn.Dense(  # noqa: E731
+            features, kernel_init=dense_init, dtype=self.dtype, name=name)
+        weight = y.mean(axis=(1, 2))[:, None]  # [batch, 1, dim]
+        weight = dense(dim, 'excitation')(gelu(dense(dim // 4, 'compress')(weight)))
+        return jnp.concatenate([cls * weight, y.reshape(batch, -1, dim)], axis=1)
+
+
+class HeadInteractingAttention(nn.Module):
+    """HI-MHSA: `[batch, tokens, dim] -> [batch, tokens, dim]`, token 0 the class token.
+
+    Head token `h` is the mean over all tokens of channel group `h`, projected to `dim`
+    (`ht_proj`), normalised per group (`ht_norm`, LayerNorm eps 1e-5), GELU'd, plus its own
+    learned embedding `head_pos_embed`. After attention (`attn`, the shared
+    `MultiHeadAttention`) over tokens and head tokens, the head tokens' mean is added to the
+    class token and they are dropped.
+    """
+
+    num_heads: int
+    qkv_bias: bool = True
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    attn_impl: str = 'fused'
+    dtype: str = 'float32'
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        batch, tokens, dim = x.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        groups = x.reshape(batch, tokens, heads, head_dim).mean(axis=1)  # [batch, heads, hd]
+        ht = nn.Dense(dim, kernel_init=dense_init, dtype=self.dtype, name='ht_proj')(groups)
+        ht = ht.reshape(batch, heads, heads, head_dim)
+        ht = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='ht_norm')(ht)
+        ht = nn.gelu(ht, approximate=False).reshape(batch, heads, dim)
+        pos = self.param('head_pos_embed', dense_init, (1, heads, dim))
+        ht = ht + pos.astype(ht.dtype)
+        y = layers.MultiHeadAttention(
+            heads, dropout_rate=self.attn_dropout_rate, qkv_bias=self.qkv_bias,
+            impl=self.attn_impl, dtype=self.dtype, kernel_init=dense_init, name='attn',
+        )(jnp.concatenate([x, ht], axis=1), deterministic=deterministic)
+        cls = y[:, :1] + y[:, tokens:].mean(axis=1, keepdims=True)
+        y = jnp.concatenate([cls, y[:, 1:tokens]], axis=1)
+        return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class DHVTBlock(nn.Module):
+    """Pre-norm block, HI-MHSA then DAFF: `[batch, 1 + rows * cols, dim]` in and out."""
+
+    num_heads: int
+    mlp_dim: int
+    grid: tuple[int, int]
+    qkv_bias: bool = True
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    attn_impl: str = 'fused'
+    dtype: str = 'float32'
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        drop_path = layers.DropPath(self.drop_path_rate)
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm1')(x)
+        y = HeadInteractingAttention(
+            self.num_heads, self.qkv_bias, self.dropout_rate, self.attn_dropout_rate,
+            self.attn_impl, self.dtype, name='attn')(y, deterministic=not train)
+        x = x + drop_path(y, deterministic=not train)
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm2')(x)
+        y = DynamicAggregationFeedForward(self.mlp_dim, self.grid, self.dtype, name='mlp')(
+            y, train=train)
+        return x + drop_path(y, deterministic=not train)
+
+
+class DHVT(nn.Module):
+    """DHVT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
+
+    Options use the authors' (timm) names. `patch_size` is 2, 4 or 16; the image sides must be
+    multiples of it. `drop_rate` drops the attention output (the authors' DAFF ignores it).
+    `num_classes=0` returns the class token's features `[batch, embed_dim]`.
+    """
+
+    num_classes: int = 100
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    attn_impl: str = 'fused'
+    dtype: str = 'float32'
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        if self.patch_size not in SOPE_CONVS:
+            raise ModelError(f'DHVT patch_size={self.patch_size} is not supported: SOPE takes '
+                             f'patch_size in {sorted(SOPE_CONVS)}')
+        for option, value, allowed in (('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+                                       ('dtype', self.dtype, DTYPES)):
+            if value not in allowed:
+                raise ModelError(f'{option}={value!r} is not supported; choose one of {allowed}')
+        if self.embed_dim % self.num_heads:
+            raise ModelError(f'embed_dim={self.embed_dim} is not divisible by '
+                             f'num_heads={self.num_heads}')
+        _check_image_size(self.img_size, self.patch_size)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        if images.ndim != 4 or images.shape[-1] != self.in_chans:
+            raise ModelError(
+                f'expected images [batch, height, width, {self.in_chans}], got shape '
+                f'{tuple(images.shape)}; convert them to {self.in_chans} channels (channels last)')
+        for size in images.shape[1:3]:
+            _check_image_size(size, self.patch_size)
+        x = SequentialPatchEmbed(self.embed_dim, self.patch_size, self.dtype,
+                                 name='patch_embed')(images, train=train)
+        batch, rows, cols, dim = x.shape
+        cls = self.param('cls', dense_init, (1, 1, dim))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, dim)),
+                             x.reshape(batch, rows * cols, dim)], axis=1)
+        for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
+            x = DHVTBlock(
+                self.num_heads, int(self.embed_dim * self.mlp_ratio), (rows, cols),
+                qkv_bias=self.qkv_bias, dropout_rate=self.drop_rate,
+                attn_dropout_rate=self.attn_drop_rate, drop_path_rate=rate,
+                attn_impl=self.attn_impl, dtype=self.dtype, name=f'blocks_{i}')(x, train=train)
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x)[:, 0]
+        if self.num_classes:
+            x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
+                         name='head')(x)
+        return x.astype(jnp.float32)
+
+
+def _check_image_size(size: int, patch_size: int) -> None:
+    if size < patch_size or size % patch_size:
+        below = max(patch_size, size // patch_size * patch_size)
+        raise ModelError(
+            f'image size {size} is not a multiple of the DHVT patch size {patch_size}; use '
+            f'{below} or {below + patch_size}')
+
+
+# ----------------------------------------------------------------------------- variants
+
+# The authors' normalisation (timm's IMAGENET_DEFAULT_MEAN/STD) for every dataset; CIFAR images
+# are used at 32 px uncropped, the others resized to 256 and centre-cropped to 224.
+IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
+_SIZES = {'tiny': 192, 'small': 384}
+# dataset -> img_size, num_classes (CIFAR-100, DomainNet, ImageNet-1k), heads (tiny, small),
+# crop_pct.
+_DATASETS = {
+    'cifar': (32, 100, (4, 8), 1.0),
+    'domain': (224, 345, (4, 6), 0.875),
+    'imagenet': (224, 1000, (3, 6), 0.875),
+}
+_PATCHES = {'cifar': (4, 2), 'domain': (16,), 'imagenet': (16,)}
+
+
+def _register_variants() -> None:
+    for dataset, (img_size, num_classes, heads, crop_pct) in _DATASETS.items():
+        for (size, embed_dim), num_heads in zip(_SIZES.items(), heads, strict=True):
+            for patch_size in _PATCHES[dataset]:
+                register(f'dhvt_{size}_{dataset}_patch{patch_size}', DHVT,
+                         pretrained_cfg={**IMAGENET_NORM, 'crop_pct': crop_pct,
+                                         'interpolation': 'bicubic'},
+                         num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                         embed_dim=embed_dim, depth=12, num_heads=num_heads, mlp_ratio=4.0)
+
+
+_register_variants()
+
+
+# ----------------------------------------------------------------------------- torch weights
+
+
+def _torch_name(name: str) -> str:
+    """`blocks.3.mlp.bn1` -> `blocks_3/mlp/bn1`; `patch_embed.proj.2.1` -> `patch_embed/bn_1`."""
+    name = re.sub(r'^patch_embed\.proj\.(\d+)\.([01])',
+                  lambda m: f'patch_embed.{("conv", "bn")[int(m[2])]}_{int(m[1]) // 2}', name)
+    return re.sub(r'^blocks\.(\d+)', r'blocks_\1', name).replace('.', '/')
+
+
+_LEAVES = {'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}/var',
+           'bias': 'params/{}/bias', 'beta': 'params/{}/bias', 'alpha': 'params/{}/scale'}
+
+
+def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
+    """The authors' state dict (SyncBatchNorm or BatchNorm names) -> `DHVT` flat arrays."""
+    if 'patch_embed.pre_affine.alpha' not in arrays:
+        return None
+    out: weights.Flat = {}
+    for name, value in arrays.items():
+        module, _, leaf = name.rpartition('.')
+        if leaf == 'num_batches_tracked' or re.search(r'\.attn\.(qkv|proj)$', module):
+            continue
+        if name == 'cls_token':
+            out['params/cls'] = value
+        elif leaf == 'pos_embed':
+            out[f'params/{_torch_name(module)}/head_pos_embed'] = value
+        elif leaf == 'weight':
+            kind = {4: ('kernel', weights.conv), 2: ('kernel', weights.linear),
+                    1: ('scale', np.asarray)}[value.ndim]
+            out[f'params/{_torch_name(module)}/{kind[0]}'] = kind[1](value)
+        else:
+            out[_LEAVES[leaf].format(_torch_name(module))] = value.reshape(-1)
+    for i in range(model.depth):
+        p = f'blocks.{i}.attn.'
+        if p + 'qkv.weight' in arrays:
+            out.update(weights.attention(
+                f'params/blocks_{i}/attn/attn', arrays[p + 'qkv.weight'],
+                arrays.get(p + 'qkv.bias'), arrays[p + 'proj.weight'], arrays[p + 'proj.bias'],
+                model.num_heads))
+    return out
+
+
+weights.register_mapping(
+    DHVT, convert_torch,
+    layouts="the authors' PyTorch state dict (ArieSeirack/DHVT), or vit_jax's own names")
