@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -131,7 +132,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     final: dict[str, float] = {}
     previous = None
     start = time.perf_counter()
-    with PreemptionWatch() as preemption:
+    preempted = False
+    # Closing waits for the checkpoint being written, also when the run stops with an error.
+    with PreemptionWatch() as preemption, contextlib.closing(checkpointer), \
+            contextlib.closing(writer):
         for step in range(first + 1, config.total_steps + 1):
             batch = sharding.to_global(next(train_iter), data_sharding)
             state, metrics = train_step(state, batch)
@@ -163,13 +167,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 writer.write(step, {f'eval_{k}': v for k, v in final.items()})
             checkpointer.maybe_save(step, state, run, force=preempted or step == config.total_steps)
             if preempted:
-                checkpointer.close()
-                writer.close()
-                progress.print(f'Preempted: saved step {step} in {checkpointer.directory}; run '
-                               f'the same command to resume.')
-                return {'preempted_at_step': step}
-    checkpointer.close()
-    writer.close()
+                break
+    if preempted:
+        progress.print(f'Preempted: saved step {step} in {checkpointer.directory}; run the '
+                       f'same command to resume.')
+        return {'preempted_at_step': step}
     if not final:  # resumed a finished run
         final = evaluate(eval_step, state, make_eval_iter(), data_sharding)
     if is_main:

@@ -125,29 +125,37 @@ def check_rules(rules: Sequence[Sequence[str]]) -> None:
                               ) from None
 
 
-def param_spec(name: str, shape: Sequence[int], mesh: Mesh, rules: Sequence[Sequence[str]],
+def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[Sequence[str]],
                min_size: int) -> PartitionSpec:
     """The placement of array `name` by the first rule whose regex it contains."""
     if not shape or int(np.prod(shape)) < max(min_size, 1):
         return PartitionSpec()
     for pattern, how in rules:
         if re.search(pattern, name):
-            return fsdp_spec(shape, mesh.shape[FSDP_AXIS]) if how == 'fsdp' else PartitionSpec()
+            return fsdp_spec(shape, fsdp_size) if how == 'fsdp' else PartitionSpec()
     return PartitionSpec()
 
 
-def state_shardings(state: Any, mesh: Mesh, rules: Sequence[Sequence[str]],
-                    min_size: int) -> Any:
-    """`NamedSharding`s for a train state (arrays or shapes): the rules place `params` and
+def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
+                min_size: int) -> Any:
+    """`PartitionSpec`s for a train state (arrays or shapes): the rules place `params` and
     `opt_state`; the step, RNG key and mutable model state (BatchNorm) are replicated."""
 
     def place(path, leaf):
         name = array_name(path)
         if name.split('/')[0] not in ('params', 'opt_state'):
-            return replicated(mesh)
-        return NamedSharding(mesh, param_spec(name, leaf.shape, mesh, rules, min_size))
+            return PartitionSpec()
+        return param_spec(name, leaf.shape, fsdp_size, rules, min_size)
 
     return jax.tree_util.tree_map_with_path(place, state)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Sequence[Sequence[str]],
+                    min_size: int) -> Any:
+    """`NamedSharding`s on `mesh` by `state_specs`."""
+    specs = state_specs(state, mesh.shape[FSDP_AXIS], rules, min_size)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 @contextlib.contextmanager
