@@ -129,8 +129,8 @@ def test_remat_gives_the_same_gradients():
         model = vit_jax.create_model('testing', num_classes=4, img_size=8, patch_size=4,
                                      depth=2, remat=remat)
         variables = model.init(jax.random.key(0), x)
-        grads.append(jax.grad(lambda v, m=model: m.apply(
-            v, x, train=True, rngs={'dropout': jax.random.key(2)}).sum())(variables))
+        grads.append(jax.jit(jax.grad(lambda v, m=model: m.apply(
+            v, x, train=True, rngs={'dropout': jax.random.key(2)}).sum()))(variables))
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 

@@ -43,9 +43,8 @@ def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """The mesh of `config.mesh`, after checking that the batches split over it."""
     sharding.check_rules(config.param_sharding)
     mesh = sharding.make_mesh(config.mesh)
-    hint = f' / --config.accum_steps={config.accum_steps}' if config.accum_steps > 1 else ''
-    sharding.check_batch_size('batch', config.batch // config.accum_steps, mesh, hint)
-    sharding.check_batch_size('batch_eval', config.batch_eval, mesh)
+    sharding.check_batch_size('batch', config.batch, mesh.size, config.accum_steps)
+    sharding.check_batch_size('batch_eval', config.batch_eval, mesh.size)
     return mesh
 
 

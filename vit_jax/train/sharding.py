@@ -85,11 +85,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def check_batch_size(name: str, size: int, mesh: Mesh, hint: str = '') -> None:
-    """A global batch (or micro-batch) must split evenly over the devices."""
-    if size % mesh.size:
-        raise ConfigError(f'--config.{name}={size}{hint} does not split over {mesh.size} '
-                          f'devices; use a multiple of {mesh.size}')
+def check_batch_size(name: str, size: int, devices: int, accum_steps: int = 1) -> None:
+    """A global batch, and each of its `accum_steps` micro-batches, must split evenly over
+    the devices."""
+    if (size // accum_steps) % devices:
+        micro = (f' / --config.accum_steps={accum_steps} = {size // accum_steps} per '
+                 f'micro-batch' if accum_steps > 1 else '')
+        raise ConfigError(f'--config.{name}={size}{micro} does not split over {devices} '
+                          f'devices; use a multiple of {devices * accum_steps}')
 
 
 def array_name(path: tuple) -> str:
