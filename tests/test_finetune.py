@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from vit_jax import config as config_lib
-from vit_jax.data import DatasetInfo, pad_batch
+from vit_jax.data.arrays import array_datasets
 from vit_jax.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,25 +27,6 @@ def mnist(split: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
     return small.astype(np.float32), labels[:limit].astype(np.int32)
 
 
-def in_memory(batch: int, seed: int = 0):
-    """`(train_iterator, make_eval_iterator, info)` over MNIST, for `train(datasets=...)`."""
-    x, y = mnist(0, 20_000)
-    x_eval, y_eval = mnist(1, 1_000)
-
-    def train_iterator():
-        rng = np.random.default_rng(seed)
-        while True:
-            for idx in np.array_split(rng.permutation(len(x)), len(x) // batch):
-                yield {'image': x[idx[:batch]], 'label': y[idx[:batch]]}
-
-    def make_eval_iterator():
-        for i in range(0, len(x_eval), 500):
-            yield pad_batch({'image': x_eval[i:i + 500], 'label': y_eval[i:i + 500]}, 500)
-
-    info = DatasetInfo('mnist', 10, len(x), len(x_eval), tuple(map(str, range(10))))
-    return train_iterator(), make_eval_iterator, info
-
-
 def digits_config(data_dir, *overrides):
     config = config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py'))
     return config_lib.apply_overrides(config, [('tfds_data_dir', data_dir), ('eval_every', '0'),
@@ -56,7 +37,10 @@ def test_fine_tuning_from_pretrained_weights_beats_training_from_scratch(tmp_pat
                                                                           digits_data_dir):
     pre = digits_config(digits_data_dir, ('total_steps', '300'), ('warmup_steps', '30'),
                         ('batch_eval', '500'))
-    pretrained = train(pre, str(tmp_path / 'mnist'), datasets=in_memory(pre.batch))
+    x, y = mnist(0, 20_000)
+    x_eval, y_eval = mnist(1, 1_000)
+    pretrained = train(pre, str(tmp_path / 'mnist'),
+                       datasets=array_datasets(x, y, x_eval, y_eval, num_classes=10))
     assert pretrained['accuracy'] > 0.8, pretrained  # MNIST validation
 
     steps = [('total_steps', '40'), ('warmup_steps', '5')]

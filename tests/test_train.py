@@ -69,19 +69,19 @@ def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digi
     config = digits_config(digits_data_dir, *small_model_overrides(), ('total_steps', '20'))
     train(config, workdir)
     ckpt = checkpoint.Checkpointer(workdir, every=10, keep=3)
-    assert ckpt._manager.all_steps() == [10, 20]
+    assert ckpt.all_steps() == [10, 20]
     model = vit_jax.create_model('ViT-Ti_16', **config_lib.model_overrides(config),
                                  num_classes=10, img_size=16)
     tx = optim.create_optimizer(config)
     template = step.create_train_state(model, tx, jax.random.PRNGKey(1), (1, 16, 16, 3))
-    restored = ckpt.restore(template)
-    assert int(restored.step) == 20
+    restored, run = ckpt.restore(template, 'ViT-Ti_16')
+    assert int(restored.step) == 20 and run['examples_seen'] == 20 * 32
     # The restored state is the trained one, not the template: save it again and compare.
     assert not np.allclose(restored.params['head']['kernel'], template.params['head']['kernel'])
     ckpt2 = checkpoint.Checkpointer(str(tmp_path / 'copy'), every=1, keep=1)
-    ckpt2.maybe_save(20, restored, force=True)
+    ckpt2.maybe_save(20, restored, run, force=True)
     ckpt2.close()
-    again = ckpt2.restore(template)
+    again, _ = ckpt2.restore(template, 'ViT-Ti_16')
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     ckpt.close()

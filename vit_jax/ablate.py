@@ -92,13 +92,13 @@ def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         with open(done) as f:
             return json.load(f)
     start = time.perf_counter()
-    datasets = data.create_datasets(config)
+    info = data.create_datasets(config)[2]
     model = models.create_model(config.model_name, **config_lib.model_overrides(config),
-                                num_classes=datasets[2].num_classes, img_size=config.pp.crop)
+                                num_classes=info.num_classes, img_size=config.pp.crop)
     params = sum(s.size for k, s in weights.model_shapes(model).items()
                  if k.startswith('params/'))
     try:
-        final = train.train(config, workdir, datasets=datasets)
+        final = train.train(config, workdir)
         record = {'params': params, 'eval_accuracy': final['accuracy'],
                   'eval_loss': final['loss'], 'error': None}
     except TrainingError as e:  # e.g. a diverged point: recorded, the study goes on

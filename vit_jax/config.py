@@ -154,6 +154,12 @@ def base_config() -> ml_collections.ConfigDict:
         area_min=0.05, pad=0, flip=True))
     c.batch = 512  # global: split over devices and accumulation steps
     c.batch_eval = 512
+    # Device mesh [(axis, size)] over 'data' and 'fsdp' (-1: the devices left over); parameters
+    # and optimizer state go by the first (regex, 'replicate' | 'fsdp') rule their name matches,
+    # arrays below fsdp_min_size elements stay replicated. See vit_jax/train/sharding.py.
+    c.mesh = [('data', -1), ('fsdp', 1)]
+    c.param_sharding = [('.*', 'fsdp')]
+    c.fsdp_min_size = 2 ** 14
     c.shuffle_buffer = 50_000
     c.total_steps = 10_000
     c.accum_steps = 1
@@ -183,7 +189,7 @@ _CHOICES = {
 }
 _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'keep_checkpoints')
 _NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
-                 'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad')
+                 'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

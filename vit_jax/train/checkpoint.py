@@ -1,30 +1,44 @@
-"""Checkpoints of the whole `TrainState` in `workdir/checkpoints/<step>` with orbax.
+"""Checkpoints in `workdir/checkpoints/<step>` with orbax: the whole `TrainState` (parameters,
+optimizer state, step, RNG key, BatchNorm statistics) and a JSON record of the run (model name
+and the data position: how many training examples were read).
 
-orbax writes each checkpoint into a temporary directory and renames it when complete, so a
-save interrupted at any point is never taken as the latest; leftovers are cleaned up.
+orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
+interrupted at any point is never taken as the latest; leftovers are cleaned up. A complete
+checkpoint that cannot be read (a truncated or corrupted file) is moved aside to
+`checkpoints/corrupt-<step>` with a warning, and the one before it is used. All processes
+call every method (orbax saves and restores collectively).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
+from jax.experimental import multihost_utils
 
+from vit_jax.errors import ConfigError, TrainingError
+from vit_jax.train.sharding import array_name
 from vit_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Saves every `every` steps (and when forced), keeps the newest `keep`, restores the latest."""
+    """Saves every `every` steps (and when forced), keeps the newest `keep`, restores the
+    newest readable one."""
 
     def __init__(self, workdir: str, *, every: int, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
         self.every = every
         self._manager = ocp.CheckpointManager(
             self.directory,
+            item_handlers={'state': ocp.StandardCheckpointHandler(),
+                           'run': ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  cleanup_tmp_directories=True))
 
@@ -32,22 +46,85 @@ class Checkpointer:
         """Step of the newest complete checkpoint, or None."""
         return self._manager.latest_step()
 
-    def maybe_save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
-        """Saves `state` (asynchronously) at every `every`-th step, or when `force`."""
+    def all_steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_run(self) -> dict[str, Any] | None:
+        """The run record (`model_name`, `examples_seen`, ...) of the newest checkpoint whose
+        record reads, or None: cheap, it reads no arrays."""
+        for step in reversed(self.all_steps()):
+            try:
+                return dict(self._restore_item(step, 'run', ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 -- any failure: restore() will fall back
+                log.warning('cannot read the run record of checkpoint %d: %s', step, e)
+        return None
+
+    def maybe_save(self, step: int, state: TrainState, run: dict[str, Any], *,
+                   force: bool = False) -> bool:
+        """Saves `state` and `run` (asynchronously) at every `every`-th step, or when `force`."""
         if not force and not (self.every and step % self.every == 0):
             return False
         if step in self._manager.all_steps():
             return False
-        self._manager.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)),
-                           force=True)
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+            run=ocp.args.JsonSave(run)), force=True)
         return True
 
-    def restore(self, template: TrainState, step: int | None = None) -> TrainState:
-        """The checkpoint at `step` (default: latest), shaped and placed like `template`."""
-        step = self.latest_step() if step is None else step
+    def restore(self, template: TrainState, model_name: str) -> tuple[TrainState, dict[str, Any]]:
+        """The newest readable checkpoint, shaped and placed like `template`, and its run record.
+
+        A checkpoint of another model (other names or shapes) is a `ConfigError`; one that
+        cannot be read is moved aside and the previous one tried.
+        """
         target = serialization.to_state_dict(template)
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
-        return serialization.from_state_dict(template, restored)
+        for step in reversed(self.all_steps()):
+            try:
+                run = dict(self._restore_item(step, 'run', ocp.args.JsonRestore()))
+                self._check_same_model(step, run, target, model_name)
+                restored = self._restore_item(step, 'state', ocp.args.StandardRestore(target))
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- unreadable for whatever reason: fall back
+                self._set_aside(step, e)
+                continue
+            return serialization.from_state_dict(template, restored), run
+        raise TrainingError(f'no readable checkpoint in {self.directory}; the unreadable ones '
+                            f'were moved to corrupt-<step>: delete them or use a new --workdir')
+
+    def _restore_item(self, step: int, name: str, args: ocp.args.CheckpointArgs) -> Any:
+        return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+
+    def _check_same_model(self, step: int, run: dict[str, Any], target: Any,
+                          model_name: str) -> None:
+        metadata = self._manager.item_metadata(step)['state']
+        saved = {array_name(p): tuple(m.shape) for p, m in
+                 jax.tree_util.tree_leaves_with_path(metadata) if hasattr(m, 'shape')}
+        wanted = {array_name(p): tuple(np.shape(x)) for p, x in
+                  jax.tree_util.tree_leaves_with_path(target)}
+        diff = next((k for k in sorted(saved.keys() | wanted.keys())
+                     if k.startswith('params/') and saved.get(k) != wanted.get(k)), None)
+        if diff is not None:
+            raise ConfigError(
+                f'--workdir holds checkpoints of another model ({run.get("model_name")!r}: '
+                f'{diff} is {saved.get(diff)} there, {wanted.get(diff)} in {model_name!r}); use '
+                f'a new --workdir, or the config that wrote {self.directory}')
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        previous = [s for s in self.all_steps() if s < step]
+        log.warning('checkpoint %d in %s is unreadable (%s: %s); moved to corrupt-%d, %s',
+                    step, self.directory, type(error).__name__,
+                    str(error).strip().splitlines()[0][:200] if str(error).strip() else '',
+                    step, f'using step {previous[-1]}' if previous else 'none left')
+        if jax.process_index() == 0:
+            aside = os.path.join(self.directory, f'corrupt-{step}')
+            while os.path.exists(aside):
+                aside += '-again'
+            os.replace(os.path.join(self.directory, str(step)), aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f'vit_jax set aside checkpoint {step}')
+        self._manager.reload()
 
     def close(self) -> None:
         """Waits for pending saves to finish."""

@@ -1,11 +1,30 @@
 """The device mesh and how arrays are placed on it.
 
-Today: one `data` axis over every device; the batch is split along it and the train state is
-replicated. Parameter-sharding rules (FSDP) will add placements here.
+The mesh has two axes: `data` (each device group sees other examples, parameters replicated)
+and `fsdp` (fully sharded data parallel: more examples, and each large parameter and its
+optimizer state split across the group instead of copied). `config.mesh` names their sizes,
+e.g. `[('data', -1)]` (every device data-parallel) or `[('data', 4), ('fsdp', 2)]`; -1 takes
+the devices left over. The batch is split over both axes, so `batch` is always global.
+
+Parameters and optimizer state are placed by `config.param_sharding`, rules `(regex, how)`
+tried in order on each array's name (`params/Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`,
+the optimizer's copy `opt_state/0/mu/Transformer/.../kernel`): `how` is 'replicate' or 'fsdp',
+which splits the largest dimension divisible by the `fsdp` size, for arrays of at least
+`config.fsdp_min_size` elements. The rules see only names and sizes, so they cover every family.
+
+Activations carry logical axis names (`nn.with_logical_constraint(x, ('batch', 'tokens',
+'embed'))`); `ACTIVATION_RULES` maps them onto the mesh while the steps are traced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -13,12 +32,47 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vit_jax.errors import ConfigError
 
 DATA_AXIS = 'data'
+FSDP_AXIS = 'fsdp'
+AXES = (DATA_AXIS, FSDP_AXIS)
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch is split over every device
+STRATEGIES = ('replicate', 'fsdp')
+# Logical activation axes -> mesh axes. Only the batch is split; the rest stay whole.
+ACTIVATION_RULES = (('batch', BATCH_AXES), ('tokens', None), ('height', None), ('width', None),
+                    ('embed', None), ('heads', None), ('mlp', None), ('classes', None))
 
 
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis `data` over `devices` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+def make_mesh(spec: Sequence[Sequence[Any]] = ((DATA_AXIS, -1),),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh `spec` = `[(axis, size), ...]` over `devices` (default: every device of every
+    process); axes it leaves out have size 1, one size may be -1 (the devices left over)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = _axis_sizes(spec, len(devices))
+    return Mesh(np.asarray(devices).reshape([sizes[a] for a in AXES]), AXES)
+
+
+def _axis_sizes(spec: Sequence[Sequence[Any]], n: int) -> dict[str, int]:
+    text = f'--config.mesh={[tuple(s) for s in spec]!r}'
+    try:
+        sizes = {str(axis): int(size) for axis, size in spec}
+    except (TypeError, ValueError):
+        raise ConfigError(f'{text} is not a list of (axis, size) pairs; e.g. '
+                          f"[('data', -1)] or [('data', 4), ('fsdp', 2)]") from None
+    unknown = sorted(set(sizes) - set(AXES))
+    if unknown or len(sizes) != len(spec):
+        raise ConfigError(f'{text}: axes must be distinct names out of {AXES}, got {unknown}')
+    free = [a for a, s in sizes.items() if s == -1]
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if len(free) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+        raise ConfigError(f'{text}: sizes must be positive, with at most one -1')
+    if free:
+        if n % fixed:
+            raise ConfigError(f'{text} does not fit {n} devices: {n} is not divisible by '
+                              f'{fixed}; use sizes whose product divides {n}')
+        sizes[free[0]] = n // fixed
+    elif fixed != n:
+        raise ConfigError(f'{text} needs {fixed} devices but there are {n}; make the sizes '
+                          f'multiply to {n}, or give one axis size -1')
+    return {a: sizes.get(a, 1) for a in AXES}
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -27,17 +81,119 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """The leading (batch) axis is split over the `data` axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    """The leading (batch) axis is split over every device (`data` and `fsdp`)."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def check_batch_size(name: str, size: int, mesh: Mesh) -> None:
-    """A global batch must split evenly over the devices."""
-    if size % mesh.shape[DATA_AXIS]:
-        raise ConfigError(f'--config.{name}={size} does not split over {mesh.shape[DATA_AXIS]} '
-                          f'devices; use a multiple of {mesh.shape[DATA_AXIS]}')
+def check_batch_size(name: str, size: int, devices: int, accum_steps: int = 1) -> None:
+    """A global batch, and each of its `accum_steps` micro-batches, must split evenly over
+    the devices."""
+    if (size // accum_steps) % devices:
+        micro = (f' / --config.accum_steps={accum_steps} = {size // accum_steps} per '
+                 f'micro-batch' if accum_steps > 1 else '')
+        raise ConfigError(f'--config.{name}={size}{micro} does not split over {devices} '
+                          f'devices; use a multiple of {devices * accum_steps}')
+
+
+def array_name(path: tuple) -> str:
+    """A pytree path as `params/Transformer/encoder_norm/scale` (`opt_state/0/mu/...`)."""
+    parts = []
+    for key in path:
+        for attr in ('key', 'name', 'idx'):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return '/'.join(parts)
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> PartitionSpec:
+    """Splits the largest dimension divisible by `fsdp_size` over `fsdp` (or none)."""
+    if fsdp_size > 1:
+        for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+            if shape[dim] % fsdp_size == 0:
+                return PartitionSpec(*[FSDP_AXIS if d == dim else None for d in range(len(shape))])
+    return PartitionSpec()
+
+
+def check_rules(rules: Sequence[Sequence[str]]) -> None:
+    """Raises a `ConfigError` unless `rules` is `[(regex, 'replicate' | 'fsdp'), ...]`."""
+    for rule in rules:
+        if len(rule) != 2 or rule[1] not in STRATEGIES:
+            raise ConfigError(f'--config.param_sharding rule {tuple(rule)!r} must be (regex, how) '
+                              f'with how one of {STRATEGIES}')
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            raise ConfigError(f'--config.param_sharding regex {rule[0]!r} is invalid: {e}'
+                              ) from None
+
+
+def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[Sequence[str]],
+               min_size: int) -> PartitionSpec:
+    """The placement of array `name` by the first rule whose regex it contains."""
+    if not shape or int(np.prod(shape)) < max(min_size, 1):
+        return PartitionSpec()
+    for pattern, how in rules:
+        if re.search(pattern, name):
+            return fsdp_spec(shape, fsdp_size) if how == 'fsdp' else PartitionSpec()
+    return PartitionSpec()
+
+
+def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
+                min_size: int) -> Any:
+    """`PartitionSpec`s for a train state (arrays or shapes): the rules place `params` and
+    `opt_state`; the step, RNG key and mutable model state (BatchNorm) are replicated."""
+
+    def place(path, leaf):
+        name = array_name(path)
+        if name.split('/')[0] not in ('params', 'opt_state'):
+            return PartitionSpec()
+        return param_spec(name, leaf.shape, fsdp_size, rules, min_size)
+
+    return jax.tree_util.tree_map_with_path(place, state)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Sequence[Sequence[str]],
+                    min_size: int) -> Any:
+    """`NamedSharding`s on `mesh` by `state_specs`."""
+    specs = state_specs(state, mesh.shape[FSDP_AXIS], rules, min_size)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh) -> Iterator[None]:
+    """Within: `nn.with_logical_constraint` places activations on `mesh` by `ACTIVATION_RULES`."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+            nn.logical_axis_rules(ACTIVATION_RULES):
+        yield
+
+
+def on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced with the activation rules of `mesh` (wrap before `jax.jit`)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with activation_rules(mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """This process's slice of a batch -> global arrays sharded along the batch axis."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def initialize_processes(coordinator_address: str | None = None,
+                         num_processes: int | None = None, process_id: int | None = None,
+                         ) -> None:
+    """Joins this process to a multi-process run with `jax.distributed.initialize`.
+
+    On TPU pods, SLURM and Open MPI the arguments are found by JAX; elsewhere give all three
+    (the coordinator is process 0's `host:port`). Devices of every process then form one mesh.
+    CPU processes exchange data with gloo.
+    """
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
