@@ -156,19 +156,21 @@ def test_wrong_image_size_at_call_time():
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 36, 36, 3)))
 
 
+@pytest.mark.slow  # about 50 s of CPU: compiling the train and eval steps
 def test_trains_through_main_on_digits(tmp_path, digits_data_dir):
     workdir = str(tmp_path)
     code = cli.main([
         f'--config={REPO}/configs/swin.py:tiny,digits', f'--workdir={workdir}',
         f'--config.tfds_data_dir={digits_data_dir}',
-        # 16 px, patch 2, window 4: stages of 8 (shifted) and 4 (one window) px.
+        # 16 px, patch 2, window 4: stages of 8 (shifted windows) and 4 (one window) px.
         '--config.pp.crop=16', '--config.pp.augment=pad_crop', '--config.pp.pad=2',
-        '--config.model.patch_size=2', '--config.model.window_size=4',
+        '--config.pp.flip=false', '--config.model.patch_size=2', '--config.model.window_size=4',
         '--config.model.embed_dim=16', '--config.model.depths=(2,2)',
-        '--config.model.num_heads=(2,4)', '--config.batch=64', '--config.batch_eval=360',
-        '--config.total_steps=30', '--config.warmup_steps=3', '--config.base_lr=3e-3',
-        '--config.progress_every=10', '--config.eval_every=0', '--config.checkpoint_every=0'])
+        '--config.model.num_heads=(2,4)', '--config.model.drop_path_rate=0.1',
+        '--config.batch=64', '--config.batch_eval=360', '--config.total_steps=120',
+        '--config.warmup_steps=3', '--config.base_lr=4e-3', '--config.label_smoothing=0',
+        '--config.progress_every=20', '--config.eval_every=0', '--config.checkpoint_every=0'])
     assert code == 0
     losses = [r['train_loss'] for r in metrics.read_metrics(workdir) if 'train_loss' in r]
-    assert len(losses) == 3 and np.isfinite(losses).all()
-    assert losses[-1] < losses[0]
+    assert len(losses) == 6 and np.isfinite(losses).all()
+    assert losses[-1] < losses[0] - 0.05, losses
