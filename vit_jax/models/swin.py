@@ -256,13 +256,14 @@ class SwinTransformer(nn.Module):
 
     def check_size(self, size: int) -> list[tuple[int, int, int]]:
         """`(resolution, window, shift)` per stage for images of `size` px, or a ModelError."""
-        stages = stage_windows(size, self.patch_size, self.window_size, len(self.depths))
+        n = len(self.depths)
+        stages = stage_windows(size, self.patch_size, self.window_size, n)
         if stages is None:
             raise ModelError(
                 f'img_size={size} does not fit patch_size={self.patch_size}, '
-                f'window_size={self.window_size} and {len(self.depths) - 1} patch mergings '
-                f'(each stage\'s feature map must be even and a multiple of its window); use '
-                f'img_size={valid_img_sizes(size, self.patch_size, self.window_size, len(self.depths))}')
+                f'window_size={self.window_size} and {n - 1} patch mergings (each stage\'s '
+                f'feature map must be even and a multiple of its window); use '
+                f'img_size={valid_img_sizes(size, self.patch_size, self.window_size, n)}')
         return stages
 
     @nn.compact
@@ -271,7 +272,8 @@ class SwinTransformer(nn.Module):
             raise ModelError(f'expected square images, got {images.shape[1]}x{images.shape[2]}')
         stages = self.check_size(images.shape[1])
         x = layers.PatchEmbed(self.embed_dim, self.patch_size, in_chans=self.in_chans,
-                              dtype=self.dtype, kernel_init=trunc_normal, name='patch_embed')(images)
+                              dtype=self.dtype, kernel_init=trunc_normal,
+                              name='patch_embed')(images)
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='patch_norm')(x)
         rates = layers.drop_path_rates(self.drop_path_rate, sum(self.depths))
         for i, ((_, window, shift), depth, heads) in enumerate(
@@ -332,7 +334,8 @@ def convert_torch(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat 
         elif re.search(r'norm\d?$', module):
             out[f'{name}/{"scale" if leaf == "weight" else "bias"}'] = value
         elif leaf == 'weight':
-            out[f'{name}/kernel'] = weights.conv(value) if value.ndim == 4 else weights.linear(value)
+            torch_layout = weights.conv if value.ndim == 4 else weights.linear
+            out[f'{name}/kernel'] = torch_layout(value)
         else:
             out[f'{name}/{leaf}'] = value
     return out
