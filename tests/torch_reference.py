@@ -32,3 +32,13 @@ def logits(module: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     module.eval()
     with torch.no_grad():
         return module(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> dict[str, np.ndarray]:
+    """Sets every parameter to N(0, scale^2) noise (so that zero biases, unit norms and tiny
+    layer scales cannot hide a mapping mistake); returns the new `state_dict` as numpy."""
+    rng = np.random.RandomState(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.from_numpy((rng.randn(*p.shape) * scale).astype(np.float32)))
+    return state_dict(module)

@@ -21,11 +21,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
 
 
+# Parameters with more than one axis that are no weights to decay (as timm's no_weight_decay).
+NO_DECAY = ('pos_embedding', 'cls', 'relative_position_bias_table')
+
+
 def _decay_mask(params):
-    """Weight decay on matrices and kernels only: not on biases, norms, tokens or embeddings."""
+    """Weight decay on matrices and kernels only: not on biases, norms, layer scales, tokens,
+    position embeddings or relative position bias tables."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, p: p.ndim > 1 and 'pos_embedding' not in jax.tree_util.keystr(path)
-        and 'cls' not in jax.tree_util.keystr(path), params)
+        lambda path, p: p.ndim > 1 and not any(
+            name in jax.tree_util.keystr(path) for name in NO_DECAY), params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
