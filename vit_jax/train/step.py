@@ -45,6 +45,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
+    """One key per RNG stream the model uses in training: 'dropout' (`rng` itself), plus any
+    other stream the model class lists in `rng_streams` (e.g. SReT's 'permute')."""
+    names = getattr(model, 'rng_streams', ('dropout',))
+    return {'dropout': rng, **{name: jax.random.fold_in(rng, i) for i, name in enumerate(names)
+                              if name != 'dropout'}}
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum_steps: int = 1,
                     label_smoothing: float = 0.0) -> Callable[[TrainState, Batch],
                                                               tuple[TrainState, Metrics]]:
@@ -59,8 +67,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum
 
     def loss_fn(params, model_state, images, labels, rng):
         variables = {'params': params, **model_state}
-        logits, new_state = model.apply(variables, images, train=True, rngs={'dropout': rng},
-                                        mutable=list(model_state))
+        logits, new_state = model.apply(variables, images, train=True,
+                                        rngs=rng_streams(model, rng), mutable=list(model_state))
         loss = cross_entropy(logits, labels, label_smoothing).mean()
         correct = (logits.argmax(-1) == labels).mean()
         return loss, (correct, new_state)
