@@ -195,7 +195,8 @@ def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
     template = jax.eval_shape(functools.partial(
         step.create_train_state, model, optim.create_optimizer(config),
         image_shape=(1, 16, 16, 3)), jax.random.key(0))
-    restored = checkpoint.Checkpointer(workdir, every=12, keep=1).restore(template)
+    restored, _ = checkpoint.Checkpointer(workdir, every=12, keep=1).restore(
+        template, config.model_name)
     assert int(restored.step) == 12
     stats = weights.flatten_variables(restored.model_state)
     assert len(stats) == 2 * (2 + 3) and all(np.isfinite(v).all() for v in stats.values())

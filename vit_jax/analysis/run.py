@@ -50,7 +50,8 @@ def load_workdir(workdir: str, step: int | None = None,
         if step is None or step not in manager.all_steps():
             raise ModelError(f'no checkpoint {"" if step is None else step} in {directory}; '
                              f'steps there: {list(manager.all_steps())}')
-        state = manager.restore(step, args=ocp.args.StandardRestore())
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))['state']
     params = state['params']
     num_classes = params['head']['kernel'].shape[-1] if 'head' in params else 0
     model = models.create_model(config.model_name, **config_lib.model_overrides(config),

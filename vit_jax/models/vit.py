@@ -168,9 +168,9 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        layers.check_images(images, self.in_chans)
         x = images
         if self.resnet_layers is not None:
-            layers.check_images(x, self.in_chans)
             x = resnet.hybrid_stem(x, self.resnet_layers, self.resnet_width, self.dtype)
         x = layers.PatchEmbed(self.embed_dim, self.patch_size, self.patch_kernel_size,
                               self.patch_padding, in_chans=x.shape[-1], dtype=self.dtype,
