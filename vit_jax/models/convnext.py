@@ -21,7 +21,6 @@ from vit_jax.models.registry import register
 DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-6  # timm's and the original ConvNeXt LayerNorm (not torch's 1e-5 default)
 IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
-trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -41,10 +40,10 @@ class ConvNeXtBlock(nn.Module):
         dim = x.shape[-1]
         k = self.kernel_size
         y = nn.Conv(dim, (k, k), padding=k // 2, feature_group_count=dim, dtype=self.dtype,
-                    kernel_init=trunc_normal, name='conv_dw')(x)
+                    kernel_init=layers.trunc_normal, name='conv_dw')(x)
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm')(y)
         y = layers.MlpBlock(int(self.mlp_ratio * dim), act_layer='gelu', dtype=self.dtype,
-                            kernel_init=trunc_normal, bias_init=nn.initializers.zeros,
+                            kernel_init=layers.trunc_normal, bias_init=nn.initializers.zeros,
                             name='mlp')(y, deterministic=deterministic)
         gamma = self.param('gamma', nn.initializers.constant(self.ls_init_value), (dim,))
         y = y * gamma.astype(y.dtype)
@@ -69,7 +68,7 @@ class ConvNeXtStage(nn.Module):
         if self.downsample:
             x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='downsample_norm')(x)
             x = nn.Conv(self.dim, (2, 2), strides=2, padding='VALID', dtype=self.dtype,
-                        kernel_init=trunc_normal, name='downsample')(x)
+                        kernel_init=layers.trunc_normal, name='downsample')(x)
         for j in range(self.depth):
             x = ConvNeXtBlock(self.kernel_size, self.mlp_ratio, self.ls_init_value,
                               self.drop_path_rates[j], self.dtype, name=f'blocks_{j}')(
@@ -128,7 +127,8 @@ class ConvNeXt(nn.Module):
         for size in images.shape[1:3]:
             self.check_size(size)
         x = layers.PatchEmbed(self.dims[0], self.patch_size, in_chans=self.in_chans,
-                              dtype=self.dtype, kernel_init=trunc_normal, name='stem')(images)
+                              dtype=self.dtype, kernel_init=layers.trunc_normal,
+                              name='stem')(images)
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='stem_norm')(x)
         rates = layers.drop_path_rates(self.drop_path_rate, sum(self.depths))
         for i, (dim, depth) in enumerate(zip(self.dims, self.depths, strict=True)):
@@ -141,7 +141,7 @@ class ConvNeXt(nn.Module):
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='head_norm')(x)
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal,
+            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.trunc_normal,
                          name='head')(x)
         return x.astype(jnp.float32)
 

@@ -37,7 +37,7 @@ SOPE_CONVS = {2: 1, 4: 2, 16: 4}
 DTYPES = ('float32', 'bfloat16', 'float16')
 # The authors' init: Linear weights trunc_normal(std=.02), class token and head-token
 # position embeddings too; convolutions keep PyTorch's default init.
-dense_init = nn.initializers.truncated_normal(0.02)
+dense_init = layers.trunc_normal
 conv_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
@@ -46,12 +46,6 @@ def conv_bias_init(fan_in: int) -> Callable:
     bound = 1 / math.sqrt(fan_in)
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
         key, shape, dtype, -bound, bound)
-
-
-def batch_norm(train: bool, dtype: str, name: str) -> nn.BatchNorm:
-    """BatchNorm as PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        name=name)
 
 
 class Affine(nn.Module):
@@ -83,7 +77,7 @@ class SequentialPatchEmbed(nn.Module):
             x = nn.Conv(self.embed_dim // 2 ** (n - 1 - i), (3, 3), strides=2, padding=1,
                         use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                         name=f'conv_{i}')(x)
-            x = batch_norm(train, self.dtype, f'bn_{i}')(x)
+            x = layers.batch_norm(train, f'bn_{i}', self.dtype)(x)
             if i < n - 1 or n == 1:
                 x = nn.gelu(x, approximate=False)
         return Affine(name='post_affine')(x)
@@ -111,11 +105,12 @@ class DynamicAggregationFeedForward(nn.Module):
 
         cls, tokens = x[:, :1], x[:, 1:]
         y = tokens.reshape(batch, *self.grid, dim)  # [batch, rows, cols, dim]
-        y = gelu(batch_norm(train, self.dtype, 'bn1')(conv(self.hidden_dim, 1, dim, 'conv1')(y)))
+        y = conv(self.hidden_dim, 1, dim, 'conv1')(y)
+        y = gelu(layers.batch_norm(train, 'bn1', self.dtype)(y))
         shortcut = y
         y = conv(self.hidden_dim, 3, 9, 'conv2', feature_group_count=self.hidden_dim)(y)
-        y = shortcut + gelu(batch_norm(train, self.dtype, 'bn2')(y))
-        y = batch_norm(train, self.dtype, 'bn3')(conv(dim, 1, self.hidden_dim, 'conv3')(y))
+        y = shortcut + gelu(layers.batch_norm(train, 'bn2', self.dtype)(y))
+        y = layers.batch_norm(train, 'bn3', self.dtype)(conv(dim, 1, self.hidden_dim, 'conv3')(y))
         dense = lambda features, name: nn.Dense(  # noqa: E731
             features, kernel_init=dense_init, dtype=self.dtype, name=name)
         weight = y.mean(axis=(1, 2))[:, None]  # [batch, 1, dim]

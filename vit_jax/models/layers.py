@@ -25,6 +25,17 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 ATTENTION_IMPLS = ('fused', 'explicit')
 
 
+# timm's and the DeiT-family authors' weight init for linear and conv layers.
+trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults (its momentum 0.1 is flax's 0.9, eps 1e-5); statistics
+    in the `batch_stats` collection, updated when `train`."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                        name=name)
+
+
 def get_activation(name: str) -> Callable[[Array], Array]:
     """Returns the activation function called `name` (a key of `ACTIVATIONS`)."""
     if name not in ACTIVATIONS:

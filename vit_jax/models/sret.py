@@ -188,8 +188,7 @@ class ConvStem(nn.Module):
     def __call__(self, x: Array, *, train: bool) -> Array:
         for i, features in enumerate((self.dim // 2, self.dim, self.dim), start=1):
             x = nn.Conv(features, (3, 3), strides=2, padding=((1, 1), (1, 1)), name=f'conv{i}')(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             name=f'bn{i}')(x)
+            x = layers.batch_norm(train, f'bn{i}')(x)
             x = nn.relu(x)
         return x
 

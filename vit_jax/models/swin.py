@@ -24,7 +24,6 @@ from vit_jax.models.registry import register
 DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, used by timm and the original Swin
 IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
-trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
 
 
 def relative_position_index(window: int) -> np.ndarray:
@@ -85,7 +84,7 @@ class WindowAttention(nn.Module):
         if self.shift:
             x = jnp.roll(x, (-self.shift, -self.shift), axis=(1, 2))
         windows = window_partition(x, self.window)  # [batch * nw, N, dim]
-        table = self.param('relative_position_bias_table', trunc_normal,
+        table = self.param('relative_position_bias_table', layers.trunc_normal,
                            ((2 * self.window - 1) ** 2, self.num_heads))
         n = self.window ** 2
         bias = table[relative_position_index(self.window).reshape(-1)].reshape(n, n, -1)
@@ -96,7 +95,7 @@ class WindowAttention(nn.Module):
             mask = jnp.asarray(np.tile(allowed, (b, 1, 1))[:, None])  # [batch * nw, 1, N, N]
         y = layers.MultiHeadAttention(
             self.num_heads, dropout_rate=self.attn_drop_rate, impl=self.attn_impl,
-            dtype=self.dtype, kernel_init=trunc_normal, name='attention')(
+            dtype=self.dtype, kernel_init=layers.trunc_normal, name='attention')(
                 windows, bias=bias, mask=mask, deterministic=deterministic)
         y = nn.Dropout(self.proj_drop_rate)(y, deterministic=deterministic)
         y = window_reverse(y, self.window, h, w)
@@ -129,7 +128,7 @@ class SwinBlock(nn.Module):
         x = x + drop_path(y, deterministic=deterministic)
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm2')(x)
         y = layers.MlpBlock(int(dim * self.mlp_ratio), dropout_rate=self.proj_drop_rate,
-                            act_layer='gelu', dtype=self.dtype, kernel_init=trunc_normal,
+                            act_layer='gelu', dtype=self.dtype, kernel_init=layers.trunc_normal,
                             bias_init=nn.initializers.zeros, name='mlp')(
                                 y, deterministic=deterministic)
         return x + drop_path(y, deterministic=deterministic)
@@ -151,8 +150,8 @@ class PatchMerging(nn.Module):
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
         x = x.reshape(b, h // 2, w // 2, 4 * c)
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm')(x)
-        return nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=trunc_normal,
-                        name='reduction')(x)
+        return nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype,
+                        kernel_init=layers.trunc_normal, name='reduction')(x)
 
 
 class SwinStage(nn.Module):
@@ -272,7 +271,7 @@ class SwinTransformer(nn.Module):
             raise ModelError(f'expected square images, got {images.shape[1]}x{images.shape[2]}')
         stages = self.check_size(images.shape[1])
         x = layers.PatchEmbed(self.embed_dim, self.patch_size, in_chans=self.in_chans,
-                              dtype=self.dtype, kernel_init=trunc_normal,
+                              dtype=self.dtype, kernel_init=layers.trunc_normal,
                               name='patch_embed')(images)
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='patch_norm')(x)
         rates = layers.drop_path_rates(self.drop_path_rate, sum(self.depths))
@@ -289,7 +288,7 @@ class SwinTransformer(nn.Module):
         x = x.mean(axis=(1, 2))
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal,
+            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.trunc_normal,
                          name='head')(x)
         return x.astype(jnp.float32)
 
