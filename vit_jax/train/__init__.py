@@ -1,8 +1,19 @@
 """Training: pure steps (`step`), optimizers (`optim`), mesh placement (`sharding`),
-checkpoints (`checkpoint`), metric output (`metrics`) and the loop (`loop`)."""
+checkpoints (`checkpoint`), metric output (`metrics`) and the loop (`loop`).
 
-from vit_jax.train.loop import evaluate, train
-from vit_jax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
+Names are imported on first use, so `vit_jax.train.step` works without ml_collections (the
+loop and the optimizers need it; the benchmark does not).
+"""
 
-__all__ = ['TrainState', 'create_train_state', 'evaluate', 'make_eval_step', 'make_train_step',
-           'train']
+import importlib
+
+_HOMES = {'evaluate': 'loop', 'train': 'loop', 'TrainState': 'step',
+          'create_train_state': 'step', 'make_eval_step': 'step', 'make_train_step': 'step'}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f'vit_jax.train.{_HOMES[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
