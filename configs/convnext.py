@@ -23,7 +23,7 @@ checkpoint, read by `vit_jax.weights.load`), as the paper's 22k->1k fine-tune: b
 
 import ml_collections
 
-from vit_jax.config import base_config, model_config
+from vit_jax.config import adamw_recipe, base_config, model_config
 from vit_jax.errors import ConfigError
 from vit_jax.models import list_models
 
@@ -64,15 +64,9 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
     c.batch = 512 if finetune else 4096
     c.batch_eval = 512
     epochs, warmup_epochs = (30, 0) if finetune else (300, 20)
-    c.total_steps = max(1, epochs * preset['num_train'] // c.batch)
-    c.warmup_steps = warmup_epochs * preset['num_train'] // c.batch
-    c.optimizer = 'adamw'
-    c.b1, c.b2 = 0.9, 0.999
-    c.base_lr = 5e-5 if finetune else 4e-3
-    c.weight_decay = 1e-8 if finetune else 0.05
-    c.decay_type = 'cosine'
-    c.grad_norm_clip = 0.0
-    c.label_smoothing = 0.1
+    adamw_recipe(c, num_train=preset['num_train'], epochs=epochs, warmup_epochs=warmup_epochs,
+                 base_lr=5e-5 if finetune else 4e-3, weight_decay=1e-8 if finetune else 0.05,
+                 grad_norm_clip=0.0)
     if finetune:  # weights loaded with vit_jax.weights.load before training: set the path
         c.pretrained = ''
     return c.lock()

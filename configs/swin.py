@@ -22,7 +22,7 @@ weight decay 1e-8, stochastic depth 0.1 (tiny) or 0.2 (the 22k->1k fine-tune con
 
 import ml_collections
 
-from vit_jax.config import base_config, model_config
+from vit_jax.config import adamw_recipe, base_config, model_config
 from vit_jax.errors import ConfigError
 from vit_jax.models import list_models
 
@@ -71,15 +71,9 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
     c.batch = 1024
     c.batch_eval = 512
     epochs, warmup_epochs = (30, 5) if finetune else (300, 20)
-    c.total_steps = max(1, epochs * preset['num_train'] // c.batch)
-    c.warmup_steps = warmup_epochs * preset['num_train'] // c.batch
-    c.optimizer = 'adamw'
-    c.b1, c.b2 = 0.9, 0.999
-    c.base_lr = 4e-5 if finetune else 1e-3
-    c.weight_decay = 1e-8 if finetune else 0.05
-    c.decay_type = 'cosine'
-    c.grad_norm_clip = 5.0
-    c.label_smoothing = 0.1
+    adamw_recipe(c, num_train=preset['num_train'], epochs=epochs, warmup_epochs=warmup_epochs,
+                 base_lr=4e-5 if finetune else 1e-3, weight_decay=1e-8 if finetune else 0.05,
+                 grad_norm_clip=5.0)
     if finetune:  # weights loaded with vit_jax.weights.load before training: set the path
         c.pretrained = ''
     return c.lock()

@@ -181,6 +181,22 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def adamw_recipe(c: ml_collections.ConfigDict, *, num_train: int, epochs: int,
+                 warmup_epochs: int, base_lr: float, weight_decay: float,
+                 grad_norm_clip: float, label_smoothing: float = 0.1) -> None:
+    """Sets the epoch-based AdamW + cosine recipe of the Swin / ConvNeXt papers on `c`, counting
+    steps of `c.batch` over `num_train` training examples."""
+    c.total_steps = max(1, epochs * num_train // c.batch)
+    c.warmup_steps = warmup_epochs * num_train // c.batch
+    c.optimizer = 'adamw'
+    c.b1, c.b2 = 0.9, 0.999
+    c.base_lr = base_lr
+    c.weight_decay = weight_decay
+    c.decay_type = 'cosine'
+    c.grad_norm_clip = grad_norm_clip
+    c.label_smoothing = label_smoothing
+
+
 _CHOICES = {
     'optimizer': ('sgd', 'adamw'),
     'decay_type': ('cosine', 'linear', 'constant'),
