@@ -114,6 +114,42 @@ def tiny(**overrides):
     return DHVT(**{**options, **overrides})
 
 
+def test_components_switched_off_is_deit(timm):
+    """All three off is the authors' `apply_dhvt=False` model, i.e. timm's DeiT/ViT: its state
+    dict loads and gives its logits."""
+    from tests import torch_reference
+
+    reference = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, mlp_ratio=4.0,
+        num_classes=4)
+    state_dict = torch_reference.randomize(reference, seed=5)
+    model = tiny(depth=2, sope=False, daff=False, hi_mhsa=False)
+    images = np.random.RandomState(0).randn(3, 16, 16, 3).astype(np.float32)
+    ours = eval_logits(model, weights.load(model, state_dict, strict=True), images)
+    diff = np.abs(ours - torch_reference.logits(reference, images)).max()
+    print(f'DHVT with SOPE, DAFF and HI-MHSA off vs timm VisionTransformer: max abs diff {diff:.3g}')
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize('switch, change', [
+    # SOPE -> linear patch embedding (3*4*4*16 + 16) + absolute position embedding (17 * 16),
+    # instead of affines (2*3 + 2*16), convs (3*3*3*8, 3*3*8*16) and BatchNorm (2*8 + 2*16).
+    ('sope', (3 * 16 * 16 + 16 + 17 * 16) - (2 * 3 + 2 * 16 + 27 * 8 + 72 * 16 + 2 * 8 + 2 * 16)),
+    # DAFF -> MLP: no BatchNorms (3 * 2 * hidden/dim), depthwise conv (9*64 + 64), SE (16*4 + 4
+    # + 4*16 + 16); the 1x1 convolutions are the MLP's dense layers.
+    ('daff', -(2 * 64 + 2 * 64 + 2 * 16 + 9 * 64 + 64 + 16 * 4 + 4 + 4 * 16 + 16)),
+    # HI-MHSA -> plain attention: no head-token projection (head_dim 8 -> 16: 8*16 + 16), norm
+    # (2 * 8) and head-token embedding (2 heads * 16).
+    ('hi_mhsa', -(8 * 16 + 16 + 2 * 8 + 2 * 16)),
+])
+def test_each_switched_off_component_changes_the_parameters_it_owns(switch, change):
+    def count(model):
+        return sum(s.size for k, s in weights.model_shapes(model).items()
+                   if k.startswith('params/'))
+
+    assert count(tiny(**{switch: False})) - count(tiny()) == change
+
+
 def test_batchnorm_statistics_update_with_pytorchs_momentum():
     # The fixture's weights carry non-default running statistics; one training-mode forward.
     config, state_dict, images, _ = read_fixture(1)

@@ -156,7 +156,10 @@ class HeadInteractingAttention(nn.Module):
 
 
 class DHVTBlock(nn.Module):
-    """Pre-norm block, HI-MHSA then DAFF: `[batch, 1 + rows * cols, dim]` in and out."""
+    """Pre-norm block, HI-MHSA then DAFF: `[batch, 1 + rows * cols, dim]` in and out.
+
+    `hi_mhsa=False` / `daff=False` use DeiT's plain attention / MLP instead (ablations).
+    """
 
     num_heads: int
     mlp_dim: int
@@ -167,18 +170,32 @@ class DHVTBlock(nn.Module):
     drop_path_rate: float = 0.0
     attn_impl: str = 'fused'
     dtype: str = 'float32'
+    hi_mhsa: bool = True
+    daff: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         drop_path = layers.DropPath(self.drop_path_rate)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm1')(x)
-        y = HeadInteractingAttention(
-            self.num_heads, self.qkv_bias, self.dropout_rate, self.attn_dropout_rate,
-            self.attn_impl, self.dtype, name='attn')(y, deterministic=not train)
+        if self.hi_mhsa:
+            y = HeadInteractingAttention(
+                self.num_heads, self.qkv_bias, self.dropout_rate, self.attn_dropout_rate,
+                self.attn_impl, self.dtype, name='attn')(y, deterministic=not train)
+        else:
+            y = layers.MultiHeadAttention(
+                self.num_heads, dropout_rate=self.attn_dropout_rate, qkv_bias=self.qkv_bias,
+                impl=self.attn_impl, dtype=self.dtype, kernel_init=dense_init, name='attn',
+            )(y, deterministic=not train)
+            y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         x = x + drop_path(y, deterministic=not train)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm2')(x)
-        y = DynamicAggregationFeedForward(self.mlp_dim, self.grid, self.dtype, name='mlp')(
-            y, train=train)
+        if self.daff:
+            y = DynamicAggregationFeedForward(self.mlp_dim, self.grid, self.dtype, name='mlp')(
+                y, train=train)
+        else:
+            y = layers.MlpBlock(self.mlp_dim, act_layer='gelu', dtype=self.dtype,
+                                kernel_init=dense_init, bias_init=nn.initializers.zeros,
+                                name='mlp')(y, deterministic=not train)
         return x + drop_path(y, deterministic=not train)
 
 
@@ -188,6 +205,11 @@ class DHVT(nn.Module):
     Options use the authors' (timm) names. `patch_size` is 2, 4 or 16; the image sides must be
     multiples of it. `drop_rate` drops the attention output (the authors' DAFF ignores it).
     `num_classes=0` returns the class token's features `[batch, embed_dim]`.
+
+    For ablations, `sope`, `daff` and `hi_mhsa` switch each component off in favour of DeiT's
+    counterpart (the authors' `apply_dhvt=False` model): a linear patch embedding plus a learned
+    absolute position embedding, the GELU MLP, plain multi-head attention. All three off is a
+    DeiT / ViT with a class token.
     """
 
     num_classes: int = 100
@@ -204,6 +226,9 @@ class DHVT(nn.Module):
     attn_impl: str = 'fused'
     dtype: str = 'float32'
     in_chans: int = 3
+    sope: bool = True
+    daff: bool = True
+    hi_mhsa: bool = True
 
     def __post_init__(self) -> None:
         if self.patch_size not in SOPE_CONVS:
@@ -227,18 +252,26 @@ class DHVT(nn.Module):
                 f'{tuple(images.shape)}; convert them to {self.in_chans} channels (channels last)')
         for size in images.shape[1:3]:
             _check_image_size(size, self.patch_size)
-        x = SequentialPatchEmbed(self.embed_dim, self.patch_size, self.dtype,
-                                 name='patch_embed')(images, train=train)
+        if self.sope:
+            x = SequentialPatchEmbed(self.embed_dim, self.patch_size, self.dtype,
+                                     name='patch_embed')(images, train=train)
+        else:
+            x = layers.PatchEmbed(self.embed_dim, self.patch_size, in_chans=self.in_chans,
+                                  dtype=self.dtype, kernel_init=dense_init,
+                                  name='patch_embed')(images)
         batch, rows, cols, dim = x.shape
         cls = self.param('cls', dense_init, (1, 1, dim))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, dim)),
                              x.reshape(batch, rows * cols, dim)], axis=1)
+        if not self.sope:
+            x = layers.LearnedPositionEmbedding(name='pos_embed')(x)
         for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
             x = DHVTBlock(
                 self.num_heads, int(self.embed_dim * self.mlp_ratio), (rows, cols),
                 qkv_bias=self.qkv_bias, dropout_rate=self.drop_rate,
                 attn_dropout_rate=self.attn_drop_rate, drop_path_rate=rate,
-                attn_impl=self.attn_impl, dtype=self.dtype, name=f'blocks_{i}')(x, train=train)
+                attn_impl=self.attn_impl, dtype=self.dtype, hi_mhsa=self.hi_mhsa,
+                daff=self.daff, name=f'blocks_{i}')(x, train=train)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x)[:, 0]
         if self.num_classes:
             x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
@@ -288,9 +321,12 @@ _register_variants()
 
 
 def _torch_name(name: str) -> str:
-    """`blocks.3.mlp.bn1` -> `blocks_3/mlp/bn1`; `patch_embed.proj.2.1` -> `patch_embed/bn_1`."""
+    """`blocks.3.mlp.bn1` -> `blocks_3/mlp/bn1`; `patch_embed.proj.2.1` -> `patch_embed/bn_1`;
+    DeiT's `patch_embed.proj` -> `patch_embed`, `blocks.0.mlp.fc1` -> `blocks_0/mlp/Dense_0`."""
     name = re.sub(r'^patch_embed\.proj\.(\d+)\.([01])',
                   lambda m: f'patch_embed.{("conv", "bn")[int(m[2])]}_{int(m[1]) // 2}', name)
+    name = re.sub(r'^patch_embed\.proj$', 'patch_embed', name)
+    name = re.sub(r'\.mlp\.fc([12])$', lambda m: f'.mlp.Dense_{int(m[1]) - 1}', name)
     return re.sub(r'^blocks\.(\d+)', r'blocks_\1', name).replace('.', '/')
 
 
@@ -299,8 +335,9 @@ _LEAVES = {'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}
 
 
 def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
-    """The authors' state dict (SyncBatchNorm or BatchNorm names) -> `DHVT` flat arrays."""
-    if 'patch_embed.pre_affine.alpha' not in arrays:
+    """The authors' state dict (SyncBatchNorm or BatchNorm names; with components switched
+    off, DeiT's names for them) -> `DHVT` flat arrays."""
+    if 'cls_token' not in arrays:
         return None
     out: weights.Flat = {}
     for name, value in arrays.items():
@@ -309,6 +346,8 @@ def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
             continue
         if name == 'cls_token':
             out['params/cls'] = value
+        elif name == 'pos_embed':  # DeiT's absolute position embedding (SOPE off)
+            out['params/pos_embed/pos_embedding'] = value
         elif leaf == 'pos_embed':
             out[f'params/{_torch_name(module)}/head_pos_embed'] = value
         elif leaf == 'weight':
@@ -321,7 +360,7 @@ def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
         p = f'blocks.{i}.attn.'
         if p + 'qkv.weight' in arrays:
             out.update(weights.attention(
-                f'params/blocks_{i}/attn/attn', arrays[p + 'qkv.weight'],
+                f'params/blocks_{i}/attn' + '/attn' * model.hi_mhsa, arrays[p + 'qkv.weight'],
                 arrays.get(p + 'qkv.bias'), arrays[p + 'proj.weight'], arrays[p + 'proj.bias'],
                 model.num_heads))
     return out
