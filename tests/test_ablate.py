@@ -46,6 +46,23 @@ def test_shipped_study_has_the_classic_axes_and_trains_the_base_once():
         ablate.points(study, only=('dept',))
 
 
+def test_dhvt_study_compares_deit_and_dhvt_with_each_component_off_on_the_vit_recipe():
+    study = config_lib.load_config(os.path.join(REPO, 'configs', 'ablations',
+                                                'dhvt_small_data.py'))
+    vit_base = config_lib.load_config(STUDY).base
+    switches = ('sope', 'daff', 'hi_mhsa')
+    off = {}
+    for p in ablate.points(study):
+        config_lib.validate(p.config)
+        model = vit_jax.create_model(p.config.model_name, **config_lib.model_overrides(p.config),
+                                     num_classes=10, img_size=p.config.pp.crop)
+        off[p.setting] = tuple(s for s in switches if not getattr(model, s))
+        for key in ('dataset', 'pp', 'batch', 'total_steps', 'base_lr', 'weight_decay'):
+            assert p.config[key] == vit_base[key], key  # the ViT ablation's budget and recipe
+    assert off == {'ViT (DeiT): all three off': switches, 'DHVT: SOPE + DAFF + HI-MHSA': (),
+                   'SOPE': ('sope',), 'DAFF': ('daff',), 'HI-MHSA': ('hi_mhsa',)}
+
+
 def tiny_study(data_dir):
     study = config_lib.load_config(STUDY)
     base = config_lib.apply_overrides(study.base, [
