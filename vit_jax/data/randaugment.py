@@ -10,6 +10,7 @@ rounding), so the pixel ops equal timm's; the geometric ops sample bilinearly, a
 uncovered pixels with `fill` (timm: the normalisation mean, `(124, 116, 104)` for ImageNet's).
 """
 
+import functools
 import math
 
 import tensorflow as tf
@@ -37,7 +38,7 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, layers: int, magnitude: float
         level = tf.clip_by_value(level, 0.0, MAX_LEVEL) if magnitude_std > 0 else tf.constant(
             float(magnitude), tf.float64)
         negate = tf.random.stateless_uniform([], sign) > 0.5
-        branches = [_branch(op, image, level, negate, fill) for op in OPS] + [lambda: image]
+        branches = [_branch(op, image, level, negate, fill) for op in OPS] + [functools.partial(tf.identity, image)]
         image = tf.ensure_shape(tf.switch_case(index, branches), shape)
     return image
 
