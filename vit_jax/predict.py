@@ -8,9 +8,10 @@ pre-logits width) come from the file. ImageNet-1k and -21k class names ship with
 `--classes=FILE` (one name per line) names other classes. With `--workdir`, the model, its options,
 its weights (`weights.npz`), class names (`classes.txt`) and input normalisation (`pp.normalize`)
 come from that training run, and images are resized bilinearly to the run's crop (shorter side,
-centre crop; the eval pipeline resizes the whole image, the same for square images). With `--model`, images are prepared as the model's registered `pretrained_cfg` says
-(crop, interpolation, mean and std); `--normalize=minus_one_one|imagenet` overrides the mean and
-std, for weights trained with another normalisation than the variant's usual one.
+centre crop; the eval pipeline resizes the whole image, the same for square images). With
+`--model`, images are prepared as the model's registered `pretrained_cfg` says (crop,
+interpolation, mean and std); `--normalize=minus_one_one|imagenet` overrides the mean and std,
+for weights trained with another normalisation than the variant's usual one.
 """
 
 from __future__ import annotations

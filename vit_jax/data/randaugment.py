@@ -38,7 +38,8 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, layers: int, magnitude: float
         level = tf.clip_by_value(level, 0.0, MAX_LEVEL) if magnitude_std > 0 else tf.constant(
             float(magnitude), tf.float64)
         negate = tf.random.stateless_uniform([], sign) > 0.5
-        branches = [_branch(op, image, level, negate, fill) for op in OPS] + [functools.partial(tf.identity, image)]
+        branches = [_branch(op, image, level, negate, fill) for op in OPS]
+        branches.append(functools.partial(tf.identity, image))  # Not applied.
         image = tf.ensure_shape(tf.switch_case(index, branches), shape)
     return image
 
