@@ -23,12 +23,14 @@ MAX_LEVEL = 10.0  # timm's _LEVEL_DENOM: magnitudes are out of 10.
 APPLY_PROB = 0.5
 
 
+@tf.autograph.experimental.do_not_convert  # Plain ops: tracing as is is much faster.
 def randaugment(image: tf.Tensor, seed: tf.Tensor, layers: int, magnitude: float,
                 magnitude_std: float, fill: tuple[int, int, int]) -> tf.Tensor:
     """Applies `layers` random ops to uint8 `image` [height, width, 3]; returns uint8, same shape.
 
     `seed` is a stateless seed (int [2]): the result is a fixed function of it.
     """
+    image = tf.ensure_shape(image, [None, None, 3])
     shape = image.shape
     for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, layers)):
         pick, apply, noise, sign = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 4))
@@ -55,7 +57,8 @@ def _branch(name, image, level, negate, fill):
     """A no-argument function applying op `name` with timm's magnitude-to-argument mapping."""
     fraction = level / MAX_LEVEL
     signed = lambda value: tf.where(negate, -value, value)  # noqa: E731
-    enhance = lambda: tf.maximum(0.1, 1.0 + signed(fraction * 0.9))  # noqa: E731
+    least = tf.constant(0.1, tf.float64)
+    enhance = lambda: tf.maximum(least, 1.0 + signed(fraction * 0.9))  # noqa: E731
     size = tf.cast(tf.shape(image), tf.float64)
     ops = {
         'AutoContrast': lambda: auto_contrast(image),
