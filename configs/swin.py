@@ -68,6 +68,7 @@ def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
     preset = DATASETS.get(c.dataset, dict(train='train', test='test', num_train=50_000))
     c.pp.train, c.pp.test = preset['train'], preset['test']
     c.pp.crop = 384 if c.model_name.endswith('384') else 224
+    c.pp.normalize = 'imagenet'  # the paper's (and the timm weights') mean / std
     c.batch = 1024
     c.batch_eval = 512
     epochs, warmup_epochs = (30, 5) if finetune else (300, 20)

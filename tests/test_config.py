@@ -55,6 +55,12 @@ def test_bad_value_names_the_key(key, value, message):
     ('accum_steps', '3', r'--config.batch=128 is not divisible by --config.accum_steps=3'),
     ('warmup_steps', '5000', r'--config.warmup_steps=5000 must be smaller than'),
     ('pp.augment', 'randaug', r"--config.pp.augment='randaug' is not supported"),
+    ('pp.normalize', 'zero_one', r"--config.pp.normalize='zero_one' is not supported; choose one "
+                                 r"of \('minus_one_one', 'imagenet'\)"),
+    ('pp.randaug_magnitude', '11', r'--config.pp.randaug_magnitude must be in \[0, 10\], got 11'),
+    ('pp.randaug_layers', '-1', r'--config.pp.randaug_layers must be >= 0, got -1'),
+    ('pp.erase_prob', '1.5', r'--config.pp.erase_prob must be in \[0.0, 1.0\], got 1.5'),
+    ('pp.repeated_aug', '0', r'--config.pp.repeated_aug must be > 0, got 0'),
 ])
 def test_values_that_cannot_work_fail_validation(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -32,6 +32,12 @@ def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_coll
             'area_min': 0.05,
             'pad': 2,
             'flip': False,
+            'normalize': 'minus_one_one',
+            'randaug_layers': 0,
+            'randaug_magnitude': 9,
+            'randaug_magnitude_std': 0.5,
+            'erase_prob': 0.0,
+            'repeated_aug': 1,
         },
         'batch': 16,
         'batch_eval': 7,
@@ -304,6 +310,7 @@ def test_unprepared_tfds_dataset_fails_fast_without_download(tmp_path):
         ('batch_eval', 0, 'config.batch_eval=0 must be a positive multiple'),
         ('pp.crop', 0, 'config.pp.crop=0 must be >= 1'),
         ('pp.augment', 'randaug', "Unknown config.pp.augment='randaug'"),
+        ('pp.normalize', 'zero_one', "Unknown config.pp.normalize='zero_one'"),
     ],
 )
 def test_config_errors(monkeypatch, key, value, message):

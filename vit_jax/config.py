@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
+from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models import registry
 
@@ -151,7 +152,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.pp = ml_collections.ConfigDict(dict(
         train='train', test='test', crop=224,
         augment='inception',  # 'inception' | 'pad_crop' | 'none'
-        area_min=0.05, pad=0, flip=True))
+        area_min=0.05, pad=0, flip=True,
+        normalize='minus_one_one',  # 'minus_one_one' ([-1, 1]) | 'imagenet' (mean / std)
+        # Training only (vit_jax/data): RandAugment ops per image (0 = off) at magnitude
+        # 0..10 with Gaussian noise of this std, random erasing probability, copies per example.
+        randaug_layers=0, randaug_magnitude=9, randaug_magnitude_std=0.5, erase_prob=0.0,
+        repeated_aug=1))
     c.batch = 512  # global: split over devices and accumulation steps
     c.batch_eval = 512
     # Device mesh [(axis, size)] over 'data' and 'fsdp' (-1: the devices left over); parameters
@@ -202,10 +208,15 @@ _CHOICES = {
     'decay_type': ('cosine', 'linear', 'constant'),
     'optim_dtype': ('float32', 'bfloat16'),
     'pp.augment': ('inception', 'pad_crop', 'none'),
+    'pp.normalize': tuple(NORMALIZATIONS),
 }
-_POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'keep_checkpoints')
+_POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'keep_checkpoints',
+             'pp.repeated_aug')
 _NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
-                 'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size')
+                 'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size',
+                 'pp.randaug_layers', 'pp.randaug_magnitude_std')
+# Inclusive ranges.
+_RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0)}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -226,6 +237,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in _NON_NEGATIVE:
         if get(key) is not None and get(key) < 0:
             raise ConfigError(f'--config.{key} must be >= 0, got {get(key)!r}')
+    for key, (low, high) in _RANGES.items():
+        if not low <= get(key) <= high:
+            raise ConfigError(f'--config.{key} must be in [{low}, {high}], got {get(key)!r}')
     if config.batch % config.accum_steps:
         raise ConfigError(f'--config.batch={config.batch} is not divisible by '
                           f'--config.accum_steps={config.accum_steps}')

@@ -6,7 +6,12 @@ r"""Command line: the top classes of images, with each model's own preprocessing
 `--weights` takes any layout `vit_jax.weights.load` reads; the class count (and the ViT's
 pre-logits width) come from the file. ImageNet-1k and -21k class names ship with the package;
 `--classes=FILE` (one name per line) names other classes. With `--workdir`, the model, its options,
-its weights (`weights.npz`) and class names (`classes.txt`) come from that training run.
+its weights (`weights.npz`), class names (`classes.txt`) and input normalisation (`pp.normalize`)
+come from that training run, and images are resized bilinearly to the run's crop (shorter side,
+centre crop; the eval pipeline resizes the whole image, the same for square images). With
+`--model`, images are prepared as the model's registered `pretrained_cfg` says (crop,
+interpolation, mean and std); `--normalize=minus_one_one|imagenet` overrides the mean and std,
+for weights trained with another normalisation than the variant's usual one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax
 import numpy as np
 
 from vit_jax import models, weights
+from vit_jax.data.normalization import NORMALIZATIONS, normalize
 from vit_jax.errors import VitJaxError
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
@@ -58,8 +64,8 @@ def preprocess(path: str, pretrained_cfg: dict, size: int) -> np.ndarray:
     w, h = (max(size, round(d * scale)) for d in image.size)
     image = image.resize((w, h), resample)
     left, top = (w - size) // 2, (h - size) // 2
-    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255
-    return (pixels - np.array(pretrained_cfg['mean'])) / np.array(pretrained_cfg['std'])
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32)
+    return normalize(pixels, pretrained_cfg['mean'], pretrained_cfg['std'])
 
 
 def _head_classes(arrays: weights.Flat) -> int | None:
@@ -85,7 +91,8 @@ def load_model(name: str, weights_path: str, overrides: dict | None = None,
     return model, weights.load(model, arrays, strict=True), num_classes
 
 
-def _from_workdir(workdir: str) -> tuple[str, dict, str, str]:
+def _from_workdir(workdir: str) -> tuple[str, dict, str, str | None, str]:
+    """`(model name, options, weights path, classes path, normalisation)` of a training run."""
     path = os.path.join(workdir, 'config.json')
     if not os.path.isfile(path):
         raise VitJaxError(f'{workdir} holds no config.json; is it the --workdir of a run?')
@@ -96,7 +103,8 @@ def _from_workdir(workdir: str) -> tuple[str, dict, str, str]:
     options['img_size'] = config['pp']['crop']
     classes = os.path.join(workdir, 'classes.txt')
     return (config['model_name'], options, os.path.join(workdir, 'weights.npz'),
-            classes if os.path.isfile(classes) else None)
+            classes if os.path.isfile(classes) else None,
+            config['pp'].get('normalize', 'minus_one_one'))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,19 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--img_size', type=int, help="input size (default: the model's)")
     parser.add_argument('--classes', help='class names, one per line')
     parser.add_argument('--top', type=int, default=5, help='how many classes to print')
+    parser.add_argument('--normalize', choices=tuple(NORMALIZATIONS),
+                        help="input mean / std (default: the run's, or the model's registered)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        cfg = {}
         if args.workdir:
-            name, options, weights_path, classes = _from_workdir(args.workdir)
+            name, options, weights_path, classes, norm = _from_workdir(args.workdir)
+            # As the eval pipeline: the whole image resized bilinearly, the run's mean and std.
+            cfg = {'crop_pct': 1.0, 'interpolation': 'bilinear', **NORMALIZATIONS[norm]}
         elif args.model and args.weights:
             name, options, weights_path, classes = args.model, {}, args.weights, None
         else:
             parser.error('give --model and --weights, or --workdir')
+        cfg = {**models.get_spec(name).pretrained_cfg, **cfg}
+        if args.normalize:
+            cfg.update(NORMALIZATIONS[args.normalize])
         if args.img_size:
             options['img_size'] = args.img_size
         model, variables, num_classes = load_model(name, weights_path, options)
         names = class_names(num_classes, args.classes or classes)
-        cfg = models.get_spec(name).pretrained_cfg
         batch = np.stack([preprocess(p, cfg, model.img_size) for p in args.images])
         probs = np.asarray(jax.nn.softmax(model.apply(variables, batch, train=False)))
     except VitJaxError as e:

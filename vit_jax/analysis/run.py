@@ -28,6 +28,8 @@ import numpy as np
 from vit_jax import config as config_lib
 from vit_jax import models, weights
 from vit_jax.analysis import attention, embeddings
+from vit_jax.data.normalization import NORMALIZATIONS
+from vit_jax.data.normalization import normalize as normalize_pixels
 from vit_jax.errors import ModelError, VitJaxError
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
@@ -88,26 +90,30 @@ def sample_images(names: Sequence[str], size: int) -> dict[str, np.ndarray]:
     return out
 
 
-def normalize(images: np.ndarray, model_name: str) -> np.ndarray:
-    """Images in [0, 1] -> the model's input normalisation (its registered mean and std)."""
-    cfg = models.get_spec(model_name).pretrained_cfg
-    return (images - np.asarray(cfg['mean'])) / np.asarray(cfg['std'])
+def normalize(images: np.ndarray, model_name: str, normalization: str | None = None,
+              ) -> np.ndarray:
+    """Images in [0, 1] -> the model's input normalisation: `normalization` (a `pp.normalize`
+    name, as a training run's config has) or else the model's registered mean and std."""
+    cfg = (NORMALIZATIONS[normalization] if normalization
+           else models.get_spec(model_name).pretrained_cfg)
+    return normalize_pixels(np.asarray(images, np.float32) * 255, cfg['mean'], cfg['std'])
 
 
 def analyze(model: nn.Module, variables: Mapping[str, Any], images: Mapping[str, np.ndarray],
             out_dir: str | None = None, *, model_name: str = 'ViT-B_16',
-            num_components: int = 28) -> dict[str, Any]:
+            normalization: str | None = None, num_components: int = 28) -> dict[str, Any]:
     """Runs the four analyses; with `out_dir`, writes the PNGs and `analysis.json` there.
 
     `images`: name -> `[size, size, 3]` in [0, 1] (`size` = the model's `img_size`); they are
-    normalised as `model_name`'s registered preprocessing. Returns the numbers: mean attention
-    distance `[layers][heads]` (pixels), the position-embedding similarity `[rows][cols][rows]
-    [cols]` and the filter components' explained variance.
+    normalised as `normalization` (a `pp.normalize` name) or else as `model_name`'s registered
+    preprocessing. Returns the numbers: mean attention distance `[layers][heads]` (pixels), the
+    position-embedding similarity `[rows][cols][rows][cols]` and the filter components'
+    explained variance.
     """
     from vit_jax.analysis import plots
 
     grid, patch_size, prefix = attention.token_layout(model)
-    batch = normalize(np.stack(list(images.values())), model_name)
+    batch = normalize(np.stack(list(images.values())), model_name, normalization)
     attn = attention.attention_weights(model, variables, batch)
     distance = attention.mean_attention_distance(attn, grid, patch_size, prefix)
     maps = attention.attention_maps(attn, grid, prefix)
@@ -176,15 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workdir:
             model, variables, config = load_workdir(args.workdir, args.step)
-            name = config.model_name
+            name, normalization = config.model_name, config.pp.get('normalize', 'minus_one_one')
         else:
-            name = args.model
+            name, normalization = args.model, None
             options = dict(_parse_option(o) for o in args.option)
             model = models.create_model(name, num_classes=args.num_classes,
                                         img_size=args.img_size, **options)
             variables = weights.load(model, args.weights)
         images = sample_images(args.images.split(','), model.img_size)
-        results = analyze(model, variables, images, args.out, model_name=name)
+        results = analyze(model, variables, images, args.out, model_name=name,
+                          normalization=normalization)
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

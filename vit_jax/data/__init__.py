@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import DataError
 
 AUGMENTATIONS = ('inception', 'pad_crop', 'none')
@@ -57,7 +58,10 @@ def create_datasets(
 
     Args:
         config: uses `dataset`, `tfds_data_dir`, `pp` (`train`, `test`, `crop`, `augment`,
-            `area_min`, `pad`, `flip`), `batch`, `batch_eval`, `shuffle_buffer` and `seed`.
+            `area_min`, `pad`, `flip`, `normalize`, `randaug_layers`, `randaug_magnitude`,
+            `randaug_magnitude_std`, `erase_prob`, `repeated_aug`), `batch`, `batch_eval`,
+            `shuffle_buffer` and `seed`. With `pp.repeated_aug=N`, each example comes N times
+            per N passes over the data, each copy augmented independently.
         start: the data position to resume at: how many training examples all processes
             have read so far (a multiple of the process count). The train stream is a fixed
             function of `seed`, so resuming continues it exactly as if never stopped (with the
@@ -65,7 +69,8 @@ def create_datasets(
 
     Returns:
         `(train_iterator, make_eval_iterator, info)`. The train iterator is infinite and yields
-        `image` float32 [batch / process_count, crop, crop, 3] in [-1, 1] and `label` int32
+        `image` float32 [batch / process_count, crop, crop, 3] normalised as `pp.normalize` says
+        (see `vit_jax.data.normalization`) and `label` int32
         [batch / process_count]. `make_eval_iterator()` returns a fresh, finite iterator of
         ceil(num_eval / batch_eval) batches of `image`, `label` and `mask` float32, each with
         batch_eval / process_count rows; the last ones are padded, with mask 0, so that every
@@ -92,3 +97,6 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise DataError(
             f'Unknown config.pp.augment={config.pp.augment!r}; use one of {AUGMENTATIONS}.'
         )
+    if config.pp.normalize not in NORMALIZATIONS:
+        raise DataError(f'Unknown config.pp.normalize={config.pp.normalize!r}; use one of '
+                        f'{tuple(NORMALIZATIONS)}.')

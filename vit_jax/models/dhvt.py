@@ -30,7 +30,7 @@ import numpy as np
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
-from vit_jax.models.registry import register
+from vit_jax.models.registry import IMAGENET_NORM, register
 
 # Patch size -> number of 3x3 stride-2 convolutions in SOPE.
 SOPE_CONVS = {2: 1, 4: 2, 16: 4}
@@ -291,7 +291,6 @@ def _check_image_size(size: int, patch_size: int) -> None:
 
 # The authors' normalisation (timm's IMAGENET_DEFAULT_MEAN/STD) for every dataset; CIFAR images
 # are used at 32 px uncropped, the others resized to 256 and centre-cropped to 224.
-IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
 _SIZES = {'tiny': 192, 'small': 384}
 # dataset -> img_size, num_classes (CIFAR-100, DomainNet, ImageNet-1k), heads (tiny, small),
 # crop_pct.

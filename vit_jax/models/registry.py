@@ -15,10 +15,13 @@ from typing import Any
 
 import flax.linen as nn
 
+from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import ModelError
 
 # Preprocessing of the original ViT checkpoints: pixels scaled to [-1, 1].
-INCEPTION_NORM = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
+INCEPTION_NORM = NORMALIZATIONS['minus_one_one']
+# timm's IMAGENET_DEFAULT_MEAN / STD (Swin, ConvNeXt, DHVT, SReT, BiT).
+IMAGENET_NORM = NORMALIZATIONS['imagenet']
 NOT_OPTIONS = ('parent', 'name')
 
 

@@ -17,9 +17,7 @@ from flax import linen as nn
 
 from vit_jax import weights
 from vit_jax.models import layers
-from vit_jax.models.registry import register
-
-IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
+from vit_jax.models.registry import IMAGENET_NORM, register
 
 
 class StdConv(nn.Module):

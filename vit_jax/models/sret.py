@@ -47,10 +47,9 @@ import numpy as np
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
-from vit_jax.models.registry import register
+from vit_jax.models.registry import IMAGENET_NORM, register
 
 Array = jax.Array
-IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
 STEM_STRIDE = 8
 
 

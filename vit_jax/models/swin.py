@@ -19,11 +19,10 @@ import numpy as np
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
-from vit_jax.models.registry import register
+from vit_jax.models.registry import IMAGENET_NORM, register
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, used by timm and the original Swin
-IMAGENET_NORM = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
 
 
 def relative_position_index(window: int) -> np.ndarray:
