@@ -59,8 +59,9 @@ def test_ema_is_the_average_of_the_trajectory_and_leaves_training_alone():
     # ema_N = d^N v_0 + sum_t (1 - d) d^(N - t) v_t, in float64.
     weights_t = [decay ** steps] + [(1 - decay) * decay ** (steps - t)
                                     for t in range(1, steps + 1)]
-    expected = jax.tree.map(lambda *vs: sum(w * np.float64(v) for w, v in zip(weights_t, vs)),
-                            *trajectory)
+    expected = jax.tree.map(
+        lambda *vs: sum(w * np.float64(v) for w, v in zip(weights_t, vs, strict=True)),
+        *trajectory)
     assert set(state.ema) == {'params', 'batch_stats'}
     worst = max(float(np.abs(np.float64(a) - b).max()) for a, b in zip(
         jax.tree.leaves(state.ema), jax.tree.leaves(expected), strict=True))

@@ -48,8 +48,9 @@ def sample(rng: jax.Array, height: int, width: int, *, mixup_alpha: float, cutmi
     applied = jax.random.uniform(apply_rng) < prob
     lam = jnp.where(applied, lam, 1.0)
     use_cutmix = use_cutmix & applied
-    centre_y, centre_x = (jax.random.randint(k, (), 0, n)
-                          for k, n in zip(jax.random.split(box_rng), (height, width)))
+    y_rng, x_rng = jax.random.split(box_rng)
+    centre_y = jax.random.randint(y_rng, (), 0, height)
+    centre_x = jax.random.randint(x_rng, (), 0, width)
     box = cutmix_box(lam, centre_y, centre_x, height, width)
     lam = jnp.where(use_cutmix, box_lam(box, height, width), lam)
     return MixParams(lam=lam.astype(jnp.float32), use_cutmix=use_cutmix, box=box)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from vit_jax.errors import ModelError
 from vit_jax.train import mix
 
 Batch = dict[str, jax.Array]
@@ -49,7 +50,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 
 def ema_start(params: Any, model_state: dict[str, Any]) -> dict[str, Any]:
-    """The moving average's first value: a copy of the variables `{'params': ..., **model_state}`."""
+    """The moving average's first value: a copy of `{'params': params, **model_state}`."""
     return jax.tree.map(jnp.copy, {'params': params, **model_state})
 
 
@@ -102,7 +103,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum
     step's own, so resumed runs mix identically. With accumulation each micro-batch is mixed on
     its own (its own draw, mixed with its own reverse). The training accuracy then compares the
     prediction with the dominant label (the largest soft target: the image's own label when
-    `lam >= 0.5`, the reversed batch's label otherwise).
+    `lam > 0.5`, the reversed batch's when `lam < 0.5`, the lower class id at a tie).
 
     With `ema_decay` > 0, `state.ema` (see `create_train_state(..., ema=True)`) is updated after
     each optimizer step: `ema = decay * ema + (1 - decay) * (params, model_state)`.
@@ -111,7 +112,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum
     mixing = mixup_alpha > 0 or cutmix_alpha > 0
     num_classes = getattr(model, 'num_classes', None)
     if mixing and not num_classes:
-        raise ValueError('mixup / cutmix need a model with a classification head (num_classes)')
+        raise ModelError('mixup / cutmix need a model with a classification head '
+                         '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
 
     def mixed_inputs(images, labels, rng):
         """(images, targets): mixed images and soft targets, or the batch as it is."""
@@ -182,17 +184,17 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
     `'ema_correct'`, `'ema_loss'` of the averaged weights when the state has them.
     """
 
-    def sums(variables, batch, mask):
+    def sums(variables, batch, mask, prefix=''):
         logits = model.apply(variables, batch['image'], train=False)
         correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
-        return (correct * mask).sum(), (cross_entropy(logits, batch['label']) * mask).sum()
+        return {f'{prefix}correct': (correct * mask).sum(),
+                f'{prefix}loss': (cross_entropy(logits, batch['label']) * mask).sum()}
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         mask = batch['mask'].astype(jnp.float32)
-        out = dict(zip(('correct', 'loss'), sums(
-            {'params': state.params, **state.model_state}, batch, mask)))
+        out = sums({'params': state.params, **state.model_state}, batch, mask)
         if state.ema:
-            out.update(zip(('ema_correct', 'ema_loss'), sums(state.ema, batch, mask)))
+            out.update(sums(state.ema, batch, mask, prefix='ema_'))
         return {**out, 'count': mask.sum()}
 
     return eval_step
