@@ -44,7 +44,8 @@ def make_config(overrides=()):
 
 
 def final_params(config, workdir):
-    """The parameters of the newest checkpoint in `workdir`, as flat numpy arrays."""
+    """The parameters of the newest checkpoint in `workdir` (and their moving average, if any),
+    as flat numpy arrays."""
     import jax
 
     import vit_jax
@@ -54,11 +55,14 @@ def final_params(config, workdir):
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=NUM_CLASSES, img_size=config.pp.crop)
     template = step.create_train_state(model, optim.create_optimizer(config),
-                                       jax.random.PRNGKey(0), (1, 8, 8, 3))
+                                       jax.random.PRNGKey(0), (1, 8, 8, 3),
+                                       ema=config.ema_decay > 0)
     ckpt = checkpoint.Checkpointer(workdir, every=0, keep=10)
     state, _ = ckpt.restore(template, config.model_name)
     ckpt.close()
     flat = weights.flatten_variables({'params': state.params})
+    if state.ema:  # the moving average too, as 'ema/<name>'
+        flat.update({f'ema/{k}': v for k, v in weights.flatten_variables(state.ema).items()})
     return {k: np.asarray(v) for k, v in flat.items()}
 
 

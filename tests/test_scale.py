@@ -138,22 +138,31 @@ def test_remat_gives_the_same_gradients():
 # ----------------------------------------------------------------------------- equivalence
 
 
+# Mixup / CutMix (batch mixed with its reverse: rows cross devices) and the EMA of the weights.
+MIX_EMA = [('mixup_alpha', '0.8'), ('cutmix_alpha', '1.0'), ('label_smoothing', '0.1'),
+           ('ema_decay', '0.9')]
+
+
 def test_one_vs_eight_devices_vs_fsdp_vs_accumulation(baseline, tmp_path):
     fsdp = ('mesh', "[('data', 4), ('fsdp', 2)]")
     runs = {'8-way data': [('mesh', "[('data', -1)]")],
             '4x2 data x fsdp': [fsdp],
-            '4x2 + 4 micro-batches': [fsdp, ('accum_steps', '4')]}
+            '4x2 + 4 micro-batches': [fsdp, ('accum_steps', '4')],
+            '4x2 + mixup/cutmix + EMA': [fsdp, *MIX_EMA]}
     jobs = [{'workdir': str(tmp_path / str(i)), 'overrides': o,
              'params_out': str(tmp_path / f'{i}.npz')} for i, o in enumerate(runs.values())]
     results = run_worker({'jobs': jobs}, devices=8)
-    assert [r['count'] for r in results] == [37] * 3  # 37 examples, eval batches of 16 on 8
-    one = baseline[1]
+    assert [r['count'] for r in results] == [37] * 4  # 37 examples, eval batches of 16 on 8
+    mixed = train_here(tmp_path / 'mixed', *MIX_EMA)  # its 1-device baseline
     for i, name in enumerate(runs):
+        one = mixed if 'EMA' in name else baseline
         params = dict(np.load(tmp_path / f'{i}.npz'))
-        diff = max_diff(one, params)
+        assert params.keys() == one[1].keys()  # with EMA: 'ema/params/...' compared too
+        diff = max_diff(one[1], params)
         record(f'1 device vs {name}: max abs param diff after 6 steps', diff)
         assert diff < 2e-5, (name, diff)
-        assert abs(results[i]['accuracy'] - baseline[0]['accuracy']) < 1e-6
+        for key in ('accuracy', 'ema_accuracy'):
+            assert abs(results[i].get(key, 0) - one[0].get(key, 0)) < 1e-6
 
 
 @pytest.mark.slow
@@ -233,8 +242,9 @@ def test_sigterm_saves_and_exits_then_resumes_bit_identically(baseline, tmp_path
 
 @pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path):
-    # With dropout: the RNG key is part of what resumes exactly.
-    overrides = [('total_steps', '12'), ('checkpoint_every', '1'), ('model.drop_rate', '0.1')]
+    # With dropout and mixing: the RNG key is part of what resumes exactly; the EMA too.
+    overrides = [('total_steps', '12'), ('checkpoint_every', '1'), ('model.drop_rate', '0.1'),
+                 *MIX_EMA]
     _, reference = train_here(tmp_path / 'reference', *overrides)
     kills = sorted(random.Random(7).sample(range(2, 12), 3))
     for kill in kills:

@@ -180,6 +180,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 500
     c.grad_norm_clip = 1.0
     c.label_smoothing = 0.0
+    # Mixup / CutMix on device, one draw per batch (timm's Mixup, mode 'batch'; DeiT: 0.8, 1.0,
+    # 1.0, 0.5); 0 alphas = off. See vit_jax/train/mix.py.
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
+    c.mix_prob = 1.0  # probability that a batch is mixed
+    c.mix_switch_prob = 0.5  # probability of CutMix rather than mixup when both are on
+    # Exponential moving average of the weights, evaluated beside them (DeiT: 0.99996); 0 = off.
+    c.ema_decay = 0.0
     c.progress_every = 10
     c.eval_every = 100
     c.checkpoint_every = 1000
@@ -214,9 +222,10 @@ _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'ke
              'pp.repeated_aug')
 _NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
                  'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size',
-                 'pp.randaug_layers', 'pp.randaug_magnitude_std')
+                 'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha')
 # Inclusive ranges.
 _RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0)}
+_PROBABILITIES = ('mix_prob', 'mix_switch_prob')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -246,6 +255,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.warmup_steps >= config.total_steps:
         raise ConfigError(f'--config.warmup_steps={config.warmup_steps} must be smaller than '
                           f'--config.total_steps={config.total_steps}')
+    for key in _PROBABILITIES:
+        if not 0.0 <= get(key) <= 1.0:
+            raise ConfigError(f'--config.{key} is a probability: it must be in [0, 1], got '
+                              f'{get(key)!r}')
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f'--config.ema_decay must be in [0, 1) (0 = no moving average; DeiT '
+                          f'uses 0.99996), got {config.ema_decay!r}')
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f'--config.label_smoothing must be in [0, 1), got '
                           f'{config.label_smoothing}')

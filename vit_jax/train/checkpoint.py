@@ -1,6 +1,7 @@
 """Checkpoints in `workdir/checkpoints/<step>` with orbax: the whole `TrainState` (parameters,
-optimizer state, step, RNG key, BatchNorm statistics) and a JSON record of the run (model name
-and the data position: how many training examples were read).
+optimizer state, step, RNG key, BatchNorm statistics, the moving average of the weights when
+`ema_decay` > 0) and a JSON record of the run (model name and the data position: how many
+training examples were read).
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
 interrupted at any point is never taken as the latest; leftovers are cleaned up. A complete
@@ -62,28 +63,38 @@ class Checkpointer:
 
     def maybe_save(self, step: int, state: TrainState, run: dict[str, Any], *,
                    force: bool = False) -> bool:
-        """Saves `state` and `run` (asynchronously) at every `every`-th step, or when `force`."""
+        """Saves `state` and `run` (asynchronously) at every `every`-th step, or when `force`.
+        A state without a moving average of the weights is saved without an `ema` entry, as
+        before there was one."""
         if not force and not (self.every and step % self.every == 0):
             return False
         if step in self._manager.all_steps():
             return False
+        items = serialization.to_state_dict(state)
+        if not items['ema']:
+            del items['ema']
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+            state=ocp.args.StandardSave(items),
             run=ocp.args.JsonSave(run)), force=True)
         return True
 
     def restore(self, template: TrainState, model_name: str) -> tuple[TrainState, dict[str, Any]]:
         """The newest readable checkpoint, shaped and placed like `template`, and its run record.
 
-        A checkpoint of another model (other names or shapes) is a `ConfigError`; one that
+        A checkpoint of another model (other names or shapes), or one with a moving average of
+        the weights when `template` has none or the other way round, is a `ConfigError`; one that
         cannot be read is moved aside and the previous one tried.
         """
         target = serialization.to_state_dict(template)
         for step in reversed(self.all_steps()):
             try:
                 run = dict(self._restore_item(step, 'run', ocp.args.JsonRestore()))
-                self._check_same_model(step, run, target, model_name)
-                restored = self._restore_item(step, 'state', ocp.args.StandardRestore(target))
+                metadata = self._manager.item_metadata(step)['state']
+                self._check_same_model(step, run, metadata, target, model_name)
+                wanted = target if 'ema' in metadata else {
+                    k: v for k, v in target.items() if k != 'ema'}
+                restored = {'ema': {}, **self._restore_item(
+                    step, 'state', ocp.args.StandardRestore(wanted))}
             except ConfigError:
                 raise
             except Exception as e:  # noqa: BLE001 -- unreadable for whatever reason: fall back
@@ -96,9 +107,8 @@ class Checkpointer:
     def _restore_item(self, step: int, name: str, args: ocp.args.CheckpointArgs) -> Any:
         return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
 
-    def _check_same_model(self, step: int, run: dict[str, Any], target: Any,
+    def _check_same_model(self, step: int, run: dict[str, Any], metadata: Any, target: Any,
                           model_name: str) -> None:
-        metadata = self._manager.item_metadata(step)['state']
         saved = {array_name(p): tuple(m.shape) for p, m in
                  jax.tree_util.tree_leaves_with_path(metadata) if hasattr(m, 'shape')}
         wanted = {array_name(p): tuple(np.shape(x)) for p, x in
@@ -110,6 +120,14 @@ class Checkpointer:
                 f'--workdir holds checkpoints of another model ({run.get("model_name")!r}: '
                 f'{diff} is {saved.get(diff)} there, {wanted.get(diff)} in {model_name!r}); use '
                 f'a new --workdir, or the config that wrote {self.directory}')
+        saved_ema, wanted_ema = (any(k.startswith('ema/') for k in names)
+                                 for names in (saved, wanted))
+        if saved_ema != wanted_ema:
+            raise ConfigError(
+                f'--workdir holds checkpoints {"with" if saved_ema else "without"} a moving '
+                f'average of the weights, and this run has {"none" if saved_ema else "one"}; '
+                f'set --config.ema_decay as the run that wrote {self.directory}, or use a new '
+                f'--workdir')
 
     def _set_aside(self, step: int, error: Exception) -> None:
         previous = [s for s in self.all_steps() if s < step]

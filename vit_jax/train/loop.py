@@ -29,15 +29,20 @@ from vit_jax.train.step import TrainState, create_train_state, make_eval_step, m
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],
              batch_sharding: jax.sharding.NamedSharding) -> dict[str, float]:
-    """Accuracy and loss over every example of `batches` (padded ones masked out)."""
+    """Accuracy and loss over every example of `batches` (padded ones masked out), and
+    `ema_accuracy`, `ema_loss` of the moving average of the weights when the state has one."""
     totals = None
     for batch in batches:
         sums = eval_step(state, sharding.to_global(batch, batch_sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
-    return {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count,
-            'count': int(count)}
+    result = {'accuracy': float(totals['correct']) / count,
+              'loss': float(totals['loss']) / count, 'count': int(count)}
+    if 'ema_correct' in totals:
+        result.update(ema_accuracy=float(totals['ema_correct']) / count,
+                      ema_loss=float(totals['ema_loss']) / count)
+    return result
 
 
 def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -54,15 +59,19 @@ def _compile(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.shar
     """The initial state and the jitted train and eval steps, placed on `mesh`."""
     tx = create_optimizer(config)
     init = functools.partial(create_train_state, model, tx,
-                             image_shape=(1, config.pp.crop, config.pp.crop, model.in_chans))
+                             image_shape=(1, config.pp.crop, config.pp.crop, model.in_chans),
+                             ema=config.ema_decay > 0)
     rng = jax.random.PRNGKey(config.seed)
     state_sharding = sharding.state_shardings(jax.eval_shape(init, rng), mesh,
                                               config.param_sharding, config.fsdp_min_size)
     data_sharding = sharding.batch_sharding(mesh)
     state = jax.jit(init, out_shardings=state_sharding)(rng)
     train_step = jax.jit(
-        sharding.on_mesh(make_train_step(model, tx, accum_steps=config.accum_steps,
-                                         label_smoothing=config.label_smoothing), mesh),
+        sharding.on_mesh(make_train_step(
+            model, tx, accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
+            mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+            mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob,
+            ema_decay=config.ema_decay), mesh),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(sharding.on_mesh(make_eval_step(model), mesh),
@@ -73,15 +82,27 @@ def _compile(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.shar
 
 def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainState:
     """`state` with parameters (and BatchNorm statistics) from the weights file `path`, placed
-    as the state's own arrays are; the head starts afresh, as in the original fine-tuning."""
+    as the state's own arrays are; the head starts afresh, as in the original fine-tuning. The
+    moving average of the weights, if any, starts from them too."""
     variables = weights.load(model, path, reset_head=True)
     params = variables.pop('params')
 
     def place(value, like):
         return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
 
-    return state.replace(params=jax.tree.map(place, params, state.params),
-                         model_state=jax.tree.map(place, variables, state.model_state))
+    state = state.replace(params=jax.tree.map(place, params, state.params),
+                          model_state=jax.tree.map(place, variables, state.model_state))
+    if state.ema:
+        state = state.replace(ema=jax.tree.map(place, {'params': params, **variables},
+                                               state.ema))
+    return state
+
+
+def _ema_text(result: dict[str, float]) -> str:
+    """`' (EMA weights: accuracy A, loss L)'` when `result` has them, else ''."""
+    if 'ema_accuracy' not in result:
+        return ''
+    return f' (EMA weights: accuracy {result["ema_accuracy"]:.4f}, loss {result["ema_loss"]:.4f})'
 
 
 def _check_finite(metrics: dict[str, jax.Array], step: int, checkpointer: Checkpointer) -> None:
@@ -100,6 +121,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           ) -> dict[str, float]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final eval
     (with `preempted_at_step` when SIGTERM stopped the run after saving a checkpoint).
+
+    Writes `weights.npz` (the trained weights) and, with `config.ema_decay` > 0,
+    `weights_ema.npz` (their moving average, also evaluated: `ema_accuracy`, `ema_loss`).
 
     `datasets(config, start)` returns `(train_iterator, make_eval_iterator, info)` with the
     train stream starting after `start` examples; the default is `vit_jax.data.create_datasets`
@@ -181,7 +205,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
                 final = evaluate(eval_step, state, make_eval_iter(), data_sharding)
                 progress.print(f'step {step}: eval accuracy {final["accuracy"]:.4f}, loss '
-                               f'{final["loss"]:.4f} over {final["count"]} examples')
+                               f'{final["loss"]:.4f}{_ema_text(final)} over {final["count"]} '
+                               f'examples')
                 writer.write(step, {f'eval_{k}': v for k, v in final.items()})
             checkpointer.maybe_save(step, state, run, force=preempted or step == config.total_steps)
             if preempted:
@@ -195,14 +220,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     # Every process takes part in gathering sharded arrays; process 0 writes them.
     variables = multihost_utils.process_allgather({'params': state.params, **state.model_state},
                                                   tiled=True)
+    ema_variables = multihost_utils.process_allgather(state.ema, tiled=True) if state.ema else {}
     if is_main:
         final['train_seconds'] = time.perf_counter() - start
         progress.print(
-            f'Done: eval accuracy {final["accuracy"]:.4f} on {final["count"]} held-out examples '
+            f'Done: eval accuracy {final["accuracy"]:.4f}{_ema_text(final)} on '
+            f'{final["count"]} held-out examples '
             f'in {final["train_seconds"]:.0f}s. Checkpoints: {checkpointer.directory}; metrics: '
             f'{writer.path} (TensorBoard: {os.path.join(workdir, "tensorboard")}); weights in '
-            f'the original .npz layout: {os.path.join(workdir, "weights.npz")}.')
+            f'the original .npz layout: {os.path.join(workdir, "weights.npz")}'
+            f'{" (their moving average: weights_ema.npz)" if ema_variables else ""}.')
         with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
             json.dump(final, f, indent=2)
         weights.save_npz(variables, os.path.join(workdir, 'weights.npz'))
+        if ema_variables:
+            weights.save_npz(ema_variables, os.path.join(workdir, 'weights_ema.npz'))
     return final

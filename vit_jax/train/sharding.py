@@ -142,10 +142,11 @@ def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[
 def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
                 min_size: int) -> Any:
     """`PartitionSpec`s for a train state (arrays or shapes): the rules place `params` and
-    `opt_state`; the step, RNG key and mutable model state (BatchNorm) are replicated."""
+    `opt_state`, and the moving average's parameters (`ema/params/...`) as the parameters they
+    average; the step, RNG key and mutable model state (BatchNorm) are replicated."""
 
     def place(path, leaf):
-        name = array_name(path)
+        name = array_name(path).removeprefix('ema/')
         if name.split('/')[0] not in ('params', 'opt_state'):
             return PartitionSpec()
         return param_spec(name, leaf.shape, fsdp_size, rules, min_size)

@@ -12,36 +12,69 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from vit_jax.errors import ModelError
+from vit_jax.train import mix
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# Folded into each step's key for the mixup / cutmix draw (the other streams use small ids).
+MIX_STREAM = 0x6D6978
 
 
 @struct.dataclass
 class TrainState:
     """Everything a resumed run needs: step, parameters, optimizer state, mutable model state
-    (e.g. `{'batch_stats': ...}` for BatchNorm models, `{}` for ViT) and the base RNG key."""
+    (e.g. `{'batch_stats': ...}` for BatchNorm models, `{}` for ViT), the base RNG key and the
+    exponential moving average of the weights (`ema`: `{'params': ..., **model_state}`, the
+    variables of the averaged model; `{}` when `ema_decay` is 0, so such checkpoints hold
+    nothing more than before)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     model_state: dict[str, Any]
     rng: jax.Array
+    ema: dict[str, Any] = struct.field(default_factory=dict)
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
-    """Initialises the model on zeros of `image_shape` `[batch, height, width, channels]`."""
+                       image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+    """Initialises the model on zeros of `image_shape` `[batch, height, width, channels]`; with
+    `ema`, the moving average starts as a copy of the initial variables."""
     init_rng, rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros(image_shape, jnp.float32), train=False)
     params = variables.pop('params')
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      model_state=dict(variables), rng=rng)
+                      model_state=dict(variables), rng=rng,
+                      ema=ema_start(params, variables) if ema else {})
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy `[batch]`; `labels` are class ids `[batch]`."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing) \
-        if label_smoothing else jax.nn.one_hot(labels, logits.shape[-1])
+def ema_start(params: Any, model_state: dict[str, Any]) -> dict[str, Any]:
+    """The moving average's first value: a copy of `{'params': params, **model_state}`."""
+    return jax.tree.map(jnp.copy, {'params': params, **model_state})
+
+
+def ema_update(average: Any, variables: Any, decay: float) -> Any:
+    """`decay * average + (1 - decay) * variables`, leaf by leaf, as timm's `ModelEmaV2.update`
+    over the whole state (parameters and BatchNorm statistics); integer leaves (counters) take
+    the new value."""
+
+    def update(a, v):
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            return v
+        return (decay * a + (1.0 - decay) * v).astype(v.dtype)
+
+    return jax.tree.map(update, average, variables)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+                  ) -> jax.Array:
+    """Per-example softmax cross-entropy `[batch]`; `targets` are class ids `[batch]` or class
+    probabilities `[batch, classes]` (e.g. the soft targets of mixup)."""
+    if targets.ndim < logits.ndim:
+        targets = jax.nn.one_hot(targets, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 
 
@@ -54,23 +87,50 @@ def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum_steps: int = 1,
-                    label_smoothing: float = 0.0) -> Callable[[TrainState, Batch],
-                                                              tuple[TrainState, Metrics]]:
+                    label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                    cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
+                    mix_switch_prob: float = 0.5, ema_decay: float = 0.0,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch) -> (state, metrics)`.
 
     `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}`. With `accum_steps > 1` the batch
     is split into that many micro-batches whose gradients are averaged: the same update as the
     whole batch at a fraction of the activation memory (BatchNorm statistics aside). Micro-batch
     `i` takes rows `i, i + accum_steps, ...`, so each device keeps its own rows (no transfers).
+
+    With `mixup_alpha` or `cutmix_alpha` > 0 each batch is mixed on device by `mix.mix` (timm's
+    `Mixup`, mode 'batch', label smoothing folded into the soft targets), from a key of the
+    step's own, so resumed runs mix identically. With accumulation each micro-batch is mixed on
+    its own (its own draw, mixed with its own reverse). The training accuracy then compares the
+    prediction with the dominant label (the largest soft target: the image's own label when
+    `lam > 0.5`, the reversed batch's when `lam < 0.5`, the lower class id at a tie).
+
+    With `ema_decay` > 0, `state.ema` (see `create_train_state(..., ema=True)`) is updated after
+    each optimizer step: `ema = decay * ema + (1 - decay) * (params, model_state)`.
     `metrics['finite']` is 1 when the loss and every gradient are finite.
     """
+    mixing = mixup_alpha > 0 or cutmix_alpha > 0
+    num_classes = getattr(model, 'num_classes', None)
+    if mixing and not num_classes:
+        raise ModelError('mixup / cutmix need a model with a classification head '
+                         '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
+
+    def mixed_inputs(images, labels, rng):
+        """(images, targets): mixed images and soft targets, or the batch as it is."""
+        if not mixing:
+            return images, labels
+        return mix.mix(jax.random.fold_in(rng, MIX_STREAM), images, labels, num_classes,
+                       mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob,
+                       switch_prob=mix_switch_prob, label_smoothing=label_smoothing)
 
     def loss_fn(params, model_state, images, labels, rng):
+        images, targets = mixed_inputs(images, labels, rng)
         variables = {'params': params, **model_state}
         logits, new_state = model.apply(variables, images, train=True,
                                         rngs=rng_streams(model, rng), mutable=list(model_state))
-        loss = cross_entropy(logits, labels, label_smoothing).mean()
-        correct = (logits.argmax(-1) == labels).mean()
+        loss = cross_entropy(logits, targets, 0.0 if mixing else label_smoothing).mean()
+        dominant = targets.argmax(-1) if mixing else targets
+        correct = (logits.argmax(-1) == dominant).mean()
         return loss, (correct, new_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -99,8 +159,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum
             loss, accuracy = loss / accum_steps, accuracy / accum_steps
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema, {'params': params, **model_state}, ema_decay) \
+            if ema_decay else state.ema
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  model_state=model_state)
+                                  model_state=model_state, ema=ema)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         return new_state, {'loss': loss, 'accuracy': accuracy, 'grad_norm': grad_norm,
@@ -118,16 +180,21 @@ def split_micro_batches(x: jax.Array, steps: int) -> jax.Array:
 def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
     """Returns `eval_step(state, batch) -> sums` over the examples where `batch['mask']` is 1.
 
-    Sums (not means) so that padded batches add up exactly: `{'correct', 'loss', 'count'}`.
+    Sums (not means) so that padded batches add up exactly: `{'correct', 'loss', 'count'}`, and
+    `'ema_correct'`, `'ema_loss'` of the averaged weights when the state has them.
     """
 
-    def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
-                             train=False)
-        mask = batch['mask'].astype(jnp.float32)
+    def sums(variables, batch, mask, prefix=''):
+        logits = model.apply(variables, batch['image'], train=False)
         correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
-        return {'correct': (correct * mask).sum(),
-                'loss': (cross_entropy(logits, batch['label']) * mask).sum(),
-                'count': mask.sum()}
+        return {f'{prefix}correct': (correct * mask).sum(),
+                f'{prefix}loss': (cross_entropy(logits, batch['label']) * mask).sum()}
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        mask = batch['mask'].astype(jnp.float32)
+        out = sums({'params': state.params, **state.model_state}, batch, mask)
+        if state.ema:
+            out.update(sums(state.ema, batch, mask, prefix='ema_'))
+        return {**out, 'count': mask.sum()}
 
     return eval_step
