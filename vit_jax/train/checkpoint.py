@@ -28,6 +28,19 @@ from vit_jax.train.step import TrainState
 log = logging.getLogger(__name__)
 
 
+class _CheckpointManager(ocp.CheckpointManager):
+    """orbax's manager, minus its own queries of JAX's preemption service.
+
+    The service remembers the step of the latest query; orbax queries it with the step it saves
+    (also from its finalize thread, while the loop is steps ahead). A notice arriving then would
+    set the agreed stop step behind the loop, which would never reach it. The loop alone asks,
+    once per step (`vit_jax.train.preemption`), and forces the save itself.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     """Saves every `every` steps (and when forced), keeps the newest `keep`, restores the
     newest readable one."""
@@ -35,7 +48,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, every: int, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
         self.every = every
-        self._manager = ocp.CheckpointManager(
+        self._manager = _CheckpointManager(
             self.directory,
             item_handlers={'state': ocp.StandardCheckpointHandler(),
                            'run': ocp.JsonCheckpointHandler()},
