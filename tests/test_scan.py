@@ -196,3 +196,21 @@ def test_trainer_run_with_scan_writes_weights_an_unscanned_model_reads(tmp_path,
     b = scanned.apply(weights.load(scanned, path, strict=True), x)
     assert np.abs(np.asarray(a)).max() > 0.01
     assert float(jnp.abs(a - b).max()) <= 1e-6
+
+
+@pytest.mark.slow
+def test_resuming_with_the_other_scan_setting_is_a_clear_error(tmp_path):
+    import scale_worker
+
+    from vit_jax.data.arrays import array_datasets
+    from vit_jax.errors import ConfigError
+
+    def run(scan):
+        config = scale_worker.make_config([('total_steps', '2'), ('model.scan_layers', scan)])
+        data = array_datasets(*scale_worker.synthetic(), num_classes=scale_worker.NUM_CLASSES)
+        return train(config, str(tmp_path), datasets=data)
+
+    run('False')
+    with pytest.raises(ConfigError, match='written with --config.model.scan_layers=False; '
+                                          'resume with that setting'):
+        run('True')

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from jax.experimental import multihost_utils
 
+from vit_jax import weights
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.train.sharding import array_name
 from vit_jax.train.step import TrainState
@@ -118,6 +119,11 @@ class Checkpointer:
                   jax.tree_util.tree_leaves_with_path(target)}
         diff = next((k for k in sorted(saved.keys() | wanted.keys())
                      if k.startswith('params/') and saved.get(k) != wanted.get(k)), None)
+        scanned = [any(weights.layer_axes(k) for k in names) for names in (saved, wanted)]
+        if diff is not None and scanned[0] != scanned[1]:
+            raise ConfigError(
+                f'--workdir holds checkpoints written with --config.model.scan_layers='
+                f'{scanned[0]}; resume with that setting (its weights.npz loads either way)')
         if diff is not None:
             raise ConfigError(
                 f'--workdir holds checkpoints of another model ({run.get("model_name")!r}: '
