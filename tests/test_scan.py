@@ -75,7 +75,7 @@ def test_scanned_logits_equal_unscanned_in_eval_and_train(case):
 
 
 def test_sgd_steps_through_make_train_step_agree():
-    unscanned, scanned, variables = pair()
+    unscanned, scanned, variables = pair(depth=2)
     tx = optax.sgd(0.5, momentum=0.9)
     x, labels = images(8), jnp.arange(8) % 5
     finals = []

@@ -98,7 +98,7 @@ def unstack_layers(flat: Mapping[str, Any], paths: tuple[str, ...] | None = None
     `paths` (default: every registered family's). Shapes (`jax.ShapeDtypeStruct`) split too."""
     out = {}
     for key, value in flat.items():
-        split = next(((path, *s) for path in paths or _stacked_paths()
+        split = next(((path, *s) for path in (_stacked_paths() if paths is None else paths)
                       if (s := _split_key(key, path))), None)
         if split is None:
             out[key] = value
