@@ -1,6 +1,6 @@
-"""Scale-out and never losing work: placement rules, 1 vs 8 devices vs 4x2 data x FSDP vs
-accumulation, 1 vs 2 processes, bit-exact resume after SIGKILL and SIGTERM, corrupt
-checkpoints, non-finite stops, the data position, and eval counts.
+"""Scale-out and never losing work: placement rules, 1 vs 8 devices vs 4x2 data x FSDP (also
+with the layers scanned) vs accumulation, 1 vs 2 processes, bit-exact resume after SIGKILL and
+SIGTERM, corrupt checkpoints, non-finite stops, the data position, and eval counts.
 
 Runs with several devices or processes happen in subprocesses (`scale_worker.py`) with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N`; 1-device baselines run in this process.
@@ -148,14 +148,18 @@ def test_one_vs_eight_devices_vs_fsdp_vs_accumulation(baseline, tmp_path):
     runs = {'8-way data': [('mesh', "[('data', -1)]")],
             '4x2 data x fsdp': [fsdp],
             '4x2 + 4 micro-batches': [fsdp, ('accum_steps', '4')],
-            '4x2 + mixup/cutmix + EMA': [fsdp, *MIX_EMA]}
+            '4x2 + mixup/cutmix + EMA': [fsdp, *MIX_EMA],
+            '4x2 scanned layers': [fsdp, ('model.scan_layers', 'True')]}
     jobs = [{'workdir': str(tmp_path / str(i)), 'overrides': o,
              'params_out': str(tmp_path / f'{i}.npz')} for i, o in enumerate(runs.values())]
     results = run_worker({'jobs': jobs}, devices=8)
-    assert [r['count'] for r in results] == [37] * 4  # 37 examples, eval batches of 16 on 8
-    mixed = train_here(tmp_path / 'mixed', *MIX_EMA)  # its 1-device baseline
+    assert [r['count'] for r in results] == [37] * len(runs)  # 37 examples, eval batches of 16 on 8
+    # Mixing + EMA and a scanned model (other initial weights) each have their own 1-device
+    # baseline.
+    mixed = train_here(tmp_path / 'mixed', *MIX_EMA)
+    scanned = train_here(tmp_path / 'scanned', ('model.scan_layers', 'True'))
     for i, name in enumerate(runs):
-        one = mixed if 'EMA' in name else baseline
+        one = mixed if 'EMA' in name else scanned if 'scanned' in name else baseline
         params = dict(np.load(tmp_path / f'{i}.npz'))
         assert params.keys() == one[1].keys()  # with EMA: 'ema/params/...' compared too
         diff = max_diff(one[1], params)
@@ -238,6 +242,65 @@ def test_sigterm_saves_and_exits_then_resumes_bit_identically(baseline, tmp_path
     assert os.path.isdir(tmp_path / 'checkpoints' / str(saved))
     _, params = train_here(tmp_path, ('checkpoint_every', '100'))  # resumes here
     assert max_diff(baseline[1], params) == 0.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def spawned():
+    """A list to put workers in; whichever still run when the test ends are killed."""
+    workers = []
+    yield workers
+    for worker in workers:
+        worker.proc.kill()
+        worker.timer.cancel()
+
+
+def two_processes(spec, spawned):
+    """Workers 0 and 1 of a 2-process run of `spec` (gloo collectives over 127.0.0.1)."""
+    coordinator = f'127.0.0.1:{free_port()}'
+    workers = [Worker({**spec, 'coordinator': coordinator, 'num_processes': 2, 'process_id': i},
+                      timeout=300) for i in range(2)]
+    spawned.extend(workers)
+    return workers
+
+
+def result_of(out):
+    return json.loads(out.split('RESULT ')[1].splitlines()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signalled', [(1,), (0, 1)])
+def test_sigterm_on_two_processes_saves_one_step_then_resumes_bit_identically(tmp_path,
+                                                                             signalled, spawned):
+    # SIGTERM to process 1 alone (JAX's preemption service tells the others), or to both (what
+    # SLURM, Kubernetes and TPU maintenance do): both agree on a step, save it, exit 0.
+    overrides = [['total_steps', '40'], ['checkpoint_every', '100']]
+    reference = two_processes({'workdir': str(tmp_path / 'reference'), 'overrides': overrides,
+                               'params_out': str(tmp_path / 'reference.npz')}, spawned)
+    outs = [w.finish() for w in reference]
+    assert [w.proc.returncode for w in reference] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    workers = two_processes({'workdir': str(tmp_path / 'run'), 'overrides': overrides}, spawned)
+    workers[0].wait_for_step(2)
+    for i in signalled:
+        workers[i].proc.send_signal(signal.SIGTERM)
+    outs = [w.finish() for w in workers]
+    assert [w.proc.returncode for w in workers] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    saved = {result_of(out)['preempted_at_step'] for out in outs}
+    assert len(saved) == 1 and 2 <= min(saved) < 40, saved
+    assert os.listdir(tmp_path / 'run' / 'checkpoints') == [str(min(saved))]
+    resumed = two_processes({'workdir': str(tmp_path / 'run'), 'overrides': overrides,
+                             'params_out': str(tmp_path / 'resumed.npz')}, spawned)
+    outs = [w.finish() for w in resumed]
+    assert [w.proc.returncode for w in resumed] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert f'Resumed from {tmp_path / "run" / "checkpoints"} at step {min(saved)}' in outs[0]
+    diff = max_diff(dict(np.load(tmp_path / 'reference.npz')),
+                    dict(np.load(tmp_path / 'resumed.npz')))
+    assert diff == 0.0
 
 
 @pytest.mark.slow

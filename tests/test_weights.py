@@ -54,9 +54,15 @@ def loaded(timm):
     return {case: timm_case(timm, t, o, size, **kw) for case, (t, o, size, kw) in CASES.items()}
 
 
-@pytest.mark.parametrize('case', sorted(CASES))
-def test_logits_equal_timm(loaded, case):
+@pytest.mark.parametrize('case,scan', [(case, False) for case in sorted(CASES)] + [
+    ('vit_small_patch32', True), ('r50_vit_base_patch16', True)])
+def test_logits_equal_timm(loaded, case, scan):
     reference, model, variables = loaded[case]
+    if scan:  # blocks as one nn.scan: the state dict loads into stacked parameters
+        model = model.clone(scan_layers=True)
+        variables = weights.load(model, torch_reference.state_dict(reference), strict=True)
+        assert variables['params']['Transformer']['encoderblock']['LayerNorm_0']['scale'].shape[
+            0] == model.depth
     x = images(CASES[case][2])
     expected = torch_reference.logits(reference, x)
     got = ours(model, variables, x)

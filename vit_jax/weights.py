@@ -49,22 +49,81 @@ class WeightMap:
     None when it does not recognise the layout. `resize(key, array, shape, model)` adapts an
     array whose shape differs (e.g. a position embedding trained at another resolution) or
     returns None. Keys starting with one of `head` are re-initialised when their shape differs.
-    `layouts` names the accepted layouts in error messages.
+    `layouts` names the accepted layouts in error messages. `stacked` names the module paths
+    (`Transformer/encoderblock`) under which a model scanned over its layers (`nn.scan`) keeps
+    `[layers, ...]` arrays in place of `Transformer/encoderblock_{i}`: `convert` and `resize`
+    always see one key per layer, and `load` and `save_npz` stack and unstack.
     """
 
     convert: Converter
     resize: Resizer | None = None
     head: tuple[str, ...] = ('params/head/',)
     layouts: str = ''
+    stacked: tuple[str, ...] = ()
 
 
 _MAPPINGS: dict[type, WeightMap] = {}
 
 
 def register_mapping(module: type[nn.Module], convert: Converter, *, resize: Resizer | None = None,
-                     head: tuple[str, ...] = ('params/head/',), layouts: str = '') -> None:
+                     head: tuple[str, ...] = ('params/head/',), layouts: str = '',
+                     stacked: tuple[str, ...] = ()) -> None:
     """Registers the checkpoint mapping of a family's module class (at the end of its file)."""
-    _MAPPINGS[module] = WeightMap(convert, resize, head, layouts)
+    _MAPPINGS[module] = WeightMap(convert, resize, head, layouts, stacked)
+
+
+# ----------------------------------------------------------------------------- stacked layers
+
+
+def _stacked_paths() -> tuple[str, ...]:
+    return tuple(sorted({path for m in _MAPPINGS.values() for path in m.stacked}))
+
+
+def _split_key(key: str, path: str) -> tuple[str, str] | None:
+    """`a/{path}/rest` -> `('a/', 'rest')`; None unless `path` is whole path components."""
+    head, sep, rest = key.partition(path + '/')
+    return (head, rest) if sep and (not head or head.endswith('/')) else None
+
+
+def layer_axes(name: str) -> int:
+    """1 if array `name` (`params/Transformer/encoderblock/MlpBlock_3/Dense_0/kernel`, or its
+    optimizer state `opt_state/0/mu/Transformer/encoderblock/...`) is stacked along a leading
+    layer axis by a model scanned over its layers, else 0. Per-layer rules (weight decay,
+    sharding) look at the array's other axes."""
+    return int(any(_split_key(name, path) for path in _stacked_paths()))
+
+
+def unstack_layers(flat: Mapping[str, Any], paths: tuple[str, ...] | None = None) -> dict:
+    """`.../{path}/rest` `[layers, ...]` -> `.../{path}_{i}/rest` for each layer `i`, for each of
+    `paths` (default: every registered family's). Shapes (`jax.ShapeDtypeStruct`) split too."""
+    out = {}
+    for key, value in flat.items():
+        split = next(((path, *s) for path in (_stacked_paths() if paths is None else paths)
+                      if (s := _split_key(key, path))), None)
+        if split is None:
+            out[key] = value
+            continue
+        path, head, rest = split
+        for i in range(value.shape[0]):
+            layer = jax.ShapeDtypeStruct(value.shape[1:], value.dtype) if isinstance(
+                value, jax.ShapeDtypeStruct) else value[i]
+            out[f'{head}{path}_{i}/{rest}'] = layer
+    return out
+
+
+def stack_layers(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
+    """The inverse of `unstack_layers` for the stacked keys of `like` (a model's flat variables):
+    each `.../{path}/rest` is `np.stack` of `.../{path}_{i}/rest` over its `i`."""
+    out = dict(flat)
+    for key, value in like.items():
+        split = next(((path, *s) for path in _stacked_paths() if (s := _split_key(key, path))),
+                     None)
+        if split is not None:
+            path, head, rest = split
+            names = [f'{head}{path}_{i}/{rest}' for i in range(value.shape[0])]
+            if all(n in out for n in names):
+                out[key] = np.stack([out.pop(n) for n in names])
+    return out
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -177,19 +236,22 @@ def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
     use, an error. `reset_head=True` re-initialises the head whatever its shape, as the original
     fine-tuning code does. `seed` seeds the re-initialised arrays.
     """
-    checkpoint = read(source)
-    target = model_shapes(model)
-    mapping = _MAPPINGS.get(type(model))
+    mapping = _MAPPINGS.get(type(model)) or WeightMap(lambda *_: None)
+    # Mappings, resizing and checks see one key per layer; a scanned model's stack comes last.
+    checkpoint = unstack_layers(read(source), mapping.stacked)
+    shapes = model_shapes(model)
+    target = unstack_layers(shapes, mapping.stacked)
     converted = _as_own_layout(checkpoint, target)
-    if converted is None and mapping is not None:
+    if converted is None:
         converted = mapping.convert(checkpoint, model)
     if converted is None:
-        layouts = mapping.layouts if mapping else 'its own parameter names'
+        layouts = mapping.layouts or 'its own parameter names'
         raise ModelError(
             f'the checkpoint is not a {type(model).__name__} checkpoint in a layout vit_jax knows '
             f'({layouts}); its first keys are {sorted(checkpoint)[:3]}')
-    return _fit(converted, target, model, mapping or WeightMap(lambda *_: None), strict,
-                reset_head, seed)
+    fitted = _fit(converted, target, model, mapping, strict, reset_head, seed)
+    return flax.traverse_util.unflatten_dict(
+        {tuple(k.split('/')): v for k, v in stack_layers(fitted, shapes).items()})
 
 
 def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
@@ -202,7 +264,7 @@ def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
 
 
 def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: WeightMap,
-         strict: bool, reset_head: bool, seed: int) -> dict[str, Any]:
+         strict: bool, reset_head: bool, seed: int) -> Flat:
     name = type(model).__name__
     out, reinit = {}, []
     for key, spec in target.items():
@@ -243,9 +305,9 @@ def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: Wei
     if reinit:
         why = 'as asked' if reset_head else 'the checkpoint has another class count'
         log.info('re-initialised %s (%s)', ', '.join(reinit), why)
-        fresh = flatten_variables(_init(model, seed))
+        fresh = unstack_layers(flatten_variables(_init(model, seed)), mapping.stacked)
         out.update({k: np.asarray(fresh[k]) for k in reinit})
-    return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
+    return out
 
 
 def _init(model: nn.Module, seed: int) -> Any:
@@ -260,10 +322,11 @@ def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes variables as an `.npz` in the original layout (params keys without a prefix).
 
     The original google-research/vision_transformer code and timm's reader of that format load
-    the result. Other collections (BatchNorm statistics) keep their collection prefix. The file
-    appears complete or not at all.
+    the result; a model scanned over its layers is written unstacked, one key per layer. Other
+    collections (BatchNorm statistics) keep their collection prefix. The file appears complete
+    or not at all.
     """
-    flat = flatten_variables(variables)
+    flat = unstack_layers(flatten_variables(variables))
     arrays = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
     path = os.fspath(path)
     tmp = path + '.tmp.npz'

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.errors import ModelError
+from vit_jax.weights import layer_axes
 
 
 def token_layout(model: nn.Module) -> tuple[tuple[int, int], int, int]:
@@ -36,7 +37,8 @@ def attention_weights(model: nn.Module, variables: Mapping[str, Any],
     """Softmax attention weights of every block, in order: each `[batch, heads, tokens, tokens]`.
 
     `images`: `[batch, height, width, channels]`, normalised as the model expects. The model is
-    run with `attn_impl='explicit'`, which stores the weights in the 'intermediates' collection.
+    run with `attn_impl='explicit'`, which stores the weights in the 'intermediates' collection
+    (stacked `[layers, ...]` by a model scanned over its layers, split here).
     """
     explicit = model.clone(attn_impl='explicit') if hasattr(model, 'attn_impl') else model
     _, state = explicit.apply(variables, images, train=False, mutable=['intermediates'])
@@ -46,7 +48,8 @@ def attention_weights(model: nn.Module, variables: Mapping[str, Any],
     if not found:
         raise ModelError(f'{type(model).__name__} stored no attention weights; it needs '
                          f'layers.MultiHeadAttention (attn_impl="explicit")')
-    return [flat[path][0] for path in found]
+    return [layer for path in found for layer in (
+        flat[path][0] if layer_axes('/'.join(path)) else [flat[path][0]])]
 
 
 def _natural(part: str) -> list[Any]:

@@ -46,19 +46,23 @@ def get_activation(name: str) -> Callable[[Array], Array]:
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch of an example with probability `rate`.
 
-    Kept examples are scaled by 1 / (1 - rate); uses the 'dropout' RNG stream.
+    Kept examples are scaled by 1 / (1 - rate); uses the 'dropout' RNG stream. A `rate` given
+    to the call overrides the field and may be traced (a per-layer rate scanned over by
+    `nn.scan`); a traced rate of 0 keeps every example unchanged, at the cost of the draw.
     """
 
     rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool) -> Array:
-        if deterministic or self.rate == 0.0:
+    def __call__(self, x: Array, *, deterministic: bool, rate: float | Array | None = None,
+                 ) -> Array:
+        rate = self.rate if rate is None else rate
+        if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
 
 
 class MlpBlock(nn.Module):

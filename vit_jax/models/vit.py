@@ -9,6 +9,8 @@ flax numbers auto-named modules per type, which would no longer match those file
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +39,10 @@ class EncoderBlock(nn.Module):
     dtype: str = 'float32'
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        drop_path = layers.DropPath(self.drop_path_rate)
+    def __call__(self, x: jax.Array, deterministic: bool,
+                 drop_path_rate: jax.Array | None = None) -> jax.Array:
+        """`drop_path_rate` (traced, when scanned over layers) overrides the field."""
+        drop_path = functools.partial(layers.DropPath(self.drop_path_rate), rate=drop_path_rate)
         y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
         y = layers.MultiHeadAttention(
             self.num_heads, dropout_rate=self.attn_dropout_rate, impl=self.attn_impl,
@@ -50,6 +54,17 @@ class EncoderBlock(nn.Module):
                             dtype=self.dtype, name='MlpBlock_3')(y, deterministic=deterministic)
         return nn.with_logical_constraint(x + drop_path(y, deterministic=deterministic),
                                           ('batch', 'tokens', 'embed'))
+
+
+# The module whose parameters `scan_layers` stacks: `Transformer/encoderblock/...` `[depth, ...]`,
+# as big_vision names it.
+SCANNED_BLOCKS = 'encoderblock'
+
+
+def _scanned_block(block: EncoderBlock, x: jax.Array, rate: jax.Array | None,
+                   deterministic: bool) -> tuple[jax.Array, None]:
+    """One layer of the scan: carry `x` `[batch, tokens, dim]`, scanned drop-path `rate`."""
+    return block(x, deterministic, rate), None
 
 
 class Encoder(nn.Module):
@@ -73,6 +88,7 @@ class Encoder(nn.Module):
     attn_impl: str = 'fused'
     dtype: str = 'float32'
     remat: bool = False
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -87,12 +103,21 @@ class Encoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         # Remat keeps only each block's input for the backward pass and recomputes the rest.
         block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
-        for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
-            x = block(
-                self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
-                attn_dropout_rate=self.attn_dropout_rate, drop_path_rate=rate,
-                act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
-                name=f'encoderblock_{i}')(x, not train)
+        rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
+        options = dict(dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
+                       act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype)
+        if self.scan_layers:
+            # One block traced once; its parameters (and sown attention weights) get a leading
+            # layer axis; each layer draws its own dropout keys and reads its drop-path rate.
+            scan = nn.scan(_scanned_block, variable_axes={'params': 0, 'intermediates': 0},
+                           split_rngs={'params': True, 'dropout': True}, in_axes=(0, nn.broadcast),
+                           length=self.depth)
+            blocks = block(self.num_heads, self.mlp_dim, **options, name=SCANNED_BLOCKS)
+            x, _ = scan(blocks, x, jnp.asarray(rates) if self.drop_path_rate else None, not train)
+        else:
+            for i, rate in enumerate(rates):
+                x = block(self.num_heads, self.mlp_dim, drop_path_rate=rate, **options,
+                          name=f'encoderblock_{i}')(x, not train)
         return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
 
@@ -105,7 +130,10 @@ class VisionTransformer(nn.Module):
     embedding, whose patches are then taken from the ResNet's feature map. `dtype` is the
     compute dtype; parameters stay float32. `num_classes=0` returns the pooled features
     `[batch, embed_dim or representation_size]`. `remat=True` recomputes each block's
-    activations in the backward pass (less memory, ~1/3 more compute). Activations carry logical
+    activations in the backward pass (less memory, ~1/3 more compute). `scan_layers=True` runs
+    the blocks as one `nn.scan` (compiled once, not `depth` times): their parameters are stacked
+    `[depth, ...]` under `Transformer/encoderblock` (big_vision's layout); `vit_jax.weights`
+    loads and saves either way. Activations carry logical
     axis names (`batch`, `tokens`, `embed`, ...) that the trainer maps onto the device mesh
     (`vit_jax.train.sharding`).
     """
@@ -133,6 +161,7 @@ class VisionTransformer(nn.Module):
     resnet_layers: tuple[int, ...] | None = None
     resnet_width: float = 1.0
     remat: bool = False
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         for option, value, allowed in (
@@ -192,7 +221,7 @@ class VisionTransformer(nn.Module):
             num_prefix_tokens=prefix, pos_embed=self.pos_embed, dropout_rate=self.drop_rate,
             attn_dropout_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
             act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
-            remat=self.remat, name='Transformer')(x, train=train)
+            remat=self.remat, scan_layers=self.scan_layers, name='Transformer')(x, train=train)
         x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
@@ -243,21 +272,17 @@ _BIG_VISION_BLOCK = {'LayerNorm_0': 'LayerNorm_0', 'MultiHeadDotProductAttention
 
 
 def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
-    """big_vision names: top-level `pos_embedding`, block modules numbered from 0, blocks either
-    scanned (`encoderblock/...` with a leading layer axis) or `encoderblock_{i}/...`."""
+    """big_vision names: top-level `pos_embedding`, block modules numbered from 0 (its scanned
+    `encoderblock/...` arrive unstacked from `weights.load`, as `encoderblock_{i}/...`)."""
     out = {}
     for key, value in ckpt.items():
         key = key.removeprefix('params/')
         if key == 'pos_embedding':
             out['params/Transformer/posembed_input/pos_embedding'] = value
-        elif key.startswith('Transformer/encoderblock'):
+        elif key.startswith('Transformer/encoderblock_'):
             block, module, rest = key.split('/', 3)[1:]
             module = _BIG_VISION_BLOCK.get(module, module)
-            if block == 'encoderblock':  # scanned: one array per layer along axis 0
-                for i, layer in enumerate(value):
-                    out[f'params/Transformer/encoderblock_{i}/{module}/{rest}'] = layer
-            else:
-                out[f'params/Transformer/{block}/{module}/{rest}'] = value
+            out[f'params/Transformer/{block}/{module}/{rest}'] = value
         else:
             out[f'params/{key}'] = value
     return out
@@ -300,7 +325,8 @@ def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
 def _convert(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat | None:
     if 'patch_embed.proj.weight' in ckpt:
         return _from_timm(ckpt, model)
-    if any(k.removeprefix('params/') == 'pos_embedding' or 'encoderblock/' in k for k in ckpt):
+    if any(k.removeprefix('params/') == 'pos_embedding' or '/MultiHeadDotProductAttention_0/' in k
+           for k in ckpt):
         return _from_big_vision(ckpt)
     return None
 
@@ -327,4 +353,4 @@ def resize_position_embedding(key: str, value: np.ndarray, shape: tuple[int, ...
 weights.register_mapping(
     VisionTransformer, _convert, resize=resize_position_embedding,
     layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
-            'timm VisionTransformer state dicts')
+            'timm VisionTransformer state dicts', stacked=(f'Transformer/{SCANNED_BLOCKS}',))

@@ -22,11 +22,25 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from jax.experimental import multihost_utils
 
+from vit_jax import weights
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.train.sharding import array_name
 from vit_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
+
+
+class _CheckpointManager(ocp.CheckpointManager):
+    """orbax's manager, minus its own queries of JAX's preemption service.
+
+    The service remembers the step of the latest query; orbax queries it with the step it saves
+    (also from its finalize thread, while the loop is steps ahead). A notice arriving then would
+    set the agreed stop step behind the loop, which would never reach it. The loop alone asks,
+    once per step (`vit_jax.train.preemption`), and forces the save itself.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
 
 
 class Checkpointer:
@@ -36,7 +50,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, every: int, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
         self.every = every
-        self._manager = ocp.CheckpointManager(
+        self._manager = _CheckpointManager(
             self.directory,
             item_handlers={'state': ocp.StandardCheckpointHandler(),
                            'run': ocp.JsonCheckpointHandler()},
@@ -115,6 +129,11 @@ class Checkpointer:
                   jax.tree_util.tree_leaves_with_path(target)}
         diff = next((k for k in sorted(saved.keys() | wanted.keys())
                      if k.startswith('params/') and saved.get(k) != wanted.get(k)), None)
+        scanned = [any(weights.layer_axes(k) for k in names) for names in (saved, wanted)]
+        if diff is not None and scanned[0] != scanned[1]:
+            raise ConfigError(
+                f'--workdir holds checkpoints written with --config.model.scan_layers='
+                f'{scanned[0]}; resume with that setting (its weights.npz loads either way)')
         if diff is not None:
             raise ConfigError(
                 f'--workdir holds checkpoints of another model ({run.get("model_name")!r}: '

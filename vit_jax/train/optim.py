@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vit_jax import weights
+from vit_jax.train.sharding import array_name
+
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up from 0 to `base_lr` over `warmup_steps`, then `decay_type` decay to 0."""
@@ -27,10 +30,14 @@ NO_DECAY = ('pos_embedding', 'cls', 'relative_position_bias_table')
 
 def _decay_mask(params):
     """Weight decay on matrices and kernels only: not on biases, norms, layer scales, tokens,
-    position embeddings or relative position bias tables."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, p: p.ndim > 1 and not any(
-            name in jax.tree_util.keystr(path) for name in NO_DECAY), params)
+    position embeddings or relative position bias tables (judged per layer for parameters
+    stacked by a model scanned over its layers)."""
+
+    def decay(path, p):
+        name = array_name(path)
+        return p.ndim - weights.layer_axes(name) > 1 and not any(n in name for n in NO_DECAY)
+
+    return jax.tree_util.tree_map_with_path(decay, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

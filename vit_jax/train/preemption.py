@@ -1,9 +1,15 @@
 """Preemption: SIGTERM (the notice clusters and cloud VMs send before they take a machine away)
 asks the run to save a checkpoint and stop.
 
-On one process, a signal handler sets a flag. On several, JAX's own preemption service (started
-by `jax.distributed.initialize`) catches the signal on any host and agrees with every host on a
-step at which they all stop, so that they save the same checkpoint together.
+On one process, a signal handler sets a flag. On several, JAX's preemption service (started by
+`jax.distributed.initialize`, also for CPU processes with gloo collectives) handles it: its
+C++ notifier catches SIGTERM on whichever processes get it (polling about once a second), posts
+the notice to the coordination service, and every process then reports the step of its latest
+`reached_preemption_sync_point` call; the agreed stop step is the largest plus one. SLURM,
+Kubernetes and TPU maintenance signal every process, but one signalled process is enough.
+`requested` must therefore be called at every step, in order, by the loop alone: the service
+keeps only the latest step it was asked about (`vit_jax.train.checkpoint` stops orbax from
+asking it too). The run stops at most about a second plus a step after the signal.
 """
 
 from __future__ import annotations

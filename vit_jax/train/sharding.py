@@ -11,6 +11,11 @@ tried in order on each array's name (`params/Transformer/encoderblock_0/MlpBlock
 the optimizer's copy `opt_state/0/mu/Transformer/.../kernel`): `how` is 'replicate' or 'fsdp',
 which splits the largest dimension divisible by the `fsdp` size, for arrays of at least
 `config.fsdp_min_size` elements. The rules see only names and sizes, so they cover every family.
+A model scanned over its layers (`scan_layers`) stacks block parameters `[layers, ...]`
+(`params/Transformer/encoderblock/...`): FSDP never splits that layer axis but the largest of
+the others, so that each step of the scan gathers one layer's slices (true FSDP: one layer
+whole at a time) rather than every layer's (a split layer axis makes the per-layer slice a
+gather of the whole stack, or a layer that lives on one device).
 
 Activations carry logical axis names (`nn.with_logical_constraint(x, ('batch', 'tokens',
 'embed'))`); `ACTIVATION_RULES` maps them onto the mesh while the steps are traced.
@@ -29,6 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vit_jax import weights
 from vit_jax.errors import ConfigError
 
 DATA_AXIS = 'data'
@@ -106,10 +112,11 @@ def array_name(path: tuple) -> str:
     return '/'.join(parts)
 
 
-def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> PartitionSpec:
-    """Splits the largest dimension divisible by `fsdp_size` over `fsdp` (or none)."""
+def fsdp_spec(shape: Sequence[int], fsdp_size: int, layer_axes: int = 0) -> PartitionSpec:
+    """Splits the largest dimension divisible by `fsdp_size` over `fsdp` (or none), leaving the
+    first `layer_axes` (stacked layers) whole."""
     if fsdp_size > 1:
-        for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        for dim in sorted(range(layer_axes, len(shape)), key=lambda d: -shape[d]):
             if shape[dim] % fsdp_size == 0:
                 return PartitionSpec(*[FSDP_AXIS if d == dim else None for d in range(len(shape))])
     return PartitionSpec()
@@ -130,12 +137,16 @@ def check_rules(rules: Sequence[Sequence[str]]) -> None:
 
 def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[Sequence[str]],
                min_size: int) -> PartitionSpec:
-    """The placement of array `name` by the first rule whose regex it contains."""
-    if not shape or int(np.prod(shape)) < max(min_size, 1):
+    """The placement of array `name` by the first rule whose regex it contains (the size is
+    judged per layer for stacked layers, as the unscanned model's arrays are)."""
+    layer_axes = weights.layer_axes(name)
+    if len(shape) <= layer_axes or int(np.prod(shape[layer_axes:])) < max(min_size, 1):
         return PartitionSpec()
     for pattern, how in rules:
         if re.search(pattern, name):
-            return fsdp_spec(shape, fsdp_size) if how == 'fsdp' else PartitionSpec()
+            if how == 'replicate':
+                return PartitionSpec()
+            return fsdp_spec(shape, fsdp_size, layer_axes)
     return PartitionSpec()
 
 
