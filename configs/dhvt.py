@@ -14,8 +14,8 @@ label smoothing 0.1, stochastic depth 0.1, ImageNet mean/std input normalisation
 crop with 4 px padding and flips; ImageNet: Inception crop (scale 0.08-1) and flips; then (the
 authors' DeiT defaults, on every dataset but the quick `digits` check) RandAugment
 rand-m9-mstd0.5-inc1 (bilinear where they use bicubic), random erasing 0.25 and repeated
-augmentation (3 copies). Not yet expressible here: mixup 0.8 / cutmix 1.0, EMA of the weights
-(0.99996), warm-up from 1e-6 and decay to 1e-5 instead of 0.
+augmentation (3 copies), mixup 0.8 / cutmix 1.0 and an EMA of the weights (0.99996). Not yet
+expressible here: warm-up from 1e-6 and decay to 1e-5 instead of 0.
 """
 
 import math
@@ -69,6 +69,7 @@ def get_config(arg: str = 'tiny_cifar_patch4,cifar100') -> ml_collections.Config
     c.pp.normalize = 'imagenet'
     if c.dataset != 'digits':
         c.pp.update(DEIT_AUGMENT)
+        c.mixup_alpha, c.cutmix_alpha, c.ema_decay = 0.8, 1.0, 0.99996
     c.batch = preset['batch']
     c.batch_eval = 512
     steps_per_epoch = preset['examples'] / c.batch

@@ -11,13 +11,12 @@ batch 1024, weight decay 0.05 (not on biases, norms, coefficients or the positio
 5 warm-up epochs then cosine decay, 300 epochs, no gradient clipping, label smoothing 0.1,
 stochastic depth 0.1, random-resized crops (area 0.08-1) with flips at 224 px, RandAugment
 rand-m9-mstd0.5-inc1 (bilinear where DeiT uses bicubic), random erasing 0.25, repeated
-augmentation (3 copies), ImageNet mean/std normalisation (all but the first off for the quick
-`digits` check). The authors'
+augmentation (3 copies), mixup 0.8 / cutmix 1.0, an EMA of the weights (0.99996), ImageNet
+mean/std normalisation (all but the last off for the quick `digits` check). The authors'
 README reports better results with lr 1e-3 x batch / 512 and 30 warm-up epochs
 (`--config.base_lr=2e-3 --config.warmup_steps=37_530`).
 
-Not expressible yet in the shared trainer (later work): mixup 0.8 / cutmix 1.0, EMA of the
-weights, warm-up from 1e-6 and a 1e-5 floor of the cosine schedule, DeiT's resize-256-then-crop
+Not expressible yet in the shared trainer (later work): warm-up from 1e-6 and a 1e-5 floor of the cosine schedule, DeiT's resize-256-then-crop
 evaluation, and distillation from a teacher (the `_distill` variants' soft-label loss).
 """
 
@@ -71,6 +70,7 @@ def get_config(arg: str = 'tiny,imagenet2012') -> ml_collections.ConfigDict:
     else:  # DeiT's RandAugment, random erasing and repeated augmentation
         c.pp.update(randaug_layers=2, randaug_magnitude=9, randaug_magnitude_std=0.5,
                     erase_prob=0.25, repeated_aug=3)
+        c.mixup_alpha, c.cutmix_alpha, c.ema_decay = 0.8, 1.0, 0.99996
     c.batch = preset['batch']
     c.batch_eval = 1000 if c.dataset != 'digits' else 360
     c.optimizer = 'adamw'

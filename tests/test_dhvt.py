@@ -198,6 +198,7 @@ def test_config_is_the_authors_cifar_recipe():
                                ':tiny_cifar_patch4,cifar100')
     config_lib.validate(c)
     assert c.model_name == 'dhvt_tiny_cifar_patch4' and c.model.drop_path_rate == 0.1
+    assert (c.mixup_alpha, c.cutmix_alpha, c.ema_decay) == (0.8, 1.0, 0.99996)
     assert (c.optimizer, c.weight_decay, c.label_smoothing, c.decay_type) == \
         ('adamw', 0.05, 0.1, 'cosine')
     assert (c.batch, c.base_lr, c.grad_norm_clip, c.pp.crop, c.pp.pad) == (512, 1e-3, 0.0, 32, 4)

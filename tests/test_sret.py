@@ -184,6 +184,7 @@ def test_config_is_the_deit_recipe():
     config = config_lib.load_config(os.path.join(REPO, 'configs', 'sret.py') +
                                     ':tiny,imagenet2012')
     assert config.model_name == 'SReT_T' and config.model.drop_path_rate == 0.1
+    assert (config.mixup_alpha, config.cutmix_alpha, config.ema_decay) == (0.8, 1.0, 0.99996)
     assert (config.optimizer, config.weight_decay, config.label_smoothing) == ('adamw', 0.05, 0.1)
     assert (config.base_lr, config.batch, config.decay_type) == (1e-3, 1024, 'cosine')
     assert config.warmup_steps == 6255 and config.total_steps == 375_341
