@@ -76,6 +76,7 @@ def tiny_study(data_dir):
     return study
 
 
+@pytest.mark.slow
 def test_tiny_study_writes_table_csv_and_plots_and_skips_done_points(tmp_path, digits_data_dir):
     study = tiny_study(digits_data_dir)
     workdir = str(tmp_path)

@@ -8,6 +8,7 @@ import pickle
 
 import jax
 import numpy as np
+import pytest
 
 from vit_jax import config as config_lib
 from vit_jax.data.arrays import array_datasets
@@ -33,6 +34,7 @@ def digits_config(data_dir, *overrides):
                                                ('checkpoint_every', '0'), *overrides])
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_pretrained_weights_beats_training_from_scratch(tmp_path,
                                                                           digits_data_dir):
     pre = digits_config(digits_data_dir, ('total_steps', '300'), ('warmup_steps', '30'),

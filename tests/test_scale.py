@@ -122,6 +122,7 @@ def test_placement_rules_cover_params_and_their_optimizer_state():
         sharding.check_rules([('.*', 'shard')])
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     grads = []

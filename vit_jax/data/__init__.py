@@ -3,15 +3,20 @@
 Importing this package does not import TensorFlow; `create_datasets` imports it when called.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import jax
-import ml_collections
 import numpy as np
 
 from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import DataError
+
+if TYPE_CHECKING:  # the models import vit_jax.data.normalization: no ml_collections for them
+    import ml_collections
 
 AUGMENTATIONS = ('inception', 'pad_crop', 'none')
 Batch = dict[str, np.ndarray]
