@@ -62,6 +62,7 @@ def test_repeated_augmentation_copies_each_example_apart_with_new_augmentations(
     assert all(not np.array_equal(augmented[p[0]], augmented[p[1]]) for p in pairs)
 
 
+@pytest.mark.slow
 def test_augmented_stream_is_a_function_of_the_seed_and_resumes_exactly(digits_dir):
     config = make_config(data_dir=digits_dir)
     config.pp.update(augment='inception', flip=True, crop=12, randaug_layers=2,

@@ -210,6 +210,7 @@ def test_config_is_the_authors_cifar_recipe():
         config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar,cifar10')
 
 
+@pytest.mark.slow
 def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
         tmp_path, digits_data_dir, capsys):
     # The standard trainer (make_train_step, Checkpointer) through the command line, 12 steps.

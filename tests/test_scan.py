@@ -74,6 +74,7 @@ def test_scanned_logits_equal_unscanned_in_eval_and_train(case):
         assert float(jnp.abs(a - b).max()) <= 1e-6, (case, train_mode)
 
 
+@pytest.mark.slow
 def test_sgd_steps_through_make_train_step_agree():
     unscanned, scanned, variables = pair(depth=2)
     tx = optax.sgd(0.5, momentum=0.9)

@@ -118,6 +118,7 @@ def images(n=4, size=32, seed=0):
     return jnp.asarray(np.random.RandomState(seed).randn(n, size, size, 3), jnp.float32)
 
 
+@pytest.mark.slow
 def test_permutations_come_from_the_permute_stream_or_explicitly():
     model, x = tiny(), images()
     variables = model.init(jax.random.key(0), x)
