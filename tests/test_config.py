@@ -61,6 +61,13 @@ def test_bad_value_names_the_key(key, value, message):
     ('pp.randaug_layers', '-1', r'--config.pp.randaug_layers must be >= 0, got -1'),
     ('pp.erase_prob', '1.5', r'--config.pp.erase_prob must be in \[0.0, 1.0\], got 1.5'),
     ('pp.repeated_aug', '0', r'--config.pp.repeated_aug must be > 0, got 0'),
+    ('mixup_alpha', '-0.1', r'^--config.mixup_alpha must be >= 0, got -0.1$'),
+    ('cutmix_alpha', '-1', r'^--config.cutmix_alpha must be >= 0, got -1.0$'),
+    ('mix_prob', '1.5', r'^--config.mix_prob is a probability: it must be in \[0, 1\], got 1.5$'),
+    ('mix_switch_prob', '-0.5', r'^--config.mix_switch_prob is a probability'),
+    ('ema_decay', '1', r'^--config.ema_decay must be in \[0, 1\) \(0 = no moving average; DeiT '
+                       r'uses 0.99996\), got 1.0$'),
+    ('ema_decay', '-0.9', r'^--config.ema_decay must be in \[0, 1\)'),
 ])
 def test_values_that_cannot_work_fail_validation(key, value, message):
     with pytest.raises(ConfigError, match=message):
