@@ -90,7 +90,12 @@ def layer_axes(name: str) -> int:
     optimizer state `opt_state/0/mu/Transformer/encoderblock/...`) is stacked along a leading
     layer axis by a model scanned over its layers, else 0. Per-layer rules (weight decay,
     sharding) look at the array's other axes."""
-    return int(any(_split_key(name, path) for path in _stacked_paths()))
+    return int(_find_stacked(name, _stacked_paths()) is not None)
+
+
+def _find_stacked(key: str, paths: tuple[str, ...]) -> tuple[str, str, str] | None:
+    """`(path, head, rest)` for the first of `paths` that `key` is stacked under, else None."""
+    return next(((path, *split) for path in paths if (split := _split_key(key, path))), None)
 
 
 def unstack_layers(flat: Mapping[str, Any], paths: tuple[str, ...] | None = None) -> dict:
@@ -98,8 +103,7 @@ def unstack_layers(flat: Mapping[str, Any], paths: tuple[str, ...] | None = None
     `paths` (default: every registered family's). Shapes (`jax.ShapeDtypeStruct`) split too."""
     out = {}
     for key, value in flat.items():
-        split = next(((path, *s) for path in (_stacked_paths() if paths is None else paths)
-                      if (s := _split_key(key, path))), None)
+        split = _find_stacked(key, _stacked_paths() if paths is None else paths)
         if split is None:
             out[key] = value
             continue
@@ -116,8 +120,7 @@ def stack_layers(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
     each `.../{path}/rest` is `np.stack` of `.../{path}_{i}/rest` over its `i`."""
     out = dict(flat)
     for key, value in like.items():
-        split = next(((path, *s) for path in _stacked_paths() if (s := _split_key(key, path))),
-                     None)
+        split = _find_stacked(key, _stacked_paths())
         if split is not None:
             path, head, rest = split
             names = [f'{head}{path}_{i}/{rest}' for i in range(value.shape[0])]
