@@ -16,8 +16,9 @@ mean/std normalisation (all but the last off for the quick `digits` check). The 
 README reports better results with lr 1e-3 x batch / 512 and 30 warm-up epochs
 (`--config.base_lr=2e-3 --config.warmup_steps=37_530`).
 
-Not expressible yet in the shared trainer (later work): warm-up from 1e-6 and a 1e-5 floor of the cosine schedule, DeiT's resize-256-then-crop
-evaluation, and distillation from a teacher (the `_distill` variants' soft-label loss).
+Not expressible yet in the shared trainer (later work): warm-up from 1e-6 and a 1e-5 floor of
+the cosine schedule, DeiT's resize-256-then-crop evaluation, and distillation from a teacher
+(the `_distill` variants' soft-label loss).
 """
 
 import ml_collections
