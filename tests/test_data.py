@@ -42,6 +42,7 @@ def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_coll
         'batch': 16,
         'batch_eval': 7,
         'shuffle_buffer': 64,
+        'input_threads': 0,
         'seed': 0,
     })
 
