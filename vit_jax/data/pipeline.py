@@ -136,29 +136,20 @@ def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict
     """Decodes, augments and normalises one image to float32 [crop, crop, 3].
 
     Crop or resize, flip, RandAugment (on uint8), normalisation, random erasing; each step draws
-    from its own stateless seed derived from `seed`. With RandAugment and erasing off, the
-    stream is as before they existed.
+    from its own stateless seed derived from `seed`.
     """
-    image = _decode(example['image'])
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     augment_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, 1), 2))
     size = [pp.crop, pp.crop]
     if pp.augment == 'inception':
-        begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
-            tf.zeros([0, 0, 4], tf.float32),
-            seed=crop_seed,
-            area_range=(pp.area_min, 1.0),
-            min_object_covered=0,
-            use_image_if_no_bounding_boxes=True,
-        )
-        image = tf.image.resize(tf.slice(image, begin, box), size)
-    elif pp.augment == 'pad_crop':
-        image = tf.pad(tf.image.resize(image, size), [[pp.pad, pp.pad], [pp.pad, pp.pad], [0, 0]])
-        image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=crop_seed)
+        image = _decode_inception_crop(example['image'], crop_seed, pp.area_min)
     else:
-        image = tf.image.resize(image, size)
+        image = _decode(example['image'])
+    image = tf.image.resize(image, size)
+    if pp.augment == 'pad_crop':
+        image = tf.pad(image, [[pp.pad, pp.pad], [pp.pad, pp.pad], [0, 0]])
+        image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=crop_seed)
     if pp.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     if pp.randaug_layers:
@@ -175,6 +166,26 @@ def _eval_example(example: dict, pp: ml_collections.ConfigDict) -> dict:
     """Decodes, resizes and normalises one image to float32 [crop, crop, 3]."""
     image = tf.image.resize(_decode(example['image']), [pp.crop, pp.crop])
     return {'image': _normalize(image, pp), 'label': tf.cast(example['label'], tf.int32)}
+
+
+def _decode_inception_crop(encoded: tf.Tensor, seed: tf.Tensor, area_min: float) -> tf.Tensor:
+    """Decodes a random box of 5-100 % (`area_min`) of the image's area, aspect ratio 3/4-4/3,
+    to uint8 [box height, box width, 3]. For JPEGs the box is drawn from the header's shape and
+    only it is decoded; other formats are decoded whole, then cropped (the same box)."""
+    is_jpeg = tf.io.is_jpeg(encoded)
+    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                    lambda: tf.shape(_decode(encoded))[:2])
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([shape, [3]], 0),
+        tf.zeros([0, 0, 4], tf.float32),
+        seed=seed,
+        area_range=(area_min, 1.0),
+        min_object_covered=0,
+        use_image_if_no_bounding_boxes=True,
+    )
+    window = tf.stack([begin[0], begin[1], box[0], box[1]])
+    return tf.cond(is_jpeg, lambda: tf.io.decode_and_crop_jpeg(encoded, window, channels=3),
+                   lambda: tf.slice(_decode(encoded), begin, box))
 
 
 def _decode(encoded: tf.Tensor) -> tf.Tensor:
