@@ -17,6 +17,7 @@ from `create_datasets(config, start)` to the first batch at `start` = 0, 1, 5 an
 
 import argparse
 import contextlib
+import itertools
 import os
 import resource
 import statistics
@@ -205,6 +206,11 @@ def timm_loader(root: str, recipe: str, args: argparse.Namespace):
                                        persistent_workers=True)
 
 
+def _epochs(loader):
+    """The loader's batches, epoch after epoch."""
+    return itertools.chain.from_iterable(loader for _ in itertools.count())
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
@@ -247,7 +253,7 @@ def main(argv: list[str]) -> None:
                 rates.setdefault(f'vit_jax {source}', []).append(rate)
             if loader is not None:
                 rates.setdefault('timm DataLoader folder', []).append(
-                    time_rate(iter(loader), args.batches, args.batch))
+                    time_rate(_epochs(loader), args.batches, args.batch))
         timm_rate = statistics.median(r[1] for r in rates.get('timm DataLoader folder', [(0, 0)]))
         for name, runs in rates.items():
             wall = statistics.median(r[0] for r in runs)
