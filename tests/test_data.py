@@ -1,6 +1,7 @@
 """Tests of the input pipeline: digits, image folders, tfds (mocked), padding and errors."""
 
 import collections
+import functools
 import math
 import os
 import subprocess
@@ -348,3 +349,26 @@ def test_inception_crop_decodes_the_same_box_of_a_jpeg_and_a_png():
         full = decoded[begin[0]:begin[0] + box[0], begin[1]:begin[1] + box[1]]
         columns = np.flatnonzero((window != full).any(axis=(0, 2)))
         assert len(columns) <= 1 and set(columns) <= {0, window.shape[1] - 1}, columns
+
+
+def test_tfrecord_split_is_copied_once_to_array_record_and_reads_the_same(digits_dir, tmp_path,
+                                                                         monkeypatch):
+    """A TFRecord tfds dataset gives the same stream as the ArrayRecord one, through a copy
+    written on first use and reused after."""
+    monkeypatch.setattr(digits, 'store_atomically', functools.partial(
+        digits.store_atomically, file_format='tfrecord'))
+    tfrecord_dir = str(tmp_path / 'tfrecord')
+    builder = digits.prepare(tfrecord_dir)
+    assert not any(f.endswith('array_record') for f in os.listdir(builder.data_dir))
+    config = make_config(data_dir=digits_dir)
+    config.pp.update(augment='inception', flip=True, test='test[:50]')
+    expected = [next(create_datasets(config, start=1437 * 3)[0])['image'],
+                np.concatenate([b['image'] for b in create_datasets(config)[1]()])]
+    config.tfds_data_dir = tfrecord_dir
+    for _ in range(2):  # Converts, then reads the copy.
+        np.testing.assert_array_equal(next(create_datasets(config, start=1437 * 3)[0])['image'],
+                                      expected[0])
+        np.testing.assert_array_equal(
+            np.concatenate([b['image'] for b in create_datasets(config)[1]()]), expected[1])
+    copies = sorted(os.listdir(os.path.join(builder.data_dir, 'vit_jax_array_record')))
+    assert copies == ['test_50_.array_record', 'train.array_record']
