@@ -166,7 +166,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = [('data', -1), ('fsdp', 1)]
     c.param_sharding = [('.*', 'fsdp')]
     c.fsdp_min_size = 2 ** 14
+    # Unused: the train stream reads a per-epoch permutation by index (vit_jax/data/pipeline.py).
     c.shuffle_buffer = 50_000
+    # Threads decoding and augmenting images (tf.data); 0 = os.cpu_count().
+    c.input_threads = 0
     c.total_steps = 10_000
     c.accum_steps = 1
     c.optimizer = 'sgd'  # 'sgd' (momentum) | 'adamw'
@@ -222,6 +225,7 @@ _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'ke
              'pp.repeated_aug')
 _NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
                  'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size',
+                 'input_threads',
                  'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha')
 # Inclusive ranges.
 _RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0)}
