@@ -15,10 +15,10 @@ import jax.numpy as jnp
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
-DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-6  # timm's and the original ConvNeXt LayerNorm (not torch's 1e-5 default)
 
 
@@ -75,7 +75,7 @@ class ConvNeXtStage(nn.Module):
         return x
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(nn.Module, contract.Family):
     """ConvNeXt: images `[batch, img_size, img_size, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `img_size` must be a multiple of `patch_size * 8` (the stem and
@@ -96,9 +96,11 @@ class ConvNeXt(nn.Module):
     drop_path_rate: float = 0.0
     dtype: str = 'float32'
 
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ModelError(f'dtype={self.dtype!r} is not supported; choose one of {DTYPES}')
+        contract.check_choices((('dtype', self.dtype, contract.DTYPES),))
         if len(self.depths) != len(self.dims):
             raise ModelError(f'depths={tuple(self.depths)} and dims={tuple(self.dims)} must have '
                              f'one entry per stage')
@@ -209,7 +211,7 @@ _VARIANTS = {
 
 def _register_variants() -> None:
     for name, (depths, dims, tag, crop_pct) in _VARIANTS.items():
-        cfg = {'crop_pct': crop_pct, 'interpolation': 'bicubic', 'tag': tag, **IMAGENET_NORM}
+        cfg = {'crop_pct': crop_pct, 'tag': tag}
         register(name, ConvNeXt, pretrained_cfg=cfg, depths=depths, dims=dims)
 
 

@@ -18,10 +18,10 @@ import numpy as np
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
-DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, used by timm and the original Swin
 
 
@@ -214,7 +214,7 @@ def valid_img_sizes(img_size: int, patch_size: int, window_size: int, num_stages
     return f'{below} or {above}' if below else str(above)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(nn.Module, contract.Family):
     """Swin: images `[batch, img_size, img_size, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `embed_dim` doubles at each stage; shifted windows on every
@@ -237,11 +237,12 @@ class SwinTransformer(nn.Module):
     attn_impl: str = 'fused'
     dtype: str = 'float32'
 
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.9, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+
     def __post_init__(self) -> None:
-        for option, value, allowed in (('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
-                                       ('dtype', self.dtype, DTYPES)):
-            if value not in allowed:
-                raise ModelError(f'{option}={value!r} is not supported; choose one of {allowed}')
+        contract.check_choices((('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+                                ('dtype', self.dtype, contract.DTYPES)))
         if len(self.depths) != len(self.num_heads):
             raise ModelError(f'depths={tuple(self.depths)} and num_heads={tuple(self.num_heads)} '
                              f'must have one entry per stage')
@@ -365,8 +366,7 @@ _VARIANTS = {
 
 def _register_variants() -> None:
     for name, (dim, depths, heads, window, size, tag) in _VARIANTS.items():
-        cfg = {'crop_pct': 1.0 if size == 384 else 0.9, 'interpolation': 'bicubic',
-               'tag': tag, **IMAGENET_NORM}
+        cfg = {'tag': tag, **({'crop_pct': 1.0} if size == 384 else {})}
         register(name, SwinTransformer, pretrained_cfg=cfg, patch_size=4, window_size=window,
                  embed_dim=dim, depths=depths, num_heads=heads, img_size=size)
 

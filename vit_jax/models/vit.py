@@ -18,12 +18,11 @@ from flax import linen as nn
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers, resnet
+from vit_jax.models import contract, layers, resnet
 from vit_jax.models.registry import register
 
 CLASSIFIERS = ('token', 'gap')
 POS_EMBEDS = ('learned', 'sincos1d', 'sincos2d', 'none')
-DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 class EncoderBlock(nn.Module):
@@ -121,7 +120,7 @@ class Encoder(nn.Module):
         return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(nn.Module, contract.Family):
     """ViT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `patch_kernel_size` > `patch_size` (with `patch_padding`) makes
@@ -163,15 +162,15 @@ class VisionTransformer(nn.Module):
     remat: bool = False
     scan_layers: bool = False
 
+    stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
+
     def __post_init__(self) -> None:
-        for option, value, allowed in (
-                ('classifier', self.classifier, CLASSIFIERS),
-                ('pos_embed', self.pos_embed, POS_EMBEDS),
-                ('act_layer', self.act_layer, tuple(layers.ACTIVATIONS)),
-                ('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
-                ('dtype', self.dtype, DTYPES)):
-            if value not in allowed:
-                raise ModelError(f'{option}={value!r} is not supported; choose one of {allowed}')
+        contract.check_choices((
+            ('classifier', self.classifier, CLASSIFIERS),
+            ('pos_embed', self.pos_embed, POS_EMBEDS),
+            ('act_layer', self.act_layer, layers.ACTIVATIONS),
+            ('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+            ('dtype', self.dtype, contract.DTYPES)))
         if self.embed_dim % self.num_heads:
             raise ModelError(f'embed_dim={self.embed_dim} is not divisible by '
                              f'num_heads={self.num_heads}')
@@ -353,4 +352,4 @@ def resize_position_embedding(key: str, value: np.ndarray, shape: tuple[int, ...
 weights.register_mapping(
     VisionTransformer, _convert, resize=resize_position_embedding,
     layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
-            'timm VisionTransformer state dicts', stacked=(f'Transformer/{SCANNED_BLOCKS}',))
+            'timm VisionTransformer state dicts')
