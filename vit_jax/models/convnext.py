@@ -147,6 +147,27 @@ class ConvNeXt(nn.Module, contract.Family):
         return x.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- variants
+
+# name: (depths, dims, timm's default pretrained tag, its crop_pct)
+_VARIANTS = {
+    'convnext_tiny': ((3, 3, 9, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
+    'convnext_small': ((3, 3, 27, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
+    'convnext_base': ((3, 3, 27, 3), (128, 256, 512, 1024), 'fb_in22k_ft_in1k', 0.875),
+    'convnext_large': ((3, 3, 27, 3), (192, 384, 768, 1536), 'fb_in22k_ft_in1k', 0.875),
+    'convnext_xlarge': ((3, 3, 27, 3), (256, 512, 1024, 2048), 'fb_in22k_ft_in1k', 0.875),
+}
+
+
+def _register_variants() -> None:
+    for name, (depths, dims, tag, crop_pct) in _VARIANTS.items():
+        cfg = {'crop_pct': crop_pct, 'tag': tag}
+        register(name, ConvNeXt, pretrained_cfg=cfg, depths=depths, dims=dims)
+
+
+_register_variants()
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -169,7 +190,7 @@ _MODULES = (  # timm module name -> own (regular expressions, applied in order)
 _NORMS = ('stem_norm', 'downsample_norm', 'norm', 'head_norm')
 
 
-def convert_torch(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
+def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
     """A timm or original Facebook ConvNeXt state dict -> this model's flat parameters."""
     if 'downsample_layers.0.0.weight' in arrays:
         arrays = {_timm_key(k): v for k, v in arrays.items()}
@@ -193,26 +214,5 @@ def convert_torch(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
 
 
 weights.register_mapping(
-    ConvNeXt, convert_torch,
+    ConvNeXt, _from_timm,
     layouts='timm ConvNeXt state dicts and the original facebookresearch/ConvNeXt checkpoints')
-
-
-# ----------------------------------------------------------------------------- variants
-
-# name: (depths, dims, timm's default pretrained tag, its crop_pct)
-_VARIANTS = {
-    'convnext_tiny': ((3, 3, 9, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
-    'convnext_small': ((3, 3, 27, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
-    'convnext_base': ((3, 3, 27, 3), (128, 256, 512, 1024), 'fb_in22k_ft_in1k', 0.875),
-    'convnext_large': ((3, 3, 27, 3), (192, 384, 768, 1536), 'fb_in22k_ft_in1k', 0.875),
-    'convnext_xlarge': ((3, 3, 27, 3), (256, 512, 1024, 2048), 'fb_in22k_ft_in1k', 0.875),
-}
-
-
-def _register_variants() -> None:
-    for name, (depths, dims, tag, crop_pct) in _VARIANTS.items():
-        cfg = {'crop_pct': crop_pct, 'tag': tag}
-        register(name, ConvNeXt, pretrained_cfg=cfg, depths=depths, dims=dims)
-
-
-_register_variants()

@@ -317,7 +317,7 @@ def _register_variants() -> None:
 _register_variants()
 
 
-# ----------------------------------------------------------------------------- torch weights
+# ----------------------------------------------------------------------------- weights
 
 
 def _torch_name(name: str) -> str:
@@ -334,7 +334,7 @@ _LEAVES = {'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}
            'bias': 'params/{}/bias', 'beta': 'params/{}/bias', 'alpha': 'params/{}/scale'}
 
 
-def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
+def _from_authors(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
     """The authors' state dict (SyncBatchNorm or BatchNorm names; with components switched
     off, DeiT's names for them) -> `DHVT` flat arrays."""
     if 'cls_token' not in arrays:
@@ -366,6 +366,17 @@ def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
     return out
 
 
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: DHVT) -> np.ndarray | None:
+    """The learned position embedding `[1, 1 + n * n, dim]` of DeiT's patch embedding (`sope`
+    off) for another grid: the class token's entry kept, the grid resampled bicubically as
+    timm's `resample_abs_pos_embed`."""
+    if key != 'params/pos_embed/pos_embedding' or value.shape[-1] != shape[-1]:
+        return None
+    side = model.img_size // model.patch_size
+    return layers.resample_pos_embed(value, (side, side), 1, 'bicubic')
+
+
 weights.register_mapping(
-    DHVT, convert_torch,
+    DHVT, _from_authors, resize=_resize,
     layouts="the authors' PyTorch state dict (ArieSeirack/DHVT), or vit_jax's own names")

@@ -210,7 +210,7 @@ def torch_norm_or_conv(target: str, kind: str, value: np.ndarray) -> weights.Fla
     return {f'{target}/{"scale" if kind == "weight" else "bias"}': value}
 
 
-def _convert_bit(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
+def _from_timm(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
     if 'stem.conv.weight' not in sd:
         return None
     out = {'params/conv_root/kernel': weights.conv(sd['stem.conv.weight']),
@@ -222,4 +222,4 @@ def _convert_bit(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
     return out
 
 
-weights.register_mapping(ResNetV2, _convert_bit, layouts='timm resnetv2_*_bit state dicts')
+weights.register_mapping(ResNetV2, _from_timm, layouts='timm resnetv2_*_bit state dicts')

@@ -395,7 +395,7 @@ def _register_variants() -> None:
 _register_variants()
 
 
-# ----------------------------------------------------------------------------- PyTorch weights
+# ----------------------------------------------------------------------------- weights
 
 
 def _shared(sd: weights.Flat, prefix: str, indices: Sequence[int]) -> str:
@@ -427,7 +427,7 @@ def _norm(out: weights.Flat, sd: weights.Flat, src: str, dst: str) -> None:
     out[f'params/{dst}/scale'], out[f'params/{dst}/bias'] = sd[f'{src}.weight'], sd[f'{src}.bias']
 
 
-def convert_torch(sd: weights.Flat, model: SReT) -> weights.Flat | None:
+def _from_authors(sd: weights.Flat, model: SReT) -> weights.Flat | None:
     """The authors' `SReT` / `RecursiveTransformer` state dict -> this model's arrays.
 
     Their `transformers.{s}.blocks` list holds each shared block once per application (e.g.
@@ -474,16 +474,15 @@ def convert_torch(sd: weights.Flat, model: SReT) -> weights.Flat | None:
     return out
 
 
-def resize_pos_embed(key: str, value: np.ndarray, shape: tuple[int, ...],
-                     model: SReT) -> np.ndarray | None:
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: SReT) -> np.ndarray | None:
     """Bilinear resize of the 2-D position embedding `[1, h * w, dim]` to another grid (e.g. a
     224 px checkpoint for 384 px fine-tuning)."""
     if not key.endswith('pos_embed/pos_embedding') or value.shape[-1] != shape[-1]:
         return None
-    old, new = int(round(value.shape[1] ** 0.5)), int(round(shape[1] ** 0.5))
-    grid = jnp.asarray(value.reshape(1, old, old, -1))
-    return np.asarray(jax.image.resize(grid, (1, new, new, shape[-1]), 'bilinear')).reshape(shape)
+    side = int(round(shape[1] ** 0.5))
+    return layers.resample_pos_embed(value, (side, side), 0, 'bilinear')
 
 
-weights.register_mapping(SReT, convert_torch, resize=resize_pos_embed,
+weights.register_mapping(SReT, _from_authors, resize=_resize,
                          layouts="the authors' PyTorch SReT / RecursiveTransformer state dicts")

@@ -293,6 +293,34 @@ class SwinTransformer(nn.Module, contract.Family):
         return x.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- variants
+
+# name: (embed_dim, depths, num_heads, window, img_size, timm's default pretrained tag)
+_VARIANTS = {
+    'swin_tiny_patch4_window7_224': (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224, 'ms_in1k'),
+    'swin_small_patch4_window7_224': (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224,
+                                      'ms_in22k_ft_in1k'),
+    'swin_base_patch4_window7_224': (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224,
+                                     'ms_in22k_ft_in1k'),
+    'swin_base_patch4_window12_384': (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384,
+                                      'ms_in22k_ft_in1k'),
+    'swin_large_patch4_window7_224': (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224,
+                                      'ms_in22k_ft_in1k'),
+    'swin_large_patch4_window12_384': (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384,
+                                       'ms_in22k_ft_in1k'),
+}
+
+
+def _register_variants() -> None:
+    for name, (dim, depths, heads, window, size, tag) in _VARIANTS.items():
+        cfg = {'tag': tag, **({'crop_pct': 1.0} if size == 384 else {})}
+        register(name, SwinTransformer, pretrained_cfg=cfg, patch_size=4, window_size=window,
+                 embed_dim=dim, depths=depths, num_heads=heads, img_size=size)
+
+
+_register_variants()
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -308,7 +336,7 @@ _RENAMES = (('patch_embed/proj', 'patch_embed'), ('patch_embed/norm', 'patch_nor
             ('mlp/fc1', 'mlp/Dense_0'), ('mlp/fc2', 'mlp/Dense_1'), ('head/fc', 'head'))
 
 
-def convert_torch(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
+def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
     """A timm or original Microsoft Swin state dict -> this model's flat parameters."""
     if 'patch_embed.proj.weight' not in arrays:
         return None
@@ -340,35 +368,21 @@ def convert_torch(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat 
     return out
 
 
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: SwinTransformer) -> np.ndarray | None:
+    """A relative position bias table `[(2 * window - 1)**2, heads]` for another window (another
+    `window_size`, or a stage whose feature map is smaller than the window at another
+    `img_size`): resampled bicubically as timm's `resize_rel_pos_bias_table_simple`."""
+    if not key.endswith('relative_position_bias_table') or value.shape[-1] != shape[-1]:
+        return None
+    old, new = (int(round(np.sqrt(n))) for n in (value.shape[0], shape[0]))
+    if old * old != value.shape[0] or new * new != shape[0]:
+        return None
+    table = layers.resample_grid(value.reshape(old, old, -1), (new, new), 'bicubic')
+    return table.reshape(shape)
+
+
 weights.register_mapping(
-    SwinTransformer, convert_torch,
+    SwinTransformer, _from_timm, resize=_resize,
     layouts='timm SwinTransformer state dicts and the original microsoft/Swin-Transformer '
             'checkpoints')
-
-
-# ----------------------------------------------------------------------------- variants
-
-# name: (embed_dim, depths, num_heads, window, img_size, timm's default pretrained tag)
-_VARIANTS = {
-    'swin_tiny_patch4_window7_224': (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224, 'ms_in1k'),
-    'swin_small_patch4_window7_224': (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224,
-                                      'ms_in22k_ft_in1k'),
-    'swin_base_patch4_window7_224': (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224,
-                                     'ms_in22k_ft_in1k'),
-    'swin_base_patch4_window12_384': (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384,
-                                      'ms_in22k_ft_in1k'),
-    'swin_large_patch4_window7_224': (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224,
-                                      'ms_in22k_ft_in1k'),
-    'swin_large_patch4_window12_384': (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384,
-                                       'ms_in22k_ft_in1k'),
-}
-
-
-def _register_variants() -> None:
-    for name, (dim, depths, heads, window, size, tag) in _VARIANTS.items():
-        cfg = {'tag': tag, **({'crop_pct': 1.0} if size == 384 else {})}
-        register(name, SwinTransformer, pretrained_cfg=cfg, patch_size=4, window_size=window,
-                 embed_dim=dim, depths=depths, num_heads=heads, img_size=size)
-
-
-_register_variants()

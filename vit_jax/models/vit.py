@@ -330,26 +330,18 @@ def _convert(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat | Non
     return None
 
 
-def resize_position_embedding(key: str, value: np.ndarray, shape: tuple[int, ...],
-                              model: VisionTransformer) -> np.ndarray | None:
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: VisionTransformer) -> np.ndarray | None:
     """A learned position embedding `[1, prefix + n * n, dim]` for another resolution: the class
     token's entry kept, the grid interpolated linearly (`scipy.ndimage.zoom`, order 1), as the
     original fine-tuning code does."""
     if not key.endswith('posembed_input/pos_embedding') or value.shape[-1] != shape[-1]:
         return None
-    import scipy.ndimage
-
     prefix = 1 if model.classifier == 'token' else 0
-    tokens, grid = value[:, :prefix], value[0, prefix:]
-    old = int(round(np.sqrt(len(grid))))
-    if old * old != len(grid):
-        return None
-    h, w = model.grid
-    grid = scipy.ndimage.zoom(grid.reshape(old, old, -1), (h / old, w / old, 1), order=1)
-    return np.concatenate([tokens, grid.reshape(1, h * w, -1)], axis=1)
+    return layers.resample_pos_embed(value, model.grid, prefix, 'zoom_linear')
 
 
 weights.register_mapping(
-    VisionTransformer, _convert, resize=resize_position_embedding,
+    VisionTransformer, _convert, resize=_resize,
     layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
             'timm VisionTransformer state dicts')
