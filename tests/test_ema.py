@@ -18,6 +18,7 @@ from vit_jax import config as config_lib
 from vit_jax import tree, weights
 from vit_jax.data import arrays
 from vit_jax.errors import ConfigError
+from vit_jax.models import contract
 from vit_jax.train import checkpoint, metrics, sharding, step
 from vit_jax.train.loop import train
 
@@ -25,10 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD_CHECKPOINT_ITEMS = ['model_state', 'opt_state', 'params', 'rng', 'step']
 
 
-class ConvBN(nn.Module):
+class ConvBN(nn.Module, contract.Family):
     """Parameters and BatchNorm statistics, both averaged."""
 
     num_classes: int = 4
+    img_size: int = 8
+    in_chans: int = 3
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x, *, train=False):
