@@ -10,7 +10,7 @@ from test_data import make_config
 from test_train import digits_config
 
 from vit_jax.data import create_datasets, digits
-from vit_jax.data.normalization import NORMALIZATIONS, normalize
+from vit_jax.normalization import NORMALIZATIONS, normalize
 
 
 @pytest.fixture(scope='module')

@@ -20,9 +20,9 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
-from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models import registry
+from vit_jax.normalization import NORMALIZATIONS
 
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 from vit_jax import cli, models, weights
-from vit_jax.data.normalization import NORMALIZATIONS, normalize
 from vit_jax.errors import VitJaxError
+from vit_jax.normalization import NORMALIZATIONS, normalize
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
 HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')

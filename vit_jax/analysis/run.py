@@ -27,9 +27,9 @@ import numpy as np
 from vit_jax import cli, models, weights
 from vit_jax import config as config_lib
 from vit_jax.analysis import attention, embeddings
-from vit_jax.data.normalization import NORMALIZATIONS
-from vit_jax.data.normalization import normalize as normalize_pixels
 from vit_jax.errors import ModelError, VitJaxError
+from vit_jax.normalization import NORMALIZATIONS
+from vit_jax.normalization import normalize as normalize_pixels
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
 

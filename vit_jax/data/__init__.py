@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import DataError
+from vit_jax.normalization import NORMALIZATIONS
 
-if TYPE_CHECKING:  # the models import vit_jax.data.normalization: no ml_collections for them
+if TYPE_CHECKING:  # the models import vit_jax.normalization: no ml_collections for them
     import ml_collections
 
 AUGMENTATIONS = ('inception', 'pad_crop', 'none')
@@ -77,7 +77,7 @@ def create_datasets(
     Returns:
         `(train_iterator, make_eval_iterator, info)`. The train iterator is infinite and yields
         `image` float32 [batch / process_count, crop, crop, 3] normalised as `pp.normalize` says
-        (see `vit_jax.data.normalization`) and `label` int32
+        (see `vit_jax.normalization`) and `label` int32
         [batch / process_count]. `make_eval_iterator()` returns a fresh, finite iterator of
         ceil(num_eval / batch_eval) batches of `image`, `label` and `mask` float32, each with
         batch_eval / process_count rows; the last ones are padded, with mask 0, so that every

