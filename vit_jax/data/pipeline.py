@@ -36,16 +36,7 @@ def create_datasets(
     config: ml_collections.ConfigDict, start: int = 0
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
     """Implements `vit_jax.data.create_datasets` (see there)."""
-    tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
-    if config.dataset in OFFLINE:
-        builder = OFFLINE[config.dataset](config.tfds_data_dir)
-        info, train, test = _from_tfds(builder, config, config.dataset)
-    elif os.path.isdir(config.dataset):
-        info, train, test = _from_folder(config)
-    else:
-        builder = _tfds_builder(config.dataset, config.tfds_data_dir)
-        info, train, test = _from_tfds(builder, config, config.dataset)
-
+    info, train, test = _sources(config)
     count = jax.process_count()
     crop = config.pp.crop
     train = train.shuffle(config.shuffle_buffer, seed=config.seed)
@@ -75,6 +66,25 @@ def create_datasets(
             yield pad_batch(batch, eval_batch)
 
     return train.as_numpy_iterator(), make_eval_iterator, info
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Implements `vit_jax.data.dataset_info` (see there)."""
+    return _sources(config)[0]
+
+
+def _sources(
+    config: ml_collections.ConfigDict,
+) -> tuple[DatasetInfo, tf.data.Dataset, tf.data.Dataset]:
+    """Returns the info and this process's train and eval examples (encoded, unread)."""
+    tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
+    if config.dataset in OFFLINE:
+        builder = OFFLINE[config.dataset](config.tfds_data_dir)
+        return _from_tfds(builder, config, config.dataset)
+    if os.path.isdir(config.dataset):
+        return _from_folder(config)
+    builder = _tfds_builder(config.dataset, config.tfds_data_dir)
+    return _from_tfds(builder, config, config.dataset)
 
 
 def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict) -> dict:
