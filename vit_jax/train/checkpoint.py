@@ -56,9 +56,10 @@ class Checkpointer:
             self.directory,
             item_handlers={'state': ocp.StandardCheckpointHandler(),
                            'run': ocp.JsonCheckpointHandler()},
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                                 cleanup_tmp_directories=not read_only,
-                                                 read_only=read_only))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else keep, create=not read_only,
+                cleanup_tmp_directories=not read_only, read_only=read_only,
+                save_interval_steps=0 if read_only else 1))
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""

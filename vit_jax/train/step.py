@@ -125,8 +125,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     """
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
-    num_classes = model.num_classes
-    if mix_fn is not None and not num_classes:
+    if mix_fn is not None and not model.num_classes:
         raise ModelError('mixup / cutmix need a model with a classification head '
                          '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
 
@@ -134,7 +133,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         """(images, targets): mixed images and soft targets, or the batch as it is."""
         if mix_fn is None:
             return images, labels
-        return mix_fn(jax.random.fold_in(rng, MIX_STREAM), images, labels, num_classes,
+        return mix_fn(jax.random.fold_in(rng, MIX_STREAM), images, labels, model.num_classes,
                       label_smoothing=label_smoothing)
 
     def loss_fn(params, model_state, images, labels, rng):
