@@ -180,3 +180,14 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
     assert mask['head']['kernel'] and not mask['head']['bias']
     assert not mask['cls'] and not mask['Transformer']['posembed_input']['pos_embedding']
     assert not mask['Transformer']['encoder_norm']['scale']
+
+
+def test_dataset_info_is_the_info_of_the_pipeline(digits_data_dir):
+    # The trainer learns the class count from `dataset_info` before it builds the pipeline.
+    from vit_jax.data import create_datasets, dataset_info
+    config = digits_config(digits_data_dir)
+    assert dataset_info(config) == create_datasets(config)[2]
+    cifar = config_lib.load_config(os.path.join(REPO, 'configs', 'vit.py') + ':testing,cifar10')
+    with tfds.testing.mock_data(num_examples=12):
+        assert dataset_info(cifar) == create_datasets(cifar)[2]
+        assert dataset_info(cifar).num_classes == 10
