@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scale_worker
 
-from vit_jax import weights
+from vit_jax import tree, weights
 from vit_jax.data.arrays import array_datasets
 from vit_jax.errors import VitJaxError
 from vit_jax.train import loop
@@ -44,7 +44,7 @@ def tree_bytes(directory):
 
 
 def assert_same(variables, expected):
-    flat, want = (weights.flatten_variables(v) for v in (variables, expected))
+    flat, want = (tree.flatten(v) for v in (variables, expected))
     assert sorted(flat) == sorted(want)
     for key, value in want.items():
         np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value), err_msg=key)
