@@ -23,6 +23,7 @@ from ml_collections.config_dict import FieldReference
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
+from vit_jax.train.step import LOSSES
 
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
@@ -183,6 +184,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 500
     c.grad_norm_clip = 1.0
     c.label_smoothing = 0.0
+    # 'softmax_xent' | 'sigmoid_xent' (big_vision's i21k loss: independent binary targets, the
+    # head's bias starting at -10); both take label smoothing and mixup's soft targets.
+    c.loss = 'softmax_xent'
     # Mixup / CutMix on device, one draw per batch (timm's Mixup, mode 'batch'; DeiT: 0.8, 1.0,
     # 1.0, 0.5); 0 alphas = off. See vit_jax/train/mix.py.
     c.mixup_alpha = 0.0
@@ -216,6 +220,7 @@ def adamw_recipe(c: ml_collections.ConfigDict, *, num_train: int, epochs: int,
 
 _CHOICES = {
     'optimizer': ('sgd', 'adamw'),
+    'loss': tuple(LOSSES),
     'decay_type': ('cosine', 'linear', 'constant'),
     'optim_dtype': ('float32', 'bfloat16'),
     'pp.augment': ('inception', 'pad_crop', 'none'),
