@@ -183,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.decay_type = 'cosine'  # 'cosine' | 'linear' | 'constant'
     c.warmup_steps = 500
     c.grad_norm_clip = 1.0
+    # Layer-wise learning-rate decay (BEiT / MAE fine-tuning, e.g. 0.65): a parameter at depth d
+    # of L (embedding 0, block i at i + 1, head L) learns at decay^(L - d) x the rate; 1 = off.
+    c.layer_decay = 1.0
     c.label_smoothing = 0.0
     # 'softmax_xent' | 'sigmoid_xent' (big_vision's i21k loss: independent binary targets, the
     # head's bias starting at -10); both take label smoothing and mixup's soft targets.
@@ -271,6 +274,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f'--config.ema_decay must be in [0, 1) (0 = no moving average; DeiT '
                           f'uses 0.99996), got {config.ema_decay!r}')
+    if not 0.0 < config.layer_decay <= 1.0:
+        raise ConfigError(f'--config.layer_decay must be in (0, 1] (1 = no decay; BEiT uses '
+                          f'0.65), got {config.layer_decay!r}')
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f'--config.label_smoothing must be in [0, 1), got '
                           f'{config.label_smoothing}')
