@@ -15,12 +15,14 @@ from vit_jax.models import contract, registry
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up from 0 to `base_lr` over `warmup_steps`, then `decay_type` decay to 0."""
-    warmup = optax.linear_schedule(0.0, config.base_lr, config.warmup_steps)
+    """Linear warm-up from `warmup_lr` to `base_lr` over `warmup_steps`, then `decay_type`
+    decay to `min_lr` at `total_steps` (timm's `warmup_lr` and `min_lr`)."""
+    warmup = optax.linear_schedule(config.warmup_lr, config.base_lr, config.warmup_steps)
     decay_steps = config.total_steps - config.warmup_steps
     decay = {
-        'cosine': optax.cosine_decay_schedule(config.base_lr, decay_steps),
-        'linear': optax.linear_schedule(config.base_lr, 0.0, decay_steps),
+        'cosine': optax.cosine_decay_schedule(config.base_lr, decay_steps,
+                                              alpha=config.min_lr / (config.base_lr or 1)),
+        'linear': optax.linear_schedule(config.base_lr, config.min_lr, decay_steps),
         'constant': optax.constant_schedule(config.base_lr),
     }[config.decay_type]
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
