@@ -14,8 +14,9 @@ label smoothing 0.1, stochastic depth 0.1, ImageNet mean/std input normalisation
 crop with 4 px padding and flips; ImageNet: Inception crop (scale 0.08-1) and flips; then (the
 authors' DeiT defaults, on every dataset but the quick `digits` check) RandAugment
 rand-m9-mstd0.5-inc1 (bilinear where they use bicubic), random erasing 0.25 and repeated
-augmentation (3 copies), mixup 0.8 / cutmix 1.0 and an EMA of the weights (0.99996). Not yet
-expressible here: warm-up from 1e-6 and decay to 1e-5 instead of 0.
+augmentation (3 copies), mixup 0.8 / cutmix 1.0 and an EMA of the weights (0.99996); DeiT's
+warm-up from 1e-6 and cosine floor of 1e-5, and at 224 px DeiT's evaluation (shorter side to
+256, centre 224 crop: `pp.eval_crop_pct=0.875`; 32 px images are evaluated whole, as DeiT).
 """
 
 import math
@@ -79,6 +80,9 @@ def get_config(arg: str = 'tiny_cifar_patch4,cifar100') -> ml_collections.Config
     c.base_lr = preset['lr'] * c.batch / 512
     c.weight_decay = 0.05
     c.decay_type = 'cosine'
+    c.warmup_lr, c.min_lr = 1e-6, 1e-5
+    if c.pp.crop > 32:
+        c.pp.eval_crop_pct = 0.875
     c.grad_norm_clip = 0.0
     c.label_smoothing = 0.1
     c.eval_every = math.ceil(10 * steps_per_epoch)

@@ -16,9 +16,9 @@ mean/std normalisation (all but the last off for the quick `digits` check). The 
 README reports better results with lr 1e-3 x batch / 512 and 30 warm-up epochs
 (`--config.base_lr=2e-3 --config.warmup_steps=37_530`).
 
-Not expressible yet in the shared trainer (later work): warm-up from 1e-6 and a 1e-5 floor of
-the cosine schedule, DeiT's resize-256-then-crop evaluation, and distillation from a teacher
-(the `_distill` variants' soft-label loss).
+DeiT's schedule ends: warm-up from 1e-6, a 1e-5 floor of the cosine decay; and its evaluation
+at 224 px: the shorter side resized to 256, the centre 224 cut out (`pp.eval_crop_pct=0.875`).
+Not expressible yet: distillation from a teacher (the `_distill` variants' soft-label loss).
 """
 
 import ml_collections
@@ -79,8 +79,11 @@ def get_config(arg: str = 'tiny,imagenet2012') -> ml_collections.ConfigDict:
     c.b1, c.b2 = 0.9, 0.999
     c.weight_decay = 0.05
     c.decay_type = 'cosine'
+    c.warmup_lr, c.min_lr = 1e-6, 1e-5
     c.grad_norm_clip = 0.0
     c.label_smoothing = 0.1
+    if c.dataset != 'digits':
+        c.pp.eval_crop_pct = 0.875
     c.shuffle_buffer = 50_000 if c.dataset != 'digits' else 2_000
     c.progress_every = 100
     c.eval_every = 5_000 if c.dataset != 'digits' else 200

@@ -68,6 +68,10 @@ def test_bad_value_names_the_key(key, value, message):
     ('ema_decay', '1', r'^--config.ema_decay must be in \[0, 1\) \(0 = no moving average; DeiT '
                        r'uses 0.99996\), got 1.0$'),
     ('ema_decay', '-0.9', r'^--config.ema_decay must be in \[0, 1\)'),
+    ('layer_decay', '0', r'^--config.layer_decay must be in \(0, 1\] \(1 = no decay; BEiT uses '
+                         r'0.65\), got 0.0$'),
+    ('loss', 'hinge', r"^--config.loss='hinge' is not supported; choose one of "
+                      r"\('softmax_xent', 'sigmoid_xent'\)"),
 ])
 def test_values_that_cannot_work_fail_validation(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -39,6 +39,7 @@ def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_coll
             'randaug_magnitude_std': 0.5,
             'erase_prob': 0.0,
             'repeated_aug': 1,
+            'eval_crop_pct': 1.0,
         },
         'batch': 16,
         'batch_eval': 7,

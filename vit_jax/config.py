@@ -23,6 +23,7 @@ from ml_collections.config_dict import FieldReference
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
+from vit_jax.train.step import LOSSES
 
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
@@ -157,7 +158,10 @@ def base_config() -> ml_collections.ConfigDict:
         # Training only (vit_jax/data): RandAugment ops per image (0 = off) at magnitude
         # 0..10 with Gaussian noise of this std, random erasing probability, copies per example.
         randaug_layers=0, randaug_magnitude=9, randaug_magnitude_std=0.5, erase_prob=0.0,
-        repeated_aug=1))
+        repeated_aug=1,
+        # Evaluation: 1 resizes the whole image to `crop`; below 1 (DeiT: 0.875) resizes the
+        # shorter side to crop / eval_crop_pct, then cuts out the centre crop.
+        eval_crop_pct=1.0))
     c.batch = 512  # global: split over devices and accumulation steps
     c.batch_eval = 512
     # Device mesh [(axis, size)] over 'data' and 'fsdp' (-1: the devices left over); parameters
@@ -181,8 +185,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0
     c.decay_type = 'cosine'  # 'cosine' | 'linear' | 'constant'
     c.warmup_steps = 500
+    # The schedule's first learning rate (warm-up from it to base_lr) and its floor (the decay
+    # ends there): DeiT's 1e-6 and 1e-5.
+    c.warmup_lr = 0.0
+    c.min_lr = 0.0
     c.grad_norm_clip = 1.0
+    # Layer-wise learning-rate decay (BEiT / MAE fine-tuning, e.g. 0.65): a parameter at depth d
+    # of L (embedding 0, block i at i + 1, head L) learns at decay^(L - d) x the rate; 1 = off.
+    c.layer_decay = 1.0
     c.label_smoothing = 0.0
+    # 'softmax_xent' | 'sigmoid_xent' (big_vision's i21k loss: independent binary targets, the
+    # head's bias starting at -10); both take label smoothing and mixup's soft targets.
+    c.loss = 'softmax_xent'
     # Mixup / CutMix on device, one draw per batch (timm's Mixup, mode 'batch'; DeiT: 0.8, 1.0,
     # 1.0, 0.5); 0 alphas = off. See vit_jax/train/mix.py.
     c.mixup_alpha = 0.0
@@ -216,6 +230,7 @@ def adamw_recipe(c: ml_collections.ConfigDict, *, num_train: int, epochs: int,
 
 _CHOICES = {
     'optimizer': ('sgd', 'adamw'),
+    'loss': tuple(LOSSES),
     'decay_type': ('cosine', 'linear', 'constant'),
     'optim_dtype': ('float32', 'bfloat16'),
     'pp.augment': ('inception', 'pad_crop', 'none'),
@@ -223,12 +238,13 @@ _CHOICES = {
 }
 _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'keep_checkpoints',
              'pp.repeated_aug')
-_NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
-                 'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size',
-                 'input_threads',
+_NON_NEGATIVE = ('base_lr', 'warmup_lr', 'min_lr', 'warmup_steps', 'weight_decay',
+                 'label_smoothing', 'progress_every', 'eval_every', 'checkpoint_every',
+                 'grad_norm_clip', 'pp.pad', 'fsdp_min_size', 'input_threads',
                  'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha')
 # Inclusive ranges.
-_RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0)}
+_RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0),
+           'pp.eval_crop_pct': (0.01, 1.0)}
 _PROBABILITIES = ('mix_prob', 'mix_switch_prob')
 
 
@@ -266,6 +282,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f'--config.ema_decay must be in [0, 1) (0 = no moving average; DeiT '
                           f'uses 0.99996), got {config.ema_decay!r}')
+    if not 0.0 < config.layer_decay <= 1.0:
+        raise ConfigError(f'--config.layer_decay must be in (0, 1] (1 = no decay; BEiT uses '
+                          f'0.65), got {config.layer_decay!r}')
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f'--config.label_smoothing must be in [0, 1), got '
                           f'{config.label_smoothing}')

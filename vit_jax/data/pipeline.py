@@ -171,8 +171,19 @@ def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict
 
 
 def _eval_example(example: dict, pp: ml_collections.ConfigDict) -> dict:
-    """Decodes, resizes and normalises one image to float32 [crop, crop, 3]."""
-    image = tf.image.resize(_decode(example['image']), [pp.crop, pp.crop])
+    """Decodes, resizes and normalises one image to float32 [crop, crop, 3]: the whole image
+    resized to `crop` when `pp.eval_crop_pct` is 1, else (DeiT's evaluation) the shorter side
+    resized to `floor(crop / eval_crop_pct)`, aspect kept, then the centre `crop` cut out."""
+    image = _decode(example['image'])
+    if pp.eval_crop_pct >= 1:
+        image = tf.image.resize(image, [pp.crop, pp.crop])
+    else:
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = math.floor(pp.crop / pp.eval_crop_pct) / tf.reduce_min(shape)
+        size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), pp.crop)
+        image = tf.image.resize(image, size)
+        top, left = (size[0] - pp.crop) // 2, (size[1] - pp.crop) // 2
+        image = image[top:top + pp.crop, left:left + pp.crop]
     return {'image': _normalize(image, pp), 'label': tf.cast(example['label'], tf.int32)}
 
 

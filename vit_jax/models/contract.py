@@ -19,6 +19,7 @@ tests/test_families.py checks every registered model against this contract.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypedDict
 
@@ -57,6 +58,32 @@ class Family:
     # Evaluation preprocessing of the family's checkpoints (the original ViT's: [-1, 1]).
     default_preprocessing: ClassVar[Preprocessing] = Preprocessing(
         crop_pct=1.0, interpolation='bilinear', **NORMALIZATIONS['minus_one_one'])
+    # Layer-wise depth (see `layer_depths`), as timm's `group_matcher`: parameters whose name
+    # (`Transformer/encoderblock_3/...`, no collection) matches `stem_layers` are the
+    # embedding; `block_layers` `(regex, suffix)` number the blocks by the regex's integer
+    # groups then `suffix` (stages flattened); what neither matches (final norm, head) is last.
+    stem_layers: ClassVar[str] = r'$^'
+    block_layers: ClassVar[tuple[tuple[str, tuple[int, ...]], ...]] = ()
+
+
+def layer_depths(module: type[Family], names: Iterable[str]) -> dict[str, int]:
+    """The depth of each parameter name (`Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel`,
+    no collection, one name per layer of stacked layers): 0 for the embedding, `i + 1` for the
+    `i`-th block in the order of `module.block_layers`' keys, `blocks + 1` for the rest."""
+    names = list(names)
+    stem, blocks = set(), {}
+    for name in names:
+        if re.match(module.stem_layers, name):
+            stem.add(name)
+            continue
+        for pattern, suffix in module.block_layers:
+            if match := re.match(pattern, name):
+                blocks[name] = tuple(int(g) for g in match.groups() if g is not None) + suffix
+                break
+    order = {key: i + 1 for i, key in enumerate(sorted(set(blocks.values())))}
+    last = len(order) + 1
+    return {name: 0 if name in stem else order[blocks[name]] if name in blocks else last
+            for name in names}
 
 
 def check_family(module: type) -> None:

@@ -96,6 +96,8 @@ class ConvNeXt(nn.Module, contract.Family):
     drop_path_rate: float = 0.0
     dtype: str = 'float32'
 
+    stem_layers = r'(stem|stem_norm)/'
+    block_layers = ((r'stages_(\d+)/downsample', (0,)), (r'stages_(\d+)/blocks_(\d+)/', ()))
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

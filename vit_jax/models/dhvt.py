@@ -231,6 +231,8 @@ class DHVT(nn.Module, contract.Family):
     hi_mhsa: bool = True
 
     # The authors' normalisation for every dataset (CIFAR at 32 px uncropped: crop_pct 1).
+    stem_layers = r'(patch_embed|cls|pos_embed)(/|$)'
+    block_layers = ((r'blocks_(\d+)/', ()),)
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

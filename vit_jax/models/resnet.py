@@ -152,6 +152,8 @@ class ResNetV2(nn.Module, contract.Family):
     in_chans: int = 3
     dtype: str = 'float32'
 
+    stem_layers = r'(conv_root|gn_root)/'
+    block_layers = ((r'block(\d+)/unit(\d+)/', ()),)
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bilinear', **NORMALIZATIONS['imagenet'])
 

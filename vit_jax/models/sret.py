@@ -232,6 +232,10 @@ class SReT(nn.Module, contract.Family):
 
     rng_streams = ('dropout', 'permute')
     # DeiT evaluation: resize to size / 0.875, centre crop, ImageNet mean and std, bicubic.
+    # A recursive block and the projection of the same index share a depth; pooling follows
+    # its stage.
+    stem_layers = r'(stem|pos_embed)/'
+    block_layers = ((r'stage_(\d+)/(?:block|nll)_(\d+)/', ()), (r'pool_(\d+)/', (2 ** 30,)))
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

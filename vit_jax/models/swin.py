@@ -237,6 +237,8 @@ class SwinTransformer(nn.Module, contract.Family):
     attn_impl: str = 'fused'
     dtype: str = 'float32'
 
+    stem_layers = r'(patch_embed|patch_norm)/'
+    block_layers = ((r'layers_(\d+)/downsample/', (0,)), (r'layers_(\d+)/blocks_(\d+)/', ()))
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.9, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

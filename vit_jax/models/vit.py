@@ -163,6 +163,8 @@ class VisionTransformer(nn.Module, contract.Family):
     scan_layers: bool = False
 
     stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
+    stem_layers = r'(cls|embedding|conv_root|gn_root|block\d+|Transformer/posembed_input)(/|$)'
+    block_layers = ((r'Transformer/encoderblock_(\d+)/', ()),)
 
     def __post_init__(self) -> None:
         contract.check_choices((

@@ -30,6 +30,7 @@ from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.optim import create_optimizer
 from vit_jax.train.preemption import PreemptionWatch
 from vit_jax.train.step import (
+    HEAD_BIAS_INIT,
     MixFn,
     StepOptions,
     TrainState,
@@ -98,7 +99,8 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     tx, schedule = create_optimizer(config)
     init = functools.partial(create_train_state, model, tx,
                              image_shape=(1, config.pp.crop, config.pp.crop, model.in_chans),
-                             ema=config.ema_decay > 0)
+                             ema=config.ema_decay > 0,
+                             head_bias=HEAD_BIAS_INIT.get(config.loss))
     shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     state_sharding = sharding.state_shardings(shapes, mesh, config.param_sharding,
                                               config.fsdp_min_size)
@@ -107,12 +109,12 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
         shapes, state_sharding)
     batch_sharding = sharding.batch_sharding(mesh)
     options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
-                          ema_decay=config.ema_decay)
+                          ema_decay=config.ema_decay, loss=config.loss)
     train_step = jax.jit(
         sharding.on_mesh(make_train_step(model, tx, _mixing(config), options), mesh),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    eval_step = jax.jit(sharding.on_mesh(make_eval_step(model), mesh),
+    eval_step = jax.jit(sharding.on_mesh(make_eval_step(model, config.loss), mesh),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=sharding.replicated(mesh))
     return Setup(model=model, tx=tx, schedule=schedule, mesh=mesh,

@@ -1,7 +1,9 @@
 """Learning-rate schedules and optimizers: the original fine-tune recipe (SGD with momentum,
-warm-up then cosine decay, global-norm clipping) and AdamW."""
+warm-up then cosine decay, global-norm clipping), AdamW, and layer-wise learning-rate decay."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,15 +11,18 @@ import ml_collections
 import optax
 
 from vit_jax import tree
+from vit_jax.models import contract, registry
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up from 0 to `base_lr` over `warmup_steps`, then `decay_type` decay to 0."""
-    warmup = optax.linear_schedule(0.0, config.base_lr, config.warmup_steps)
+    """Linear warm-up from `warmup_lr` to `base_lr` over `warmup_steps`, then `decay_type`
+    decay to `min_lr` at `total_steps` (timm's `warmup_lr` and `min_lr`)."""
+    warmup = optax.linear_schedule(config.warmup_lr, config.base_lr, config.warmup_steps)
     decay_steps = config.total_steps - config.warmup_steps
     decay = {
-        'cosine': optax.cosine_decay_schedule(config.base_lr, decay_steps),
-        'linear': optax.linear_schedule(config.base_lr, 0.0, decay_steps),
+        'cosine': optax.cosine_decay_schedule(config.base_lr, decay_steps,
+                                              alpha=config.min_lr / (config.base_lr or 1)),
+        'linear': optax.linear_schedule(config.base_lr, config.min_lr, decay_steps),
         'constant': optax.constant_schedule(config.base_lr),
     }[config.decay_type]
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
@@ -52,6 +57,40 @@ def create_optimizer(config: ml_collections.ConfigDict,
     else:
         opt = optax.adamw(schedule, b1=config.b1, b2=config.b2, mu_dtype=dtype,
                           weight_decay=config.weight_decay, mask=_decay_mask)
+    if config.layer_decay < 1:
+        family = registry.get_spec(config.model_name).module
+        opt = optax.chain(opt, scale_by_layer_decay(family, config.layer_decay))
     if config.grad_norm_clip:
         opt = optax.chain(optax.clip_by_global_norm(config.grad_norm_clip), opt)
     return opt, schedule
+
+
+def scale_by_layer_decay(family: type[contract.Family], decay: float,
+                         ) -> optax.GradientTransformation:
+    """Layer-wise learning-rate decay (BEiT, MAE fine-tuning): the update of a parameter at depth
+    `d` (`contract.layer_depths`: embedding 0, block i at i + 1, head L) is multiplied by
+    `decay ** (L - d)`; stacked layers get one factor per layer. Stateless, so the optimizer
+    state keeps the layout (and the sharding) of the optimizer it follows."""
+
+    def scale(updates: Any, params: Any = None) -> Any:
+        del params
+        leaves = jax.tree_util.tree_leaves_with_path(updates)
+        shapes = {tree.array_name(path): jax.ShapeDtypeStruct(u.shape, u.dtype)
+                  for path, u in leaves}
+        depths = contract.layer_depths(
+            family, tree.unstack_layers(shapes, family.stacked_layers))
+        deepest = max(depths.values())
+
+        def factor(name: str, u: jax.Array) -> jax.Array:
+            split = tree.find_stacked(name, family.stacked_layers)
+            if split is None:
+                return jnp.asarray(decay ** (deepest - depths[name]), u.dtype)
+            path, head, rest = split
+            per_layer = [decay ** (deepest - depths[f'{head}{path}_{i}/{rest}'])
+                         for i in range(u.shape[0])]
+            return jnp.asarray(per_layer, u.dtype).reshape((-1,) + (1,) * (u.ndim - 1))
+
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: u * factor(tree.array_name(path), u), updates)
+
+    return optax.stateless(scale)

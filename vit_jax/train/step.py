@@ -38,12 +38,16 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+                       image_shape: tuple[int, ...], ema: bool = False,
+                       head_bias: float | None = None) -> TrainState:
     """Initialises the model on zeros of `image_shape` `[batch, height, width, channels]`; with
-    `ema`, the moving average starts as a copy of the initial variables."""
+    `ema`, the moving average starts as a copy of the initial variables; `head_bias` (e.g.
+    `HEAD_BIAS_INIT[loss]`) sets the head's bias, else it keeps the model's initialisation."""
     init_rng, rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros(image_shape, jnp.float32), train=False)
     params = variables.pop('params')
+    if head_bias is not None:
+        params = set_head_bias(params, model, head_bias)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       model_state=dict(variables), rng=rng,
                       ema=ema_start(params, variables) if ema else {})
@@ -71,11 +75,40 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float 
                   ) -> jax.Array:
     """Per-example softmax cross-entropy `[batch]`; `targets` are class ids `[batch]` or class
     probabilities `[batch, classes]` (e.g. the soft targets of mixup)."""
+    return optax.softmax_cross_entropy(logits, _soft_targets(logits, targets, label_smoothing))
+
+
+def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+                          ) -> jax.Array:
+    """Per-example sigmoid cross-entropy `[batch]`, summed over the classes as big_vision's
+    `sigmoid_xent`: each class is an independent binary target; `targets` as `cross_entropy`."""
+    targets = _soft_targets(logits, targets, label_smoothing)
+    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+
+
+def _soft_targets(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+    """Class ids `[batch]` or probabilities `[batch, classes]` -> smoothed probabilities."""
     if targets.ndim < logits.ndim:
         targets = jax.nn.one_hot(targets, logits.shape[-1])
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
+    return optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+
+
+# `--config.loss`: per-example losses `(logits, targets, label_smoothing) -> [batch]`.
+LOSSES: dict[str, Callable[..., jax.Array]] = {'softmax_xent': cross_entropy,
+                                               'sigmoid_xent': sigmoid_cross_entropy}
+# The head's initial bias under a loss that sets one: big_vision's -10 for sigmoid (every class
+# starts near probability 0, so the first steps are not spent pushing the other classes down).
+HEAD_BIAS_INIT = {'sigmoid_xent': -10.0}
+
+
+def set_head_bias(params: Any, model: nn.Module, value: float) -> Any:
+    """`params` with the bias of each of the model's heads (`model.head_names`) set to
+    `value`."""
+    params = dict(params)
+    for head in model.head_names:
+        if head in params and 'bias' in params[head]:
+            params[head] = {**params[head], 'bias': jnp.full_like(params[head]['bias'], value)}
+    return params
 
 
 def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
@@ -89,11 +122,13 @@ def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
     """How `make_train_step` trains: `accum_steps` micro-batches per step, `label_smoothing` of
-    the targets, `ema_decay` of the moving average of the weights (0 = none)."""
+    the targets, `ema_decay` of the moving average of the weights (0 = none), `loss` one of
+    `LOSSES`."""
 
     accum_steps: int = 1
     label_smoothing: float = 0.0
     ema_decay: float = 0.0
+    loss: str = 'softmax_xent'
 
 
 # `mix_fn(rng, images, labels, num_classes, label_smoothing=...) -> (images, soft targets)`:
@@ -125,6 +160,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     """
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
+    loss_of = LOSSES[options.loss]
     if mix_fn is not None and not model.num_classes:
         raise ModelError('mixup / cutmix need a model with a classification head '
                          '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
@@ -142,7 +178,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         logits, new_state = model.apply(variables, images, train=True,
                                         rngs=rng_streams(model, rng), mutable=list(model_state))
         mixing = mix_fn is not None
-        loss = cross_entropy(logits, targets, 0.0 if mixing else label_smoothing).mean()
+        loss = loss_of(logits, targets, 0.0 if mixing else label_smoothing).mean()
         dominant = targets.argmax(-1) if mixing else targets
         correct = (logits.argmax(-1) == dominant).mean()
         return loss, (correct, new_state)
@@ -191,18 +227,21 @@ def split_micro_batches(x: jax.Array, steps: int) -> jax.Array:
     return nn.with_logical_constraint(micro, (None, 'batch') + (None,) * (x.ndim - 1))
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(model: nn.Module, loss: str = 'softmax_xent',
+                   ) -> Callable[[TrainState, Batch], Metrics]:
     """Returns `eval_step(state, batch) -> sums` over the examples where `batch['mask']` is 1.
 
-    Sums (not means) so that padded batches add up exactly: `{'correct', 'loss', 'count'}`, and
-    `'ema_correct'`, `'ema_loss'` of the averaged weights when the state has them.
+    Sums (not means) so that padded batches add up exactly: `{'correct', 'loss', 'count'}` (the
+    `loss` of `LOSSES`), and `'ema_correct'`, `'ema_loss'` of the averaged weights when the
+    state has them.
     """
+    loss_of = LOSSES[loss]
 
     def sums(variables, batch, mask, prefix=''):
         logits = model.apply(variables, batch['image'], train=False)
         correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
         return {f'{prefix}correct': (correct * mask).sum(),
-                f'{prefix}loss': (cross_entropy(logits, batch['label']) * mask).sum()}
+                f'{prefix}loss': (loss_of(logits, batch['label']) * mask).sum()}
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         mask = batch['mask'].astype(jnp.float32)
