@@ -24,11 +24,9 @@ the cosine schedule, DeiT's resize-256-then-crop evaluation, and distillation fr
 
 import ml_collections
 
-from vit_jax.config import base_config, model_config
+from vit_jax.config import adamw_recipe, base_config, model_config
 
 from . import common
-
-EPOCHS, WARMUP_EPOCHS = 300, 5
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,26 +40,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pp.augment = 'inception'
     c.pp.area_min = 0.08
     c.pp.normalize = 'imagenet'
-    c.batch = 1024
+    c.batch = 128 if c.dataset == 'digits' else 1024
     c.batch_eval = 1000
-    num_train = common.dataset(c.dataset).num_train
-    c.total_steps = EPOCHS * num_train // c.batch
-    c.warmup_steps = WARMUP_EPOCHS * num_train // c.batch
-    c.optimizer = 'adamw'
-    c.b1, c.b2 = 0.9, 0.999
-    c.weight_decay = 0.05
-    c.decay_type = 'cosine'
-    c.grad_norm_clip = 0.0
-    c.label_smoothing = 0.1
+    adamw_recipe(c, num_train=common.dataset(c.dataset).num_train, epochs=300, warmup_epochs=5,
+                 base_lr=5e-4 * c.batch / 512, weight_decay=0.05, grad_norm_clip=0.0)
     c.shuffle_buffer = 50_000
     c.progress_every = 100
     c.eval_every = c.checkpoint_every = 5_000
     if c.dataset == 'digits':  # a quick check: 8x8 digits upsampled, shifted, never mirrored
         c.pp.crop, c.pp.augment, c.pp.pad, c.pp.flip = 32, 'pad_crop', 4, False
-        c.batch, c.batch_eval, c.shuffle_buffer = 128, 360, 2_000
+        c.batch_eval, c.shuffle_buffer = 360, 2_000
         c.total_steps, c.warmup_steps = 600, 50
         c.eval_every = c.checkpoint_every = 200
     else:
         common.deit_augment(c)
-    c.base_lr = 5e-4 * c.batch / 512
     return c.lock()
