@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -129,11 +131,14 @@ def bench_ours(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]
 
 
 def import_timm():
-    """timm, or None when torch or timm cannot be imported. The CPU build of torch beside
-    the pinned torchvision needs the `torchvision::nms`/`qnms` schemas defined first."""
+    """timm, or None when torch or timm cannot be imported. Where torchvision does not import on
+    its own (the CPU build of torch beside PyPI's torchvision), the `torchvision::nms`/`qnms`
+    schemas are defined first; where it does, defining them would abort the process."""
     try:
         import torch
-        if not hasattr(torch.ops.torchvision, 'nms'):
+        imports = subprocess.run([sys.executable, '-c', 'import torchvision'],
+                                 capture_output=True).returncode == 0
+        if not imports and not hasattr(torch.ops.torchvision, 'nms'):
             library = torch.library.Library('torchvision', 'DEF')
             for op in ('nms', 'qnms'):
                 library.define(f'{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')

@@ -50,7 +50,7 @@ def final_params(config, workdir):
 
     import vit_jax
     from vit_jax import config as config_lib
-    from vit_jax import weights
+    from vit_jax import tree
     from vit_jax.train import checkpoint, optim, step
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=NUM_CLASSES, img_size=config.pp.crop)
@@ -60,9 +60,9 @@ def final_params(config, workdir):
     ckpt = checkpoint.Checkpointer(workdir, every=0, keep=10)
     state, _ = ckpt.restore(template, config.model_name)
     ckpt.close()
-    flat = weights.flatten_variables({'params': state.params})
+    flat = tree.flatten({'params': state.params})
     if state.ema:  # the moving average too, as 'ema/<name>'
-        flat.update({f'ema/{k}': v for k, v in weights.flatten_variables(state.ema).items()})
+        flat.update({f'ema/{k}': v for k, v in tree.flatten(state.ema).items()})
     return {k: np.asarray(v) for k, v in flat.items()}
 
 

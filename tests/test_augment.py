@@ -9,7 +9,7 @@ import pytest
 from test_data import make_config
 
 from vit_jax.data import create_datasets, digits
-from vit_jax.data.normalization import NORMALIZATIONS, normalize
+from vit_jax.normalization import NORMALIZATIONS, normalize
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +38,7 @@ def test_imagenet_normalisation_in_train_and_eval(digits_dir):
 def test_repeated_augmentation_copies_each_example_apart_with_new_augmentations(digits_dir):
     copies, num_train = 3, 1437
     config = make_config(data_dir=digits_dir)
-    config.update(batch=9, shuffle_buffer=2000)  # 1437 * 3 = 4311 = 479 batches of 9
+    config.batch = 9  # 1437 * 3 = 4311 = 479 batches of 9
     config.pp.repeated_aug = copies
     plain = examples(config, copies * num_train)  # no augmentation: identifies the examples
     keys = [image.tobytes() for image in plain]
@@ -58,7 +58,10 @@ def test_repeated_augmentation_copies_each_example_apart_with_new_augmentations(
         positions[key].append(i)
     pairs = [p for p in positions.values() if len(p) > 1]
     assert len(pairs) > 10
-    assert all(not np.array_equal(augmented[p[0]], augmented[p[1]]) for p in pairs)
+    # Independent draws: a copy matches another only when both draw the same crop offset (1/25)
+    # and both skip RandAugment's ops (1/16), or the like: rare, never most.
+    same = sum(np.array_equal(augmented[p[0]], augmented[p[1]]) for p in pairs)
+    assert same <= len(pairs) // 20, (same, len(pairs))
 
 
 @pytest.mark.slow

@@ -18,14 +18,6 @@ from vit_jax.errors import ModelError
 from vit_jax.models import convnext, get_spec
 from vit_jax.train import metrics
 
-# timm 1.0 / the published checkpoints, 1000 classes.
-PARAM_COUNTS = {
-    'convnext_tiny': 28_589_128,
-    'convnext_small': 50_223_688,
-    'convnext_base': 88_591_464,
-    'convnext_large': 197_767_336,
-    'convnext_xlarge': 350_196_968,
-}
 # A reduced model: 64 px -> stages of 16, 8, 4 and 2 px.
 SMALL = dict(dims=(8, 16, 24, 32), depths=(1, 1, 2, 1))
 SIZE = 64
@@ -87,15 +79,7 @@ def test_original_facebook_checkpoint_loads(timm, tmp_path):
                                torch_reference.logits(torch_model, images), atol=1e-4)
 
 
-@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
-def test_parameter_count(name):
-    shapes = weights.model_shapes(vit_jax.create_model(name))
-    assert sum(v.size for k, v in shapes.items() if k.startswith('params/')) == \
-        PARAM_COUNTS[name]
-
-
 def test_registry_keeps_timm_preprocessing():
-    assert vit_jax.list_models('convnext_*') == sorted(PARAM_COUNTS)
     cfg = get_spec('convnext_base').pretrained_cfg
     assert (cfg['input_size'], cfg['crop_pct'], cfg['interpolation']) == \
         ((224, 224, 3), 0.875, 'bicubic')

@@ -1,6 +1,7 @@
 """Tests of the input pipeline: digits, image folders, tfds (mocked), padding and errors."""
 
 import collections
+import functools
 import math
 import os
 import subprocess
@@ -40,6 +41,7 @@ def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_coll
         'batch': 16,
         'batch_eval': 7,
         'shuffle_buffer': 64,
+        'input_threads': 0,
         'seed': 0,
     })
 
@@ -318,3 +320,53 @@ def test_config_errors(monkeypatch, key, value, message):
     config.update_from_flattened_dict({key: value})
     with pytest.raises(DataError, match=message):
         create_datasets(config)
+
+
+def test_inception_crop_decodes_the_same_box_of_a_jpeg_and_a_png():
+    """The JPEG path draws the box from the header and decodes only it: the same box as the
+    decoded PNG of the same pixels; pixels equal but for one column at the window's edge
+    (chroma upsampling there sees no neighbour)."""
+    from skimage import data as skdata
+
+    from vit_jax.data import pipeline
+
+    photo = tf.constant(skdata.astronaut()[:301, :437])
+    jpeg, png = tf.io.encode_jpeg(photo, quality=90), tf.io.encode_png(photo)
+    decoded = tf.io.decode_jpeg(jpeg).numpy()
+    for i in range(20):
+        seed = tf.constant([0, i], tf.int64)
+        window = pipeline._decode_inception_crop(jpeg, seed, 0.05).numpy()
+        reference = pipeline._decode_inception_crop(png, seed, 0.05).numpy()
+        assert window.shape == reference.shape and window.shape[0] * window.shape[1] < 301 * 437
+        # Locate the box in the whole decoded JPEG from the PNG (lossless) crop's size and seed.
+        begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+            [301, 437, 3], tf.zeros([0, 0, 4]), seed=seed, area_range=(0.05, 1.0),
+            min_object_covered=0, use_image_if_no_bounding_boxes=True)
+        np.testing.assert_array_equal(reference, photo.numpy()[begin[0]:begin[0] + box[0],
+                                                               begin[1]:begin[1] + box[1]])
+        full = decoded[begin[0]:begin[0] + box[0], begin[1]:begin[1] + box[1]]
+        columns = np.flatnonzero((window != full).any(axis=(0, 2)))
+        assert len(columns) <= 1 and set(columns) <= {0, window.shape[1] - 1}, columns
+
+
+def test_tfrecord_split_is_copied_once_to_array_record_and_reads_the_same(digits_dir, tmp_path,
+                                                                         monkeypatch):
+    """A TFRecord tfds dataset gives the same stream as the ArrayRecord one, through a copy
+    written on first use and reused after."""
+    monkeypatch.setattr(digits, 'store_atomically', functools.partial(
+        digits.store_atomically, file_format='tfrecord'))
+    tfrecord_dir = str(tmp_path / 'tfrecord')
+    builder = digits.prepare(tfrecord_dir)
+    assert not any(f.endswith('array_record') for f in os.listdir(builder.data_dir))
+    config = make_config(data_dir=digits_dir)
+    config.pp.update(augment='inception', flip=True, test='test[:50]')
+    expected = [next(create_datasets(config, start=1437 * 3)[0])['image'],
+                np.concatenate([b['image'] for b in create_datasets(config)[1]()])]
+    config.tfds_data_dir = tfrecord_dir
+    for _ in range(2):  # Converts, then reads the copy.
+        np.testing.assert_array_equal(next(create_datasets(config, start=1437 * 3)[0])['image'],
+                                      expected[0])
+        np.testing.assert_array_equal(
+            np.concatenate([b['image'] for b in create_datasets(config)[1]()]), expected[1])
+    copies = sorted(os.listdir(os.path.join(builder.data_dir, 'vit_jax_array_record')))
+    assert copies == ['test_50_.array_record', 'train.array_record']

@@ -14,19 +14,23 @@ import pytest
 import scale_worker
 
 import vit_jax
-from vit_jax import weights
+from vit_jax import tree, weights
 from vit_jax.data import arrays
 from vit_jax.errors import ConfigError
+from vit_jax.models import contract
 from vit_jax.train import checkpoint, metrics, sharding, step
 from vit_jax.train.loop import train
 
 OLD_CHECKPOINT_ITEMS = ['model_state', 'opt_state', 'params', 'rng', 'step']
 
 
-class ConvBN(nn.Module):
+class ConvBN(nn.Module, contract.Family):
     """Parameters and BatchNorm statistics, both averaged."""
 
     num_classes: int = 4
+    img_size: int = 8
+    in_chans: int = 3
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x, *, train=False):
@@ -168,8 +172,8 @@ def test_crashed_run_with_mixing_and_ema_resumes_bit_exactly(tmp_path):
     saved = json.loads((tmp_path / 'run' / 'final_metrics.json').read_text())
     assert {'accuracy', 'loss', 'ema_accuracy', 'ema_loss'} <= set(saved)
     assert 'eval_ema_accuracy' in metrics.read_metrics(str(tmp_path / 'run'))[-1]
-    ema_file = weights.flatten_variables(weights.read(str(tmp_path / 'run' / 'weights_ema.npz')))
-    raw_file = weights.flatten_variables(weights.read(str(tmp_path / 'run' / 'weights.npz')))
+    ema_file = tree.flatten(weights.read(str(tmp_path / 'run' / 'weights_ema.npz')))
+    raw_file = tree.flatten(weights.read(str(tmp_path / 'run' / 'weights.npz')))
     name = 'Transformer/encoder_norm/scale'
     np.testing.assert_array_equal(ema_file[name], params[f'ema/params/{name}'])
     np.testing.assert_array_equal(raw_file[name], params[f'params/{name}'])

@@ -25,6 +25,7 @@ import scale_worker
 from jax.sharding import PartitionSpec as P
 
 import vit_jax
+from vit_jax import tree
 from vit_jax.data import arrays
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.train import optim, sharding, step
@@ -110,9 +111,9 @@ def test_placement_rules_cover_params_and_their_optimizer_state():
     assert specs.step == P() and specs.rng == P()
     # SGD momentum (bfloat16) is placed as its parameter: the same names, the same shapes.
     leaves = jax.tree_util.tree_leaves_with_path(shapes.opt_state)
-    momentum = {sharding.array_name(p): x for p, x in leaves if x.ndim}
+    momentum = {tree.array_name(p): x for p, x in leaves if x.ndim}
     assert momentum and all(x.dtype == jnp.bfloat16 for x in momentum.values())
-    flat_specs = {sharding.array_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(
+    flat_specs = {tree.array_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(
         specs.opt_state, is_leaf=lambda x: isinstance(x, P))}
     mlp = [n for n in momentum if n.endswith('encoderblock_0/MlpBlock_3/Dense_0/kernel')]
     assert len(mlp) == 1 and flat_specs[mlp[0]] == P('fsdp', None)

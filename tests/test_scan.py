@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import vit_jax
 from vit_jax import config as config_lib
-from vit_jax import weights
+from vit_jax import tree, weights
 from vit_jax.analysis import attention
 from vit_jax.models import layers
 from vit_jax.train import optim, sharding, step
@@ -39,8 +39,8 @@ def images(batch=4, seed=1):
 
 
 def flat_params(params):
-    return {k: np.asarray(v) for k, v in weights.unstack_layers(
-        weights.flatten_variables({'params': params})).items()}
+    return {k: np.asarray(v) for k, v in tree.unstack_layers(
+        tree.flatten({'params': params})).items()}
 
 
 def test_scanned_parameters_are_stacked_under_big_visions_name():
@@ -50,7 +50,7 @@ def test_scanned_parameters_are_stacked_under_big_visions_name():
     assert shapes[stacked].shape == (3, 16, 16)
     assert not any('encoderblock_' in k for k in shapes)
     # The same arrays, one per layer, as the unscanned model's.
-    unstacked = weights.unstack_layers(shapes)
+    unstacked = tree.unstack_layers(shapes)
     assert {k: v.shape for k, v in unstacked.items()} == {
         k: v.shape for k, v in weights.model_shapes(unscanned).items()}
 
@@ -143,8 +143,8 @@ def test_weights_load_both_ways_and_save_unstacked(tmp_path):
 def test_weight_decay_and_fsdp_judge_stacked_parameters_per_layer():
     _, scanned, _ = pair(embed_dim=32, depth=8, num_heads=2)
     params = weights.model_shapes(scanned)
-    tree = jax.eval_shape(lambda: scanned.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
-    mask = weights.flatten_variables({'params': optim._decay_mask(tree['params'])})
+    variables = jax.eval_shape(lambda: scanned.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+    mask = tree.flatten({'params': optim._decay_mask(variables['params'])})
     block = 'params/Transformer/encoderblock/'
     assert mask[block + 'MlpBlock_3/Dense_0/kernel']  # [8, 32, 32]: a matrix per layer
     assert not mask[block + 'LayerNorm_0/scale']  # [8, 32]: a norm per layer

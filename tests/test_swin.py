@@ -20,16 +20,6 @@ from vit_jax.train import metrics
 
 TIMM_NAME = 'swin_tiny_patch4_window7_224'
 
-# timm 1.0 / the published checkpoints, 1000 classes.
-PARAM_COUNTS = {
-    'swin_tiny_patch4_window7_224': 28_288_354,
-    'swin_small_patch4_window7_224': 49_606_258,
-    'swin_base_patch4_window7_224': 87_768_224,
-    'swin_base_patch4_window12_384': 87_903_584,
-    'swin_large_patch4_window7_224': 196_532_476,
-    'swin_large_patch4_window12_384': 196_735_516,
-}
-
 # Reduced models: 64 px, window 4 -> stages of 16, 8 (shifted windows, masked), 4, 2 (one window,
 # no shift); 32 px, window 8 -> every stage no larger than its window (no shift anywhere).
 CASES = {
@@ -106,15 +96,7 @@ def test_checkpoint_file_loads(timm, tmp_path):
     np.testing.assert_allclose(logits, torch_reference.logits(torch_model, images), atol=1e-4)
 
 
-@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
-def test_parameter_count(name):
-    shapes = weights.model_shapes(vit_jax.create_model(name))
-    assert sum(v.size for k, v in shapes.items() if k.startswith('params/')) == \
-        PARAM_COUNTS[name]
-
-
 def test_registry_keeps_timm_preprocessing():
-    assert vit_jax.list_models('swin_*') == sorted(PARAM_COUNTS)
     cfg = get_spec('swin_base_patch4_window12_384').pretrained_cfg
     assert cfg['input_size'] == (384, 384, 3) and cfg['crop_pct'] == 1.0
     cfg = get_spec('swin_tiny_patch4_window7_224').pretrained_cfg

@@ -17,6 +17,7 @@ import vit_jax
 from vit_jax import config as config_lib
 from vit_jax import predict
 from vit_jax.data import digits
+from vit_jax.models import contract
 from vit_jax.train import checkpoint, metrics, optim, step
 from vit_jax.train.loop import train
 
@@ -129,14 +130,20 @@ def test_gradient_accumulation_equals_the_full_batch():
     assert int(s4.step) == 3
 
 
-class ConvBN(nn.Module):
-    """A model with mutable BatchNorm statistics, like the later convolutional families."""
+class ConvBN(nn.Module, contract.Family):
+    """A model with mutable BatchNorm statistics, like the later convolutional families,
+    declaring the family contract as the step expects."""
+
+    num_classes: int = 4
+    img_size: int = 16
+    in_chans: int = 3
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x, *, train=False):
         x = nn.Conv(8, (3, 3))(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
-        return nn.Dense(4)(nn.relu(x).mean(axis=(1, 2)))
+        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
 
 
 @pytest.mark.parametrize('accum_steps', [1, 2])

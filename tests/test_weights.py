@@ -10,7 +10,7 @@ import torch
 import torch_reference
 
 import vit_jax
-from vit_jax import weights
+from vit_jax import tree, weights
 from vit_jax.errors import ModelError
 
 TOL = 1e-4
@@ -97,7 +97,7 @@ def to_big_vision(variables, scanned):
     """Writes ViT variables in big_vision's layout (what its checkpoints hold)."""
     names = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
              'LayerNorm_2': 'LayerNorm_1', 'MlpBlock_3': 'MlpBlock_0'}
-    flat = weights.flatten_variables(jax.device_get(variables))
+    flat = tree.flatten(jax.device_get(variables))
     out, blocks = {}, {}
     for key, value in flat.items():
         key = key.removeprefix('params/')
@@ -198,12 +198,12 @@ def test_errors_name_what_is_wrong(loaded, tmp_path):
     bit = loaded['bit_r50x1'][0]
     with pytest.raises(ModelError, match=r'not a VisionTransformer checkpoint in a layout'):
         weights.load(model, torch_reference.state_dict(bit))
-    partial = {k: v for k, v in weights.flatten_variables(variables).items()
+    partial = {k: v for k, v in tree.flatten(variables).items()
                if 'encoderblock_11' not in k}
     with pytest.raises(ModelError, match=r'lacks 16 of the VisionTransformer arrays, first '
                                          r"'params/Transformer/encoderblock_11/LayerNorm_0/bias'"):
         weights.load(model, partial)
-    extra = {**weights.flatten_variables(variables), 'params/extra/kernel': np.zeros(3)}
+    extra = {**tree.flatten(variables), 'params/extra/kernel': np.zeros(3)}
     with pytest.raises(ModelError, match=r"1 arrays the VisionTransformer does not use, first "
                                          r"'params/extra/kernel'"):
         weights.load(model, extra, strict=True)

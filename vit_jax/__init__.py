@@ -8,6 +8,6 @@
 
 from vit_jax import weights
 from vit_jax.models import create_model, list_models, model_options
+from vit_jax.version import __version__
 
-__all__ = ['create_model', 'list_models', 'model_options', 'weights']
-__version__ = '0.1.0'
+__all__ = ['__version__', 'create_model', 'list_models', 'model_options', 'weights']

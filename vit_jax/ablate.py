@@ -13,7 +13,6 @@ setting).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
@@ -26,6 +25,7 @@ from typing import Any
 
 import ml_collections
 
+from vit_jax import cli
 from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError
 
@@ -190,8 +190,7 @@ def write_plots(all_points: list[Point], workdir: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m vit_jax.ablate', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.make_parser('vit_jax.ablate', __doc__)
     parser.add_argument('--config', required=True, help='study config file, FILE.py[:ARG]')
     parser.add_argument('--workdir', required=True, help='one sub-workdir per point goes here')
     parser.add_argument('--quick', action='store_true', help="a few steps per point (tests)")

@@ -24,9 +24,9 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
-from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models import registry
+from vit_jax.normalization import NORMALIZATIONS
 
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
@@ -191,7 +191,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = [('data', -1), ('fsdp', 1)]
     c.param_sharding = [('.*', 'fsdp')]
     c.fsdp_min_size = 2 ** 14
+    # Unused: the train stream reads a per-epoch permutation by index (vit_jax/data/pipeline.py).
     c.shuffle_buffer = 50_000
+    # Threads decoding and augmenting images (tf.data); 0 = os.cpu_count().
+    c.input_threads = 0
     c.total_steps = 10_000
     c.accum_steps = 1
     c.optimizer = 'sgd'  # 'sgd' (momentum) | 'adamw'
@@ -252,6 +255,7 @@ _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'ke
              'pp.repeated_aug')
 _NON_NEGATIVE = ('base_lr', 'warmup_steps', 'weight_decay', 'label_smoothing', 'progress_every',
                  'eval_every', 'checkpoint_every', 'grad_norm_clip', 'pp.pad', 'fsdp_min_size',
+                 'input_threads',
                  'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha')
 # Inclusive ranges.
 _RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0)}

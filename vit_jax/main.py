@@ -18,13 +18,13 @@ import logging
 import os
 import sys
 
+from vit_jax import cli
 from vit_jax.errors import VitJaxError
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
     """Splits `argv` into the named flags and the `--config.KEY VALUE` overrides."""
-    parser = argparse.ArgumentParser(prog='python -m vit_jax.main', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.make_parser('vit_jax.main', __doc__)
     parser.add_argument('--config', required=True, help='config file, FILE.py[:ARG]')
     parser.add_argument('--workdir', required=True, help='checkpoints and metrics go here')
     parser.add_argument('--multiprocess', action='store_true',

@@ -16,7 +16,6 @@ for weights trained with another normalisation than the variant's usual one.
 
 from __future__ import annotations
 
-import argparse
 import importlib.resources
 import json
 import os
@@ -25,9 +24,9 @@ import sys
 import jax
 import numpy as np
 
-from vit_jax import models, weights
-from vit_jax.data.normalization import NORMALIZATIONS, normalize
+from vit_jax import cli, models, weights
 from vit_jax.errors import VitJaxError
+from vit_jax.normalization import NORMALIZATIONS, normalize
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
 HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')
@@ -108,8 +107,7 @@ def _from_workdir(workdir: str) -> tuple[str, dict, str, str | None, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m vit_jax.predict', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.make_parser('vit_jax.predict', __doc__)
     parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...)')
     parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
     parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors)')

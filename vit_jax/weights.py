@@ -4,11 +4,11 @@
 `.pt`, `.bin` or `.safetensors`) or an in-memory mapping of arrays. `load` reads it into flat
 arrays, lets the model's family map foreign names onto its own (each family file ends with its
 mapping and registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn`
-beside each model), resizes what the family knows how to resize (position embeddings),
-re-initialises a head whose class count differs, and checks every name and shape against the
-model.
+beside each model), resizes what the family knows how to resize (position embeddings, relative
+position bias tables), re-initialises a head (the family's declared `head_names`) whose class
+count differs, and checks every name and shape against the model.
 
-Flat keys are '/'-joined paths that start with the variable collection:
+Flat keys are `vit_jax.tree` names: '/'-joined paths that start with the variable collection,
 `params/Transformer/encoder_norm/scale`, `batch_stats/stem/bn/mean`.
 """
 
@@ -22,12 +22,12 @@ import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import tree
 from vit_jax.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -48,85 +48,23 @@ class WeightMap:
     `convert(arrays, model)` maps a checkpoint's flat arrays to the model's flat keys, or returns
     None when it does not recognise the layout. `resize(key, array, shape, model)` adapts an
     array whose shape differs (e.g. a position embedding trained at another resolution) or
-    returns None. Keys starting with one of `head` are re-initialised when their shape differs.
-    `layouts` names the accepted layouts in error messages. `stacked` names the module paths
-    (`Transformer/encoderblock`) under which a model scanned over its layers (`nn.scan`) keeps
-    `[layers, ...]` arrays in place of `Transformer/encoderblock_{i}`: `convert` and `resize`
-    always see one key per layer, and `load` and `save_npz` stack and unstack.
+    returns None. `layouts` names the accepted layouts in error messages. `convert` and
+    `resize` see one key per layer of a scanned model (the family's `stacked_layers`); `load`
+    and `save_npz` stack and unstack.
     """
 
     convert: Converter
     resize: Resizer | None = None
-    head: tuple[str, ...] = ('params/head/',)
     layouts: str = ''
-    stacked: tuple[str, ...] = ()
 
 
 _MAPPINGS: dict[type, WeightMap] = {}
 
 
 def register_mapping(module: type[nn.Module], convert: Converter, *, resize: Resizer | None = None,
-                     head: tuple[str, ...] = ('params/head/',), layouts: str = '',
-                     stacked: tuple[str, ...] = ()) -> None:
+                     layouts: str = '') -> None:
     """Registers the checkpoint mapping of a family's module class (at the end of its file)."""
-    _MAPPINGS[module] = WeightMap(convert, resize, head, layouts, stacked)
-
-
-# ----------------------------------------------------------------------------- stacked layers
-
-
-def _stacked_paths() -> tuple[str, ...]:
-    return tuple(sorted({path for m in _MAPPINGS.values() for path in m.stacked}))
-
-
-def _split_key(key: str, path: str) -> tuple[str, str] | None:
-    """`a/{path}/rest` -> `('a/', 'rest')`; None unless `path` is whole path components."""
-    head, sep, rest = key.partition(path + '/')
-    return (head, rest) if sep and (not head or head.endswith('/')) else None
-
-
-def layer_axes(name: str) -> int:
-    """1 if array `name` (`params/Transformer/encoderblock/MlpBlock_3/Dense_0/kernel`, or its
-    optimizer state `opt_state/0/mu/Transformer/encoderblock/...`) is stacked along a leading
-    layer axis by a model scanned over its layers, else 0. Per-layer rules (weight decay,
-    sharding) look at the array's other axes."""
-    return int(_find_stacked(name, _stacked_paths()) is not None)
-
-
-def _find_stacked(key: str, paths: tuple[str, ...]) -> tuple[str, str, str] | None:
-    """`(path, head, rest)` for the first of `paths` that `key` is stacked under, else None."""
-    return next(((path, *split) for path in paths if (split := _split_key(key, path))), None)
-
-
-def unstack_layers(flat: Mapping[str, Any], paths: tuple[str, ...] | None = None) -> dict:
-    """`.../{path}/rest` `[layers, ...]` -> `.../{path}_{i}/rest` for each layer `i`, for each of
-    `paths` (default: every registered family's). Shapes (`jax.ShapeDtypeStruct`) split too."""
-    out = {}
-    for key, value in flat.items():
-        split = _find_stacked(key, _stacked_paths() if paths is None else paths)
-        if split is None:
-            out[key] = value
-            continue
-        path, head, rest = split
-        for i in range(value.shape[0]):
-            layer = jax.ShapeDtypeStruct(value.shape[1:], value.dtype) if isinstance(
-                value, jax.ShapeDtypeStruct) else value[i]
-            out[f'{head}{path}_{i}/{rest}'] = layer
-    return out
-
-
-def stack_layers(flat: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
-    """The inverse of `unstack_layers` for the stacked keys of `like` (a model's flat variables):
-    each `.../{path}/rest` is `np.stack` of `.../{path}_{i}/rest` over its `i`."""
-    out = dict(flat)
-    for key, value in like.items():
-        split = _find_stacked(key, _stacked_paths())
-        if split is not None:
-            path, head, rest = split
-            names = [f'{head}{path}_{i}/{rest}' for i in range(value.shape[0])]
-            if all(n in out for n in names):
-                out[key] = np.stack([out.pop(n) for n in names])
-    return out
+    _MAPPINGS[module] = WeightMap(convert, resize, layouts)
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -221,13 +159,7 @@ def model_shapes(model: nn.Module) -> dict[str, jax.ShapeDtypeStruct]:
     """The model's variables as flat keys -> shapes, without computing them."""
     images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, model.in_chans), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    return flatten_variables(shapes)
-
-
-def flatten_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """`{'params': {'a': {'b': x}}}` -> `{'params/a/b': x}`."""
-    return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
-        flax.core.unfreeze(variables)).items()}
+    return tree.flatten(shapes)
 
 
 def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
@@ -241,9 +173,9 @@ def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
     """
     mapping = _MAPPINGS.get(type(model)) or WeightMap(lambda *_: None)
     # Mappings, resizing and checks see one key per layer; a scanned model's stack comes last.
-    checkpoint = unstack_layers(read(source), mapping.stacked)
+    checkpoint = tree.unstack_layers(read(source), model.stacked_layers)
     shapes = model_shapes(model)
-    target = unstack_layers(shapes, mapping.stacked)
+    target = tree.unstack_layers(shapes, model.stacked_layers)
     converted = _as_own_layout(checkpoint, target)
     if converted is None:
         converted = mapping.convert(checkpoint, model)
@@ -253,8 +185,7 @@ def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
             f'the checkpoint is not a {type(model).__name__} checkpoint in a layout vit_jax knows '
             f'({layouts}); its first keys are {sorted(checkpoint)[:3]}')
     fitted = _fit(converted, target, model, mapping, strict, reset_head, seed)
-    return flax.traverse_util.unflatten_dict(
-        {tuple(k.split('/')): v for k, v in stack_layers(fitted, shapes).items()})
+    return tree.unflatten(tree.stack_layers(fitted, shapes, model.stacked_layers))
 
 
 def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
@@ -269,9 +200,10 @@ def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
 def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: WeightMap,
          strict: bool, reset_head: bool, seed: int) -> Flat:
     name = type(model).__name__
+    heads = tuple(f'params/{head}/' for head in model.head_names)
     out, reinit = {}, []
     for key, spec in target.items():
-        is_head = key.startswith(mapping.head)
+        is_head = key.startswith(heads)
         if is_head and reset_head:
             reinit.append(key)
             continue
@@ -308,7 +240,7 @@ def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: Wei
     if reinit:
         why = 'as asked' if reset_head else 'the checkpoint has another class count'
         log.info('re-initialised %s (%s)', ', '.join(reinit), why)
-        fresh = unstack_layers(flatten_variables(_init(model, seed)), mapping.stacked)
+        fresh = tree.unstack_layers(tree.flatten(_init(model, seed)), model.stacked_layers)
         out.update({k: np.asarray(fresh[k]) for k in reinit})
     return out
 
@@ -329,7 +261,7 @@ def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
     collections (BatchNorm statistics) keep their collection prefix. The file appears complete
     or not at all.
     """
-    flat = unstack_layers(flatten_variables(variables))
+    flat = tree.unstack_layers(tree.flatten(variables))
     arrays = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
     path = os.fspath(path)
     tmp = path + '.tmp.npz'

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.errors import ModelError
-from vit_jax.weights import layer_axes
+from vit_jax.tree import layer_axes
 
 
 def token_layout(model: nn.Module) -> tuple[tuple[int, int], int, int]:

@@ -12,7 +12,6 @@ attention rollout and the last block's per-head class-token attention, overlaid)
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
@@ -25,12 +24,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from vit_jax import cli, models, weights
 from vit_jax import config as config_lib
-from vit_jax import models, weights
 from vit_jax.analysis import attention, embeddings
-from vit_jax.data.normalization import NORMALIZATIONS
-from vit_jax.data.normalization import normalize as normalize_pixels
 from vit_jax.errors import ModelError, VitJaxError
+from vit_jax.normalization import NORMALIZATIONS
+from vit_jax.normalization import normalize as normalize_pixels
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
 
@@ -164,8 +163,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m vit_jax.analysis', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.make_parser('vit_jax.analysis', __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--workdir', help='a training workdir (config.json + checkpoints)')
     source.add_argument('--weights', help='a weights file for vit_jax.weights.load (with --model)')

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import DataError
+from vit_jax.normalization import NORMALIZATIONS
 
-if TYPE_CHECKING:  # the models import vit_jax.data.normalization: no ml_collections for them
+if TYPE_CHECKING:  # the models import vit_jax.normalization: no ml_collections for them
     import ml_collections
 
 AUGMENTATIONS = ('inception', 'pad_crop', 'none')
@@ -65,17 +65,19 @@ def create_datasets(
         config: uses `dataset`, `tfds_data_dir`, `pp` (`train`, `test`, `crop`, `augment`,
             `area_min`, `pad`, `flip`, `normalize`, `randaug_layers`, `randaug_magnitude`,
             `randaug_magnitude_std`, `erase_prob`, `repeated_aug`), `batch`, `batch_eval`,
-            `shuffle_buffer` and `seed`. With `pp.repeated_aug=N`, each example comes N times
+            `input_threads` and `seed`. With `pp.repeated_aug=N`, each example comes N times
             per N passes over the data, each copy augmented independently.
         start: the data position to resume at: how many training examples all processes
-            have read so far (a multiple of the process count). The train stream is a fixed
-            function of `seed`, so resuming continues it exactly as if never stopped (with the
-            same process count).
+            have read so far. Position `p` of the train stream is example `p % n` of a
+            permutation of the `n` training examples seeded by `(seed, p // n)`, augmented
+            with the seed `(seed, p)`, and read by index: resuming reads nothing it skips and
+            continues exactly as if never stopped, for any process count (process `k` of `P`
+            takes rows `k * batch / P ... (k + 1) * batch / P - 1` of each global batch).
 
     Returns:
         `(train_iterator, make_eval_iterator, info)`. The train iterator is infinite and yields
         `image` float32 [batch / process_count, crop, crop, 3] normalised as `pp.normalize` says
-        (see `vit_jax.data.normalization`) and `label` int32
+        (see `vit_jax.normalization`) and `label` int32
         [batch / process_count]. `make_eval_iterator()` returns a fresh, finite iterator of
         ceil(num_eval / batch_eval) batches of `image`, `label` and `mask` float32, each with
         batch_eval / process_count rows; the last ones are padded, with mask 0, so that every

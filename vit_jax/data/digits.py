@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 NAME = 'digits'
-VERSION = '1.0.0'
+VERSION = '1.1.0'
 NUM_TEST = 360
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'vit_jax', 'tensorflow_datasets')
 
@@ -80,8 +80,9 @@ def _build(data_dir: str, path: str) -> None:
 
 def store_atomically(data_dir: str, path: str, *, name: str, version: str,
                      **store_kwargs: Any) -> None:
-    """Writes a dataset with `tfds.dataset_builders.store_as_tfds_dataset` to a temporary folder
-    in `data_dir`, then renames it to `path` (`data_dir/name/version`).
+    """Writes a dataset with `tfds.dataset_builders.store_as_tfds_dataset` (as ArrayRecord unless
+    `file_format` says otherwise) to a temporary folder in `data_dir`, then renames it to `path`
+    (`data_dir/name/version`).
 
     Concurrent callers and interrupted builds never leave a partial `name/version` folder behind.
     """
@@ -89,7 +90,8 @@ def store_atomically(data_dir: str, path: str, *, name: str, version: str,
     tmp_dir = tempfile.mkdtemp(prefix=f'.{name}-', dir=data_dir)
     try:
         tfds.dataset_builders.store_as_tfds_dataset(
-            name=name, version=version, data_dir=tmp_dir, **store_kwargs)
+            name=name, version=version, data_dir=tmp_dir, **{'file_format': 'array_record',
+                                                              **store_kwargs})
         try:
             os.rename(os.path.join(tmp_dir, name, version), path)
         except OSError:

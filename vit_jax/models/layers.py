@@ -1,5 +1,6 @@
 """Building blocks shared by every model family: attention, MLP, drop-path, patch embedding,
-position embeddings and activations. Each idea lives here once."""
+position embeddings, activations, and the resampling of learned tables (position embeddings,
+relative position bias tables) to another grid. Each idea lives here once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 
 from vit_jax.errors import ModelError
 
@@ -249,3 +251,57 @@ def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Stochastic-depth rate per block, rising linearly from 0 to `rate` (as timm)."""
     return [float(r) for r in np.linspace(0.0, rate, depth)]
+
+
+# ----------------------------------------------------------------------------- resampling tables
+
+RESAMPLE_METHODS = ('zoom_linear', 'bilinear', 'bicubic')
+
+
+def _torch_bicubic_matrix(src: int, dst: int, a: float = -0.75) -> np.ndarray:
+    """`[dst, src]` weights of PyTorch's `interpolate(mode='bicubic', align_corners=False)`
+    along one axis (Keys' cubic with a = -0.75, edge samples repeated)."""
+    out = np.zeros((dst, src))
+    for i in range(dst):
+        x = (i + 0.5) * src / dst - 0.5
+        base = int(np.floor(x))
+        t = x - base
+        for k, d in enumerate((1 + t, t, 1 - t, 2 - t)):
+            w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((d - 5) * d + 8) * d * a - 4 * a
+            out[i, min(max(base - 1 + k, 0), src - 1)] += w
+    return out
+
+
+def resample_grid(grid: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
+    """A table laid out on a grid `[rows, cols, channels]` -> `[size[0], size[1], channels]`.
+
+    `method`: 'zoom_linear' is `scipy.ndimage.zoom` of order 1 (corners kept; the original ViT
+    fine-tuning code), 'bilinear' is `jax.image.resize` (half-pixel centres, antialiased when
+    shrinking), 'bicubic' is PyTorch's `interpolate(mode='bicubic', align_corners=False)` (what
+    timm uses for position embeddings and relative position bias tables).
+    """
+    if method not in RESAMPLE_METHODS:
+        raise ModelError(f'unknown resampling {method!r}; choose one of {RESAMPLE_METHODS}')
+    rows, cols, channels = grid.shape
+    if (rows, cols) == tuple(size):
+        return grid
+    if method == 'zoom_linear':
+        return scipy.ndimage.zoom(grid, (size[0] / rows, size[1] / cols, 1), order=1)
+    if method == 'bilinear':
+        return np.asarray(jax.image.resize(jnp.asarray(grid), (*size, channels), 'bilinear'))
+    out = np.einsum('ir,rcd,jc->ijd', _torch_bicubic_matrix(rows, size[0]), grid,
+                    _torch_bicubic_matrix(cols, size[1]))
+    return out.astype(grid.dtype)
+
+
+def resample_pos_embed(table: np.ndarray, grid: tuple[int, int], num_prefix_tokens: int,
+                       method: str) -> np.ndarray | None:
+    """A learned position embedding `[1, prefix + n * n, dim]` for the token `grid` `(rows,
+    cols)`: the prefix tokens' entries (a class token) kept, the square grid resampled by
+    `resample_grid`; None when the old grid is not square."""
+    tokens, old = table[:, :num_prefix_tokens], table[0, num_prefix_tokens:]
+    side = int(round(np.sqrt(len(old))))
+    if side * side != len(old):
+        return None
+    new = resample_grid(old.reshape(side, side, -1), grid, method)
+    return np.concatenate([tokens, new.reshape(1, grid[0] * grid[1], -1)], axis=1)

@@ -1,8 +1,9 @@
 """One registry for every model family: `create_model(name, **overrides)` and `list_models()`.
 
-Each family file registers its variants at its end with `register(...)`; a variant is a module
-class plus keyword arguments plus the preprocessing it expects (input size, crop, mean, std),
-so evaluation never has to guess them.
+Each family file registers its variants with `register(...)`; a variant is a module class
+declaring the family contract (`contract.Family`) plus keyword arguments plus the preprocessing
+it expects (`contract.Preprocessing`: input size, crop, interpolation, mean, std), so evaluation
+never has to guess them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ from typing import Any
 
 import flax.linen as nn
 
-from vit_jax.data.normalization import NORMALIZATIONS
 from vit_jax.errors import ModelError
+from vit_jax.models import contract
 
-# Preprocessing of the original ViT checkpoints: pixels scaled to [-1, 1].
-INCEPTION_NORM = NORMALIZATIONS['minus_one_one']
-# timm's IMAGENET_DEFAULT_MEAN / STD (Swin, ConvNeXt, DHVT, SReT, BiT).
-IMAGENET_NORM = NORMALIZATIONS['imagenet']
 NOT_OPTIONS = ('parent', 'name')
 
 
@@ -32,7 +29,7 @@ class ModelSpec:
     name: str
     module: type[nn.Module]
     kwargs: Mapping[str, Any]
-    pretrained_cfg: Mapping[str, Any]
+    pretrained_cfg: contract.Preprocessing
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -40,13 +37,15 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register(name: str, module: type[nn.Module], pretrained_cfg: Mapping[str, Any] | None = None,
              **kwargs: Any) -> None:
-    """Registers variant `name` = `module(**kwargs)`; `pretrained_cfg` holds its preprocessing."""
+    """Registers variant `name` = `module(**kwargs)`; `pretrained_cfg` overrides parts of the
+    family's `default_preprocessing`."""
     if name in _REGISTRY:
         raise ValueError(f'model {name!r} is registered twice')
+    contract.check_family(module)
     _check_options(name, module, kwargs)
-    size = kwargs.get('img_size', 224)
-    cfg = {'input_size': (size, size, 3), 'crop_pct': 1.0, 'interpolation': 'bilinear',
-           **INCEPTION_NORM, **(pretrained_cfg or {})}
+    options = {f.name: f.default for f in dataclasses.fields(module)} | kwargs
+    cfg = contract.preprocessing(module, options['img_size'], options['in_chans'],
+                                 pretrained_cfg)
     _REGISTRY[name] = ModelSpec(name, module, dict(kwargs), cfg)
 
 

@@ -16,8 +16,9 @@ import numpy as np
 from flax import linen as nn
 
 from vit_jax import weights
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
 
 class StdConv(nn.Module):
@@ -139,7 +140,7 @@ def hybrid_stride(layers: tuple[int, ...]) -> int:
     return 4 * 2 ** max(len(layers) - 1, 0)
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(nn.Module, contract.Family):
     """BiT: pre-activation ResNet-v2, images `[batch, height, width, in_chans]` -> logits
     `[batch, num_classes]` (pooled features `[batch, 2048 * width_factor]` if `num_classes=0`).
     """
@@ -150,6 +151,13 @@ class ResNetV2(nn.Module):
     width_factor: int = 1
     in_chans: int = 3
     dtype: str = 'float32'
+
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.875, interpolation='bilinear', **NORMALIZATIONS['imagenet'])
+
+    def __post_init__(self) -> None:
+        contract.check_choices((('dtype', self.dtype, contract.DTYPES),))
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -173,8 +181,7 @@ class ResNetV2(nn.Module):
 
 BIT_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 for _depth, _wf in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)):
-    register(f'BiT-R{_depth}x{_wf}', ResNetV2, {**IMAGENET_NORM, 'crop_pct': 0.875},
-             layers=BIT_DEPTHS[_depth], width_factor=_wf)
+    register(f'BiT-R{_depth}x{_wf}', ResNetV2, layers=BIT_DEPTHS[_depth], width_factor=_wf)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -203,7 +210,7 @@ def torch_norm_or_conv(target: str, kind: str, value: np.ndarray) -> weights.Fla
     return {f'{target}/{"scale" if kind == "weight" else "bias"}': value}
 
 
-def _convert_bit(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
+def _from_timm(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
     if 'stem.conv.weight' not in sd:
         return None
     out = {'params/conv_root/kernel': weights.conv(sd['stem.conv.weight']),
@@ -215,4 +222,4 @@ def _convert_bit(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
     return out
 
 
-weights.register_mapping(ResNetV2, _convert_bit, layouts='timm resnetv2_*_bit state dicts')
+weights.register_mapping(ResNetV2, _from_timm, layouts='timm resnetv2_*_bit state dicts')

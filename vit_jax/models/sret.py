@@ -37,7 +37,6 @@ The authors' PyTorch state dicts load with `vit_jax.weights.load` (mapping at th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -46,8 +45,9 @@ import numpy as np
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
 Array = jax.Array
 STEM_STRIDE = 8
@@ -72,7 +72,7 @@ class Coefficient(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return x * self.param('scale', nn.initializers.ones, (1,))
+        return x * self.param('scale', nn.initializers.ones, (1,)).astype(x.dtype)
 
 
 def sliced(fn, x: Array, groups: int, perm: Array | None) -> Array:
@@ -95,23 +95,26 @@ class RecursiveBlock(nn.Module):
     attn_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     attn_impl: str = 'fused'
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: Array, *, groups: int, perm: Array | None,
                  deterministic: bool) -> Array:
         drop_path = layers.DropPath(self.drop_path_rate)
         attn = layers.MultiHeadAttention(self.num_heads, dropout_rate=self.attn_dropout_rate,
-                                         impl=self.attn_impl, name='attn')
+                                         impl=self.attn_impl, dtype=self.dtype, name='attn')
         y = sliced(lambda t: attn(t, deterministic=deterministic),
-                   nn.LayerNorm(epsilon=1e-6, name='norm1')(x), groups, perm)
+                   nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm1')(x), groups, perm)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x = Coefficient(name='residual_attn')(x) + Coefficient(name='branch_attn')(
             drop_path(y, deterministic=deterministic))
         y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, act_layer='gelu',
-                            name='mlp')(nn.LayerNorm(epsilon=1e-6, name='norm2')(x),
-                                        deterministic=deterministic)
-        return Coefficient(name='residual_mlp')(x) + Coefficient(name='branch_mlp')(
+                            dtype=self.dtype, name='mlp')(
+            nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm2')(x),
+            deterministic=deterministic)
+        x = Coefficient(name='residual_mlp')(x) + Coefficient(name='branch_mlp')(
             drop_path(y, deterministic=deterministic))
+        return nn.with_logical_constraint(x, ('batch', 'tokens', 'embed'))
 
 
 class NonLinearProjection(nn.Module):
@@ -119,12 +122,14 @@ class NonLinearProjection(nn.Module):
 
     mlp_dim: int
     dropout_rate: float = 0.0
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
         y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, act_layer='gelu',
-                            name='mlp')(nn.LayerNorm(epsilon=1e-6, name='norm')(x),
-                                        deterministic=deterministic)
+                            dtype=self.dtype, name='mlp')(
+            nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x),
+            deterministic=deterministic)
         return Coefficient(name='residual')(x) + Coefficient(name='branch')(y)
 
 
@@ -147,6 +152,7 @@ class RecursiveStage(nn.Module):
     attn_dropout_rate: float = 0.0
     mixed_depth_rate: float = 0.0
     attn_impl: str = 'fused'
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: Array, *, perms: Sequence[Array | None], train: bool) -> Array:
@@ -157,10 +163,10 @@ class RecursiveStage(nn.Module):
             block = RecursiveBlock(
                 self.num_heads, int(dim * self.mlp_ratio), dropout_rate=self.dropout_rate,
                 attn_dropout_rate=self.attn_dropout_rate, drop_path_rate=self.drop_path_rates[r],
-                attn_impl=self.attn_impl, name=f'block_{r}')
+                attn_impl=self.attn_impl, dtype=self.dtype, name=f'block_{r}')
             for loop in range(loops):
                 nll = NonLinearProjection(int(dim * self.np_mlp_ratio), self.dropout_rate,
-                                          name=f'nll_{r * loops + loop}')
+                                          self.dtype, name=f'nll_{r * loops + loop}')
                 if loop == 0:
                     y = block(x, groups=self.groups1, perm=None, deterministic=not train)
                     x = nll(y, deterministic=not train)
@@ -182,17 +188,19 @@ class ConvStem(nn.Module):
     `[batch, h, w, in_chans] -> [batch, h/8, w/8, dim]`."""
 
     dim: int
+    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         for i, features in enumerate((self.dim // 2, self.dim, self.dim), start=1):
-            x = nn.Conv(features, (3, 3), strides=2, padding=((1, 1), (1, 1)), name=f'conv{i}')(x)
-            x = layers.batch_norm(train, f'bn{i}')(x)
+            x = nn.Conv(features, (3, 3), strides=2, padding=((1, 1), (1, 1)), dtype=self.dtype,
+                        name=f'conv{i}')(x)
+            x = layers.batch_norm(train, f'bn{i}', self.dtype)(x)
             x = nn.relu(x)
         return x
 
 
-class SReT(nn.Module):
+class SReT(nn.Module, contract.Family):
     """SReT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Per-stage options are tuples of three, named as the authors' constructor: token width
@@ -200,7 +208,8 @@ class SReT(nn.Module):
     groups `groups1[s]` (first pass) and `groups2[s]` (recursive passes; all ones: the
     no-slice model). `drop_path_rate` follows the authors' schedule (rate * i / total depth,
     block i of a stage taking the i-th rate of that stage's range). `num_classes=0` returns the
-    pooled, normalised features. See the module docstring for permutations and mixed depth.
+    pooled, normalised features. `dtype` is the compute dtype; parameters stay float32. See the
+    module docstring for permutations and mixed depth.
     """
 
     num_classes: int = 1000
@@ -219,8 +228,12 @@ class SReT(nn.Module):
     drop_path_rate: float = 0.0
     mixed_depth_rate: float = 0.0
     attn_impl: str = 'fused'
+    dtype: str = 'float32'
 
-    rng_streams: ClassVar[tuple[str, ...]] = ('dropout', 'permute')
+    rng_streams = ('dropout', 'permute')
+    # DeiT evaluation: resize to size / 0.875, centre crop, ImageNet mean and std, bicubic.
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 
     def __post_init__(self) -> None:
         stages = len(self.depth)
@@ -232,9 +245,8 @@ class SReT(nn.Module):
             if r < 1 or d % r:
                 raise ModelError(f'stage {s}: depth={d} is not a multiple of recursive_num={r}; '
                                  f'use a recursive_num that divides it')
-        if self.attn_impl not in layers.ATTENTION_IMPLS:
-            raise ModelError(f'attn_impl={self.attn_impl!r} is not supported; choose one of '
-                             f'{layers.ATTENTION_IMPLS}')
+        contract.check_choices((('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+                                ('dtype', self.dtype, contract.DTYPES)))
         if not 0.0 <= self.mixed_depth_rate < 1.0:
             raise ModelError(f'mixed_depth_rate must be in [0, 1), got {self.mixed_depth_rate}')
         check_groups(self.img_size, self.groups1, self.groups2)
@@ -280,9 +292,11 @@ class SReT(nn.Module):
                 f'model with img_size={images.shape[1]} (vit_jax.weights.load resizes the '
                 f'position embedding)')
         perms = iter(self._permutations(permutations, train))
-        x = ConvStem(self.base_dims[0] * self.heads[0], name='stem')(images, train=train)
+        x = ConvStem(self.base_dims[0] * self.heads[0], self.dtype, name='stem')(images,
+                                                                             train=train)
         batch, h, w, dim = x.shape
-        x = layers.LearnedPositionEmbedding(name='pos_embed')(x.reshape(batch, h * w, dim))
+        x = nn.with_logical_constraint(x.reshape(batch, h * w, dim), ('batch', 'tokens', 'embed'))
+        x = layers.LearnedPositionEmbedding(name='pos_embed')(x)
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         total, start = sum(self.depth), 0
         for s, depth in enumerate(self.depth):
@@ -290,7 +304,8 @@ class SReT(nn.Module):
                 x = x.reshape(batch, h, w, dim)
                 dim = self.base_dims[s] * self.heads[s]
                 x = nn.Conv(dim, (3, 3), strides=2, padding=((1, 1), (1, 1)),
-                            feature_group_count=x.shape[-1], name=f'pool_{s - 1}')(x)
+                            feature_group_count=x.shape[-1], dtype=self.dtype,
+                            name=f'pool_{s - 1}')(x)
                 batch, h, w, _ = x.shape
                 x = x.reshape(batch, h * w, dim)
             loops = depth // self.recursive_num[s]
@@ -303,12 +318,13 @@ class SReT(nn.Module):
                                       for i in range(start, start + depth)),
                 dropout_rate=self.drop_rate, attn_dropout_rate=self.attn_drop_rate,
                 mixed_depth_rate=self.mixed_depth_rate, attn_impl=self.attn_impl,
-                name=f'stage_{s}')(x, perms=stage_perms, train=train)
+                dtype=self.dtype, name=f'stage_{s}')(x, perms=stage_perms, train=train)
             start += depth
-        x = nn.LayerNorm(epsilon=1e-6, name='norm')(x.mean(axis=1))
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x.mean(axis=1))
         if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(x)
-        return x
+            x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                         name='head')(x)
+        return nn.with_logical_constraint(x.astype(jnp.float32), ('batch', 'classes'))
 
 
 def check_groups(img_size: int, groups1: Sequence[int], groups2: Sequence[int]) -> None:
@@ -354,8 +370,6 @@ _SIZES = {
 }
 SLICED = dict(groups1=(8, 4, 1), groups2=(2, 1, 1))
 NOT_SLICED = dict(groups1=(1, 1, 1), groups2=(1, 1, 1))
-# DeiT evaluation: resize to size / 0.875, centre crop, ImageNet mean and std, bicubic.
-_CFG = dict(crop_pct=0.875, interpolation='bicubic', **IMAGENET_NORM)
 
 
 def _register_variants() -> None:
@@ -364,17 +378,16 @@ def _register_variants() -> None:
                     np_mlp_ratio=np_mlp_ratio)
         for suffix in ('', '_distill'):  # distilled models: same network, other weights
             # Drop-path defaults as the authors' constructors: 0.1 (SReT), 0.0 (without slice).
-            register(f'SReT_{size}{suffix}', SReT, pretrained_cfg=_CFG, drop_path_rate=0.1,
+            register(f'SReT_{size}{suffix}', SReT, drop_path_rate=0.1,
                      **arch, **SLICED)
-            register(f'SReT_{size}_wo_slice{suffix}', SReT, pretrained_cfg=_CFG, **arch,
-                     **NOT_SLICED)
+            register(f'SReT_{size}_wo_slice{suffix}', SReT, **arch, **NOT_SLICED)
     # Fine-tuned at higher resolution: the authors' code registers the first (a distilled
     # model despite its name); their README lists the other two checkpoints.
     for name, size, img_size in (('SReT_S_wo_slice_finetune_384', 'S', 384),
                                  ('SReT_T_wo_slice_distill_finetune_384', 'T', 384),
                                  ('SReT_S_wo_slice_distill_finetune_512', 'S', 512)):
         base_dims, heads, mlp_ratio, np_mlp_ratio = _SIZES[size]
-        register(name, SReT, pretrained_cfg=dict(_CFG, crop_pct=1.0), img_size=img_size,
+        register(name, SReT, pretrained_cfg={'crop_pct': 1.0}, img_size=img_size,
                  base_dims=base_dims, heads=heads, mlp_ratio=mlp_ratio,
                  np_mlp_ratio=np_mlp_ratio, **NOT_SLICED)
 
@@ -382,7 +395,7 @@ def _register_variants() -> None:
 _register_variants()
 
 
-# ----------------------------------------------------------------------------- PyTorch weights
+# ----------------------------------------------------------------------------- weights
 
 
 def _shared(sd: weights.Flat, prefix: str, indices: Sequence[int]) -> str:
@@ -414,7 +427,7 @@ def _norm(out: weights.Flat, sd: weights.Flat, src: str, dst: str) -> None:
     out[f'params/{dst}/scale'], out[f'params/{dst}/bias'] = sd[f'{src}.weight'], sd[f'{src}.bias']
 
 
-def convert_torch(sd: weights.Flat, model: SReT) -> weights.Flat | None:
+def _from_authors(sd: weights.Flat, model: SReT) -> weights.Flat | None:
     """The authors' `SReT` / `RecursiveTransformer` state dict -> this model's arrays.
 
     Their `transformers.{s}.blocks` list holds each shared block once per application (e.g.
@@ -461,16 +474,15 @@ def convert_torch(sd: weights.Flat, model: SReT) -> weights.Flat | None:
     return out
 
 
-def resize_pos_embed(key: str, value: np.ndarray, shape: tuple[int, ...],
-                     model: SReT) -> np.ndarray | None:
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: SReT) -> np.ndarray | None:
     """Bilinear resize of the 2-D position embedding `[1, h * w, dim]` to another grid (e.g. a
     224 px checkpoint for 384 px fine-tuning)."""
     if not key.endswith('pos_embed/pos_embedding') or value.shape[-1] != shape[-1]:
         return None
-    old, new = int(round(value.shape[1] ** 0.5)), int(round(shape[1] ** 0.5))
-    grid = jnp.asarray(value.reshape(1, old, old, -1))
-    return np.asarray(jax.image.resize(grid, (1, new, new, shape[-1]), 'bilinear')).reshape(shape)
+    side = int(round(shape[1] ** 0.5))
+    return layers.resample_pos_embed(value, (side, side), 0, 'bilinear')
 
 
-weights.register_mapping(SReT, convert_torch, resize=resize_pos_embed,
+weights.register_mapping(SReT, _from_authors, resize=_resize,
                          layouts="the authors' PyTorch SReT / RecursiveTransformer state dicts")

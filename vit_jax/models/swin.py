@@ -18,10 +18,10 @@ import numpy as np
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers
-from vit_jax.models.registry import IMAGENET_NORM, register
+from vit_jax.models import contract, layers
+from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
-DTYPES = ('float32', 'bfloat16', 'float16')
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, used by timm and the original Swin
 
 
@@ -214,7 +214,7 @@ def valid_img_sizes(img_size: int, patch_size: int, window_size: int, num_stages
     return f'{below} or {above}' if below else str(above)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(nn.Module, contract.Family):
     """Swin: images `[batch, img_size, img_size, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `embed_dim` doubles at each stage; shifted windows on every
@@ -237,11 +237,12 @@ class SwinTransformer(nn.Module):
     attn_impl: str = 'fused'
     dtype: str = 'float32'
 
+    default_preprocessing = contract.Preprocessing(
+        crop_pct=0.9, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+
     def __post_init__(self) -> None:
-        for option, value, allowed in (('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
-                                       ('dtype', self.dtype, DTYPES)):
-            if value not in allowed:
-                raise ModelError(f'{option}={value!r} is not supported; choose one of {allowed}')
+        contract.check_choices((('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+                                ('dtype', self.dtype, contract.DTYPES)))
         if len(self.depths) != len(self.num_heads):
             raise ModelError(f'depths={tuple(self.depths)} and num_heads={tuple(self.num_heads)} '
                              f'must have one entry per stage')
@@ -292,6 +293,34 @@ class SwinTransformer(nn.Module):
         return x.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- variants
+
+# name: (embed_dim, depths, num_heads, window, img_size, timm's default pretrained tag)
+_VARIANTS = {
+    'swin_tiny_patch4_window7_224': (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224, 'ms_in1k'),
+    'swin_small_patch4_window7_224': (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224,
+                                      'ms_in22k_ft_in1k'),
+    'swin_base_patch4_window7_224': (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224,
+                                     'ms_in22k_ft_in1k'),
+    'swin_base_patch4_window12_384': (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384,
+                                      'ms_in22k_ft_in1k'),
+    'swin_large_patch4_window7_224': (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224,
+                                      'ms_in22k_ft_in1k'),
+    'swin_large_patch4_window12_384': (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384,
+                                       'ms_in22k_ft_in1k'),
+}
+
+
+def _register_variants() -> None:
+    for name, (dim, depths, heads, window, size, tag) in _VARIANTS.items():
+        cfg = {'tag': tag, **({'crop_pct': 1.0} if size == 384 else {})}
+        register(name, SwinTransformer, pretrained_cfg=cfg, patch_size=4, window_size=window,
+                 embed_dim=dim, depths=depths, num_heads=heads, img_size=size)
+
+
+_register_variants()
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -307,7 +336,7 @@ _RENAMES = (('patch_embed/proj', 'patch_embed'), ('patch_embed/norm', 'patch_nor
             ('mlp/fc1', 'mlp/Dense_0'), ('mlp/fc2', 'mlp/Dense_1'), ('head/fc', 'head'))
 
 
-def convert_torch(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
+def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
     """A timm or original Microsoft Swin state dict -> this model's flat parameters."""
     if 'patch_embed.proj.weight' not in arrays:
         return None
@@ -339,36 +368,21 @@ def convert_torch(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat 
     return out
 
 
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: SwinTransformer) -> np.ndarray | None:
+    """A relative position bias table `[(2 * window - 1)**2, heads]` for another window (another
+    `window_size`, or a stage whose feature map is smaller than the window at another
+    `img_size`): resampled bicubically as timm's `resize_rel_pos_bias_table_simple`."""
+    if not key.endswith('relative_position_bias_table') or value.shape[-1] != shape[-1]:
+        return None
+    old, new = (int(round(np.sqrt(n))) for n in (value.shape[0], shape[0]))
+    if old * old != value.shape[0] or new * new != shape[0]:
+        return None
+    table = layers.resample_grid(value.reshape(old, old, -1), (new, new), 'bicubic')
+    return table.reshape(shape)
+
+
 weights.register_mapping(
-    SwinTransformer, convert_torch,
+    SwinTransformer, _from_timm, resize=_resize,
     layouts='timm SwinTransformer state dicts and the original microsoft/Swin-Transformer '
             'checkpoints')
-
-
-# ----------------------------------------------------------------------------- variants
-
-# name: (embed_dim, depths, num_heads, window, img_size, timm's default pretrained tag)
-_VARIANTS = {
-    'swin_tiny_patch4_window7_224': (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224, 'ms_in1k'),
-    'swin_small_patch4_window7_224': (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224,
-                                      'ms_in22k_ft_in1k'),
-    'swin_base_patch4_window7_224': (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224,
-                                     'ms_in22k_ft_in1k'),
-    'swin_base_patch4_window12_384': (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384,
-                                      'ms_in22k_ft_in1k'),
-    'swin_large_patch4_window7_224': (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224,
-                                      'ms_in22k_ft_in1k'),
-    'swin_large_patch4_window12_384': (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384,
-                                       'ms_in22k_ft_in1k'),
-}
-
-
-def _register_variants() -> None:
-    for name, (dim, depths, heads, window, size, tag) in _VARIANTS.items():
-        cfg = {'crop_pct': 1.0 if size == 384 else 0.9, 'interpolation': 'bicubic',
-               'tag': tag, **IMAGENET_NORM}
-        register(name, SwinTransformer, pretrained_cfg=cfg, patch_size=4, window_size=window,
-                 embed_dim=dim, depths=depths, num_heads=heads, img_size=size)
-
-
-_register_variants()

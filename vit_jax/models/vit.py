@@ -18,12 +18,11 @@ from flax import linen as nn
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import layers, resnet
+from vit_jax.models import contract, layers, resnet
 from vit_jax.models.registry import register
 
 CLASSIFIERS = ('token', 'gap')
 POS_EMBEDS = ('learned', 'sincos1d', 'sincos2d', 'none')
-DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 class EncoderBlock(nn.Module):
@@ -121,7 +120,7 @@ class Encoder(nn.Module):
         return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(nn.Module, contract.Family):
     """ViT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `patch_kernel_size` > `patch_size` (with `patch_padding`) makes
@@ -163,15 +162,15 @@ class VisionTransformer(nn.Module):
     remat: bool = False
     scan_layers: bool = False
 
+    stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
+
     def __post_init__(self) -> None:
-        for option, value, allowed in (
-                ('classifier', self.classifier, CLASSIFIERS),
-                ('pos_embed', self.pos_embed, POS_EMBEDS),
-                ('act_layer', self.act_layer, tuple(layers.ACTIVATIONS)),
-                ('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
-                ('dtype', self.dtype, DTYPES)):
-            if value not in allowed:
-                raise ModelError(f'{option}={value!r} is not supported; choose one of {allowed}')
+        contract.check_choices((
+            ('classifier', self.classifier, CLASSIFIERS),
+            ('pos_embed', self.pos_embed, POS_EMBEDS),
+            ('act_layer', self.act_layer, layers.ACTIVATIONS),
+            ('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
+            ('dtype', self.dtype, contract.DTYPES)))
         if self.embed_dim % self.num_heads:
             raise ModelError(f'embed_dim={self.embed_dim} is not divisible by '
                              f'num_heads={self.num_heads}')
@@ -333,26 +332,18 @@ def _convert(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat | Non
     return None
 
 
-def resize_position_embedding(key: str, value: np.ndarray, shape: tuple[int, ...],
-                              model: VisionTransformer) -> np.ndarray | None:
+def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
+            model: VisionTransformer) -> np.ndarray | None:
     """A learned position embedding `[1, prefix + n * n, dim]` for another resolution: the class
     token's entry kept, the grid interpolated linearly (`scipy.ndimage.zoom`, order 1), as the
     original fine-tuning code does."""
     if not key.endswith('posembed_input/pos_embedding') or value.shape[-1] != shape[-1]:
         return None
-    import scipy.ndimage
-
     prefix = 1 if model.classifier == 'token' else 0
-    tokens, grid = value[:, :prefix], value[0, prefix:]
-    old = int(round(np.sqrt(len(grid))))
-    if old * old != len(grid):
-        return None
-    h, w = model.grid
-    grid = scipy.ndimage.zoom(grid.reshape(old, old, -1), (h / old, w / old, 1), order=1)
-    return np.concatenate([tokens, grid.reshape(1, h * w, -1)], axis=1)
+    return layers.resample_pos_embed(value, model.grid, prefix, 'zoom_linear')
 
 
 weights.register_mapping(
-    VisionTransformer, _convert, resize=resize_position_embedding,
+    VisionTransformer, _convert, resize=_resize,
     layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
-            'timm VisionTransformer state dicts', stacked=(f'Transformer/{SCANNED_BLOCKS}',))
+            'timm VisionTransformer state dicts')

@@ -22,9 +22,8 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from vit_jax import weights
+from vit_jax import tree
 from vit_jax.errors import ConfigError, TrainingError
-from vit_jax.train.sharding import array_name
 from vit_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -123,13 +122,13 @@ class Checkpointer:
 
     def _check_same_model(self, step: int, run: dict[str, Any], metadata: Any, target: Any,
                           model_name: str) -> None:
-        saved = {array_name(p): tuple(m.shape) for p, m in
+        saved = {tree.array_name(p): tuple(m.shape) for p, m in
                  jax.tree_util.tree_leaves_with_path(metadata) if hasattr(m, 'shape')}
-        wanted = {array_name(p): tuple(np.shape(x)) for p, x in
+        wanted = {tree.array_name(p): tuple(np.shape(x)) for p, x in
                   jax.tree_util.tree_leaves_with_path(target)}
         diff = next((k for k in sorted(saved.keys() | wanted.keys())
                      if k.startswith('params/') and saved.get(k) != wanted.get(k)), None)
-        scanned = [any(weights.layer_axes(k) for k in names) for names in (saved, wanted)]
+        scanned = [any(tree.layer_axes(k) for k in names) for names in (saved, wanted)]
         if diff is not None and scanned[0] != scanned[1]:
             raise ConfigError(
                 f'--workdir holds checkpoints written with --config.model.scan_layers='

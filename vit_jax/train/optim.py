@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vit_jax import weights
-from vit_jax.train.sharding import array_name
+from vit_jax import tree
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -34,8 +33,8 @@ def _decay_mask(params):
     stacked by a model scanned over its layers)."""
 
     def decay(path, p):
-        name = array_name(path)
-        return p.ndim - weights.layer_axes(name) > 1 and not any(n in name for n in NO_DECAY)
+        name = tree.array_name(path)
+        return p.ndim - tree.layer_axes(name) > 1 and not any(n in name for n in NO_DECAY)
 
     return jax.tree_util.tree_map_with_path(decay, params)
 

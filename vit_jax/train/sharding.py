@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vit_jax import weights
+from vit_jax import tree
 from vit_jax.errors import ConfigError
 
 DATA_AXIS = 'data'
@@ -101,17 +101,6 @@ def check_batch_size(name: str, size: int, devices: int, accum_steps: int = 1) -
                           f'devices; use a multiple of {devices * accum_steps}')
 
 
-def array_name(path: tuple) -> str:
-    """A pytree path as `params/Transformer/encoder_norm/scale` (`opt_state/0/mu/...`)."""
-    parts = []
-    for key in path:
-        for attr in ('key', 'name', 'idx'):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return '/'.join(parts)
-
-
 def fsdp_spec(shape: Sequence[int], fsdp_size: int, layer_axes: int = 0) -> PartitionSpec:
     """Splits the largest dimension divisible by `fsdp_size` over `fsdp` (or none), leaving the
     first `layer_axes` (stacked layers) whole."""
@@ -139,7 +128,7 @@ def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[
                min_size: int) -> PartitionSpec:
     """The placement of array `name` by the first rule whose regex it contains (the size is
     judged per layer for stacked layers, as the unscanned model's arrays are)."""
-    layer_axes = weights.layer_axes(name)
+    layer_axes = tree.layer_axes(name)
     if len(shape) <= layer_axes or int(np.prod(shape[layer_axes:])) < max(min_size, 1):
         return PartitionSpec()
     for pattern, how in rules:
@@ -157,7 +146,7 @@ def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
     average; the step, RNG key and mutable model state (BatchNorm) are replicated."""
 
     def place(path, leaf):
-        name = array_name(path).removeprefix('ema/')
+        name = tree.array_name(path).removeprefix('ema/')
         if name.split('/')[0] not in ('params', 'opt_state'):
             return PartitionSpec()
         return param_spec(name, leaf.shape, fsdp_size, rules, min_size)

@@ -80,8 +80,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float 
 
 def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
     """One key per RNG stream the model uses in training: 'dropout' (`rng` itself), plus any
-    other stream the model class lists in `rng_streams` (e.g. SReT's 'permute')."""
-    names = getattr(model, 'rng_streams', ('dropout',))
+    other stream the model's family declares in `rng_streams` (e.g. SReT's 'permute')."""
+    names = model.rng_streams
     return {'dropout': rng, **{name: jax.random.fold_in(rng, i) for i, name in enumerate(names)
                               if name != 'dropout'}}
 
@@ -110,7 +110,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum
     `metrics['finite']` is 1 when the loss and every gradient are finite.
     """
     mixing = mixup_alpha > 0 or cutmix_alpha > 0
-    num_classes = getattr(model, 'num_classes', None)
+    num_classes = model.num_classes
     if mixing and not num_classes:
         raise ModelError('mixup / cutmix need a model with a classification head '
                          '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
