@@ -54,7 +54,7 @@ def final_params(config, workdir):
     from vit_jax.train import checkpoint, optim, step
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=NUM_CLASSES, img_size=config.pp.crop)
-    template = step.create_train_state(model, optim.create_optimizer(config),
+    template = step.create_train_state(model, optim.create_optimizer(config)[0],
                                        jax.random.PRNGKey(0), (1, 8, 8, 3),
                                        ema=config.ema_decay > 0)
     ckpt = checkpoint.Checkpointer(workdir, every=0, keep=10)

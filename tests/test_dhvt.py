@@ -206,7 +206,7 @@ def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=10, img_size=16)
     template = jax.eval_shape(functools.partial(
-        step.create_train_state, model, optim.create_optimizer(config),
+        step.create_train_state, model, optim.create_optimizer(config)[0],
         image_shape=(1, 16, 16, 3)), jax.random.key(0))
     restored, _ = checkpoint.Checkpointer(workdir, every=12, keep=1).restore(
         template, config.model_name)

@@ -48,7 +48,7 @@ def random_batch(n=16, seed=0):
 def test_ema_is_the_average_of_the_trajectory_and_leaves_training_alone():
     model, tx, decay, steps = ConvBN(), optax.adam(3e-2), 0.8, 8
     state = step.create_train_state(model, tx, jax.random.key(0), (1, 8, 8, 3), ema=True)
-    with_ema = jax.jit(step.make_train_step(model, tx, ema_decay=decay))
+    with_ema = jax.jit(step.make_train_step(model, tx, options=step.StepOptions(ema_decay=decay)))
     without = jax.jit(step.make_train_step(model, tx))
     plain = state.replace(ema={})
     trajectory = [{'params': state.params, **state.model_state}]
@@ -115,7 +115,7 @@ def test_without_ema_state_and_checkpoints_are_as_before(tmp_path):
 
 def test_ema_state_is_restored_from_a_checkpoint_and_training_continues_identically(tmp_path):
     model, tx = ConvBN(), optax.adam(3e-2)
-    train_step = jax.jit(step.make_train_step(model, tx, ema_decay=0.9))
+    train_step = jax.jit(step.make_train_step(model, tx, options=step.StepOptions(ema_decay=0.9)))
     state = step.create_train_state(model, tx, jax.random.key(0), (1, 8, 8, 3), ema=True)
     for i in range(3):
         state, _ = train_step(state, random_batch(seed=i))

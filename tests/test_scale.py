@@ -96,7 +96,7 @@ def test_placement_rules_cover_params_and_their_optimizer_state():
     model = vit_jax.create_model('testing', num_classes=4, img_size=8, patch_size=4,
                                  embed_dim=16)
     config = scale_worker.make_config([('optim_dtype', 'bfloat16')])
-    tx = optim.create_optimizer(config)
+    tx = optim.create_optimizer(config)[0]
     shapes = jax.eval_shape(lambda r: step.create_train_state(model, tx, r, (1, 8, 8, 3)),
                             jax.random.PRNGKey(0))
     rules = [('pos_embedding', 'replicate'), ('.*', 'fsdp')]

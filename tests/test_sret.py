@@ -142,7 +142,8 @@ def test_batchnorm_statistics_update_through_the_train_step():
     state = step.create_train_state(model, tx, jax.random.key(0), (1, 32, 32, 3))
     before = state.model_state['batch_stats']['stem']['bn1']
     batch = {'image': images(8), 'label': jnp.arange(8) % 4}
-    train_step = jax.jit(step.make_train_step(model, tx, label_smoothing=0.1))
+    train_step = jax.jit(step.make_train_step(
+        model, tx, options=step.StepOptions(label_smoothing=0.1)))
     for _ in range(2):
         state, m = train_step(state, batch)
     after = state.model_state['batch_stats']['stem']['bn1']

@@ -66,7 +66,7 @@ def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digi
     assert ckpt.all_steps() == [10, 20]
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=10, img_size=16)
-    tx = optim.create_optimizer(config)
+    tx = optim.create_optimizer(config)[0]
     template = step.create_train_state(model, tx, jax.random.PRNGKey(1), (1, 16, 16, 3))
     restored, run = ckpt.restore(template, config.model_name)
     assert int(restored.step) == 20 and run['examples_seen'] == 20 * 32
@@ -118,8 +118,8 @@ def test_gradient_accumulation_equals_the_full_batch():
     model, tx = tiny_vit(), optax.sgd(0.1, momentum=0.9)
     state = step.create_train_state(model, tx, jax.random.PRNGKey(0), (1, 16, 16, 3))
     batch = random_batch()
-    full = jax.jit(step.make_train_step(model, tx, accum_steps=1))
-    accum = jax.jit(step.make_train_step(model, tx, accum_steps=4))
+    full = jax.jit(step.make_train_step(model, tx, options=step.StepOptions(accum_steps=1)))
+    accum = jax.jit(step.make_train_step(model, tx, options=step.StepOptions(accum_steps=4)))
     s1, s4 = state, state
     for _ in range(3):
         s1, m1 = full(s1, batch)
@@ -151,7 +151,8 @@ def test_batchnorm_state_trains_through_the_same_step(accum_steps):
     model, tx = ConvBN(), optax.adam(3e-2)
     state = step.create_train_state(model, tx, jax.random.PRNGKey(0), (1, 16, 16, 3))
     assert set(state.model_state) == {'batch_stats'}
-    train_step = jax.jit(step.make_train_step(model, tx, accum_steps=accum_steps))
+    train_step = jax.jit(step.make_train_step(
+        model, tx, options=step.StepOptions(accum_steps=accum_steps)))
     batch = random_batch()
     first = None
     for _ in range(60):
@@ -177,3 +178,14 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
     assert mask['head']['kernel'] and not mask['head']['bias']
     assert not mask['cls'] and not mask['Transformer']['posembed_input']['pos_embedding']
     assert not mask['Transformer']['encoder_norm']['scale']
+
+
+def test_dataset_info_is_the_info_of_the_pipeline(digits_config, load_config):
+    # The trainer learns the class count from `dataset_info` before it builds the pipeline.
+    from vit_jax.data import create_datasets, dataset_info
+    config = digits_config()
+    assert dataset_info(config) == create_datasets(config)[2]
+    cifar = load_config('vit.py:testing,cifar10')
+    with tfds.testing.mock_data(num_examples=12):
+        assert dataset_info(cifar) == create_datasets(cifar)[2]
+        assert dataset_info(cifar).num_classes == 10

@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Any
 
+import jax
 import ml_collections
 
 from vit_jax import cli
@@ -79,7 +80,8 @@ def _key(config: ml_collections.ConfigDict) -> str:
 
 def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains one point in `workdir` unless already done; returns its `point.json` record."""
-    from vit_jax import data, models, train, weights
+    from vit_jax import train
+    from vit_jax.workdir import run_setup
 
     done = os.path.join(workdir, 'point.json')
     saved = os.path.join(workdir, 'config.json')
@@ -92,17 +94,13 @@ def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         with open(done) as f:
             return json.load(f)
     start = time.perf_counter()
-    info = data.create_datasets(config)[2]
-    model = models.create_model(config.model_name, **config_lib.model_overrides(config),
-                                num_classes=info.num_classes, img_size=config.pp.crop)
-    params = sum(s.size for k, s in weights.model_shapes(model).items()
-                 if k.startswith('params/'))
     try:
         final = train.train(config, workdir)
-        record = {'params': params, 'eval_accuracy': final['accuracy'],
-                  'eval_loss': final['loss'], 'error': None}
+        outcome = {'eval_accuracy': final['accuracy'], 'eval_loss': final['loss'], 'error': None}
     except TrainingError as e:  # e.g. a diverged point: recorded, the study goes on
-        record = {'params': params, 'eval_accuracy': None, 'eval_loss': None, 'error': str(e)}
+        outcome = {'eval_accuracy': None, 'eval_loss': None, 'error': str(e)}
+    params = run_setup(workdir)[0].abstract_state.params  # shapes only: nothing is read
+    record = {'params': sum(x.size for x in jax.tree.leaves(params)), **outcome}
     losses = [r['train_loss'] for r in _metrics(workdir) if 'train_loss' in r]
     record['train_loss'] = losses[-1] if losses else None
     record['seconds'] = round(time.perf_counter() - start, 1)

@@ -6,27 +6,28 @@ r"""Command line: the top classes of images, with each model's own preprocessing
 `--weights` takes any layout `vit_jax.weights.load` reads; the class count (and the ViT's
 pre-logits width) come from the file. ImageNet-1k and -21k class names ship with the package;
 `--classes=FILE` (one name per line) names other classes. With `--workdir`, the model, its options,
-its weights (`weights.npz`), class names (`classes.txt`) and input normalisation (`pp.normalize`)
-come from that training run, and images are resized bilinearly to the run's crop (shorter side,
-centre crop; the eval pipeline resizes the whole image, the same for square images). With
-`--model`, images are prepared as the model's registered `pretrained_cfg` says (crop,
-interpolation, mean and std); `--normalize=minus_one_one|imagenet` overrides the mean and std,
-for weights trained with another normalisation than the variant's usual one.
+its weights (the latest checkpoint, read by `vit_jax.workdir.load_run`), class names
+(`classes.txt`) and input normalisation (`pp.normalize`) come from that training run, and images
+are resized bilinearly to the run's crop (shorter side, centre crop; the eval pipeline resizes the
+whole image, the same for square images). With `--model`, images are prepared as the model's
+registered `pretrained_cfg` says (crop, interpolation, mean and std);
+`--normalize=minus_one_one|imagenet` overrides the mean and std, for weights trained with another
+normalisation than the variant's usual one.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import json
-import os
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 from vit_jax import cli, models, weights
 from vit_jax.errors import VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
+from vit_jax.workdir import load_run
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
 HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')
@@ -90,20 +91,18 @@ def load_model(name: str, weights_path: str, overrides: dict | None = None,
     return model, weights.load(model, arrays, strict=True), num_classes
 
 
-def _from_workdir(workdir: str) -> tuple[str, dict, str, str | None, str]:
-    """`(model name, options, weights path, classes path, normalisation)` of a training run."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.isfile(path):
-        raise VitJaxError(f'{workdir} holds no config.json; is it the --workdir of a run?')
-    with open(path) as f:
-        config = json.load(f)
-    options = {k: tuple(v) if isinstance(v, list) else v
-               for k, v in config.get('model', {}).items() if v is not None}
-    options['img_size'] = config['pp']['crop']
-    classes = os.path.join(workdir, 'classes.txt')
-    return (config['model_name'], options, os.path.join(workdir, 'weights.npz'),
-            classes if os.path.isfile(classes) else None,
-            config['pp'].get('normalize', 'minus_one_one'))
+def _from_workdir(workdir: str, img_size: int | None = None,
+                  ) -> tuple[nn.Module, dict, tuple[str, ...], dict]:
+    """`(model, variables, class names, preprocessing)` of a training run: its latest
+    checkpoint, at `img_size` (default: the run's crop); images resized as the eval pipeline
+    does (the whole image, bilinearly) and normalised with the run's mean and std."""
+    model, variables, config, names = load_run(workdir)
+    if img_size and img_size != model.img_size:
+        model = model.clone(img_size=img_size)
+        variables = weights.load(model, variables, strict=True)
+    cfg = {**models.get_spec(config.model_name).pretrained_cfg, 'crop_pct': 1.0,
+           'interpolation': 'bilinear', **NORMALIZATIONS[config.pp.normalize]}
+    return model, variables, names, cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,23 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--normalize', choices=tuple(NORMALIZATIONS),
                         help="input mean / std (default: the run's, or the model's registered)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not (args.workdir or (args.model and args.weights)):
+        parser.error('give --model and --weights, or --workdir')
     try:
-        cfg = {}
         if args.workdir:
-            name, options, weights_path, classes, norm = _from_workdir(args.workdir)
-            # As the eval pipeline: the whole image resized bilinearly, the run's mean and std.
-            cfg = {'crop_pct': 1.0, 'interpolation': 'bilinear', **NORMALIZATIONS[norm]}
-        elif args.model and args.weights:
-            name, options, weights_path, classes = args.model, {}, args.weights, None
+            model, variables, names, cfg = _from_workdir(args.workdir, args.img_size)
+            names = class_names(model.num_classes, args.classes) if args.classes else names
         else:
-            parser.error('give --model and --weights, or --workdir')
-        cfg = {**models.get_spec(name).pretrained_cfg, **cfg}
+            overrides = {'img_size': args.img_size} if args.img_size else {}
+            model, variables, num_classes = load_model(args.model, args.weights, overrides)
+            names = class_names(num_classes, args.classes)
+            cfg = models.get_spec(args.model).pretrained_cfg
         if args.normalize:
-            cfg.update(NORMALIZATIONS[args.normalize])
-        if args.img_size:
-            options['img_size'] = args.img_size
-        model, variables, num_classes = load_model(name, weights_path, options)
-        names = class_names(num_classes, args.classes or classes)
+            cfg = {**cfg, **NORMALIZATIONS[args.normalize]}
         batch = np.stack([preprocess(p, cfg, model.img_size) for p in args.images])
         probs = np.asarray(jax.nn.softmax(model.apply(variables, batch, train=False)))
     except VitJaxError as e:

@@ -21,45 +21,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 
 from vit_jax import cli, models, weights
-from vit_jax import config as config_lib
 from vit_jax.analysis import attention, embeddings
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.normalization import normalize as normalize_pixels
+from vit_jax.workdir import load_run
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
-
-
-def load_workdir(workdir: str, step: int | None = None,
-                 ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
-    """The model, its variables and the config of a training run in `workdir` (the latest
-    checkpoint, or the one at `step`)."""
-    import orbax.checkpoint as ocp
-
-    config_path = os.path.join(workdir, 'config.json')
-    if not os.path.isfile(config_path):
-        raise ModelError(f'{workdir!r} has no config.json; pass the --workdir of a training run')
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    with ocp.CheckpointManager(directory) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise ModelError(f'no checkpoint {"" if step is None else step} in {directory}; '
-                             f'steps there: {list(manager.all_steps())}')
-        state = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))['state']
-    params = state['params']
-    num_classes = params['head']['kernel'].shape[-1] if 'head' in params else 0
-    model = models.create_model(config.model_name, **config_lib.model_overrides(config),
-                                num_classes=num_classes, img_size=config.pp.crop)
-    variables = weights.load(model, {'params': params, **state.get('model_state', {})},
-                             strict=True)
-    return model, variables, config
 
 
 def sample_images(names: Sequence[str], size: int) -> dict[str, np.ndarray]:
@@ -179,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.workdir:
-            model, variables, config = load_workdir(args.workdir, args.step)
+            model, variables, config, _ = load_run(args.workdir, args.step)
             name, normalization = config.model_name, config.pp.get('normalize', 'minus_one_one')
         else:
             name, normalization = args.model, None

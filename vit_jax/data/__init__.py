@@ -89,6 +89,15 @@ def create_datasets(
     return pipeline.create_datasets(config, start)
 
 
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """The `info` that `create_datasets(config)` returns, without building the input pipeline
+    (only the dataset's metadata, split sizes and file lists are read)."""
+    _check_config(config)
+    from vit_jax.data import pipeline  # Imports TensorFlow, so only here.
+
+    return pipeline.dataset_info(config)
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
     """Raises `DataError` for settings that cannot work, before TensorFlow is imported."""
     count = jax.process_count()

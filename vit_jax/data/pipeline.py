@@ -38,16 +38,7 @@ def create_datasets(
     config: ml_collections.ConfigDict, start: int = 0
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
     """Implements `vit_jax.data.create_datasets` (see there)."""
-    tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
-    if config.dataset in OFFLINE:
-        builder = OFFLINE[config.dataset](config.tfds_data_dir)
-        info, train, test = _from_tfds(builder, config, config.dataset)
-    elif os.path.isdir(config.dataset):
-        info, train, test = _from_folder(config)
-    else:
-        builder = _tfds_builder(config.dataset, config.tfds_data_dir)
-        info, train, test = _from_tfds(builder, config, config.dataset)
-
+    info, train, test = _sources(config)
     count, index = jax.process_count(), jax.process_index()
     threads = config.input_threads or os.cpu_count()
     rows = config.batch // count
@@ -130,6 +121,23 @@ def _read(source: Source, threads: int,
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     return ds.with_options(options)
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Implements `vit_jax.data.dataset_info` (see there)."""
+    return _sources(config)[0]
+
+
+def _sources(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
+    """The info and the train and eval examples, read by index (nothing decoded yet)."""
+    tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
+    if config.dataset in OFFLINE:
+        builder = OFFLINE[config.dataset](config.tfds_data_dir)
+        return _from_tfds(builder, config, config.dataset)
+    if os.path.isdir(config.dataset):
+        return _from_folder(config)
+    builder = _tfds_builder(config.dataset, config.tfds_data_dir)
+    return _from_tfds(builder, config, config.dataset)
 
 
 def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict) -> dict:

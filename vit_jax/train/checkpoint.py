@@ -44,17 +44,21 @@ class _CheckpointManager(ocp.CheckpointManager):
 
 class Checkpointer:
     """Saves every `every` steps (and when forced), keeps the newest `keep`, restores the
-    newest readable one."""
+    newest readable one. `read_only` (for readers of a run, e.g. `vit_jax.workdir`) creates,
+    cleans up and moves nothing: an unreadable checkpoint is skipped where it lies."""
 
-    def __init__(self, workdir: str, *, every: int, keep: int):
+    def __init__(self, workdir: str, *, every: int, keep: int, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
         self.every = every
+        self.read_only = read_only
         self._manager = _CheckpointManager(
             self.directory,
             item_handlers={'state': ocp.StandardCheckpointHandler(),
                            'run': ocp.JsonCheckpointHandler()},
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 cleanup_tmp_directories=True))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else keep, create=not read_only,
+                cleanup_tmp_directories=not read_only, read_only=read_only,
+                save_interval_steps=0 if read_only else 1))
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -63,16 +67,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
-
-    def latest_run(self) -> dict[str, Any] | None:
-        """The run record (`model_name`, `examples_seen`, ...) of the newest checkpoint whose
-        record reads, or None: cheap, it reads no arrays."""
-        for step in reversed(self.all_steps()):
-            try:
-                return dict(self._restore_item(step, 'run', ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001 -- any failure: restore() will fall back
-                log.warning('cannot read the run record of checkpoint %d: %s', step, e)
-        return None
 
     def maybe_save(self, step: int, state: TrainState, run: dict[str, Any], *,
                    force: bool = False) -> bool:
@@ -91,29 +85,36 @@ class Checkpointer:
             run=ocp.args.JsonSave(run)), force=True)
         return True
 
-    def restore(self, template: TrainState, model_name: str) -> tuple[TrainState, dict[str, Any]]:
-        """The newest readable checkpoint, shaped and placed like `template`, and its run record.
+    def restore(self, template: TrainState, model_name: str, step: int | None = None,
+                ) -> tuple[TrainState, dict[str, Any]]:
+        """The newest readable checkpoint (or the one at `step`), shaped and placed like
+        `template` (arrays, or `jax.ShapeDtypeStruct`s with shardings), and its run record.
 
         A checkpoint of another model (other names or shapes), or one with a moving average of
         the weights when `template` has none or the other way round, is a `ConfigError`; one that
-        cannot be read is moved aside and the previous one tried.
+        cannot be read is moved aside (left in place when `read_only`) and the previous one
+        tried.
         """
         target = serialization.to_state_dict(template)
-        for step in reversed(self.all_steps()):
+        steps = self.all_steps() if step is None else [step]
+        for candidate in reversed(steps):
             try:
-                run = dict(self._restore_item(step, 'run', ocp.args.JsonRestore()))
-                metadata = self._manager.item_metadata(step)['state']
-                self._check_same_model(step, run, metadata, target, model_name)
+                run = dict(self._restore_item(candidate, 'run', ocp.args.JsonRestore()))
+                metadata = self._manager.item_metadata(candidate)['state']
+                self._check_same_model(candidate, run, metadata, target, model_name)
                 wanted = target if 'ema' in metadata else {
                     k: v for k, v in target.items() if k != 'ema'}
                 restored = {'ema': {}, **self._restore_item(
-                    step, 'state', ocp.args.StandardRestore(wanted))}
+                    candidate, 'state', ocp.args.StandardRestore(wanted))}
             except ConfigError:
                 raise
             except Exception as e:  # noqa: BLE001 -- unreadable for whatever reason: fall back
-                self._set_aside(step, e)
+                self._set_aside(candidate, e)
                 continue
             return serialization.from_state_dict(template, restored), run
+        if self.read_only:
+            raise TrainingError(f'no readable checkpoint{"" if step is None else f" {step}"} in '
+                                f'{self.directory}; steps there: {self.all_steps()}')
         raise TrainingError(f'no readable checkpoint in {self.directory}; the unreadable ones '
                             f'were moved to corrupt-<step>: delete them or use a new --workdir')
 
@@ -149,10 +150,13 @@ class Checkpointer:
 
     def _set_aside(self, step: int, error: Exception) -> None:
         previous = [s for s in self.all_steps() if s < step]
-        log.warning('checkpoint %d in %s is unreadable (%s: %s); moved to corrupt-%d, %s',
+        log.warning('checkpoint %d in %s is unreadable (%s: %s); %s, %s',
                     step, self.directory, type(error).__name__,
                     str(error).strip().splitlines()[0][:200] if str(error).strip() else '',
-                    step, f'using step {previous[-1]}' if previous else 'none left')
+                    'left in place' if self.read_only else f'moved to corrupt-{step}',
+                    f'using step {previous[-1]}' if previous else 'none left')
+        if self.read_only:
+            return
         if jax.process_index() == 0:
             aside = os.path.join(self.directory, f'corrupt-{step}')
             while os.path.exists(aside):

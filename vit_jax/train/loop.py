@@ -1,30 +1,42 @@
-"""The training loop: the one place with side effects (data, logging, progress, checkpoints)."""
+"""The training run, in phases read top to bottom: set up (mesh, model, optimizer, jitted
+steps; no data, no state), restore or initialise (the resume point, before any data is built),
+the loop, export. The one place with side effects (data, logging, progress, checkpoints)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from jax.experimental import multihost_utils
 
 from vit_jax import config as config_lib
 from vit_jax import models, weights
+from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import TrainingError
-from vit_jax.train import sharding
+from vit_jax.train import mix, sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import MetricWriter, Progress
-from vit_jax.train.optim import create_optimizer, learning_rate_schedule
+from vit_jax.train.optim import create_optimizer
 from vit_jax.train.preemption import PreemptionWatch
-from vit_jax.train.step import TrainState, create_train_state, make_eval_step, make_train_step
+from vit_jax.train.step import (
+    MixFn,
+    StepOptions,
+    TrainState,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+)
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],
@@ -45,39 +57,95 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],
     return result
 
 
-def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """The mesh of `config.mesh`, after checking that the batches split over it."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a run of a config computes with, built before any data or state exists.
+
+    `abstract_state` is the `TrainState` as `jax.ShapeDtypeStruct`s carrying `state_sharding`;
+    `init(rng)` allocates the initial state so placed. `train_step(state, batch) ->
+    (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
+    the state and `batch_sharding` (the batch split over every mesh axis) as input shardings, so
+    `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
+    """
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: jax.sharding.Mesh
+    state_sharding: TrainState
+    abstract_state: TrainState
+    batch_sharding: jax.sharding.NamedSharding
+    init: Callable[[jax.Array], TrainState]
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    eval_step: Callable[[TrainState, dict], dict]
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over every device of every process."""
+    return sharding.make_mesh(config.mesh)
+
+
+def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
+          ) -> Setup:
+    """The model, optimizer, shardings and jitted steps of `config` on `mesh` (any devices,
+    abstract TPU ones included), after checking that the batches split over it. Reads no data
+    and allocates no state."""
     sharding.check_rules(config.param_sharding)
-    mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size('batch', config.batch, mesh.size, config.accum_steps)
     sharding.check_batch_size('batch_eval', config.batch_eval, mesh.size)
-    return mesh
-
-
-def _compile(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
-             ) -> tuple[TrainState, Callable, Callable]:
-    """The initial state and the jitted train and eval steps, placed on `mesh`."""
-    tx = create_optimizer(config)
+    model = models.create_model(config.model_name, **config_lib.model_overrides(config),
+                                num_classes=num_classes, img_size=config.pp.crop)
+    tx, schedule = create_optimizer(config)
     init = functools.partial(create_train_state, model, tx,
                              image_shape=(1, config.pp.crop, config.pp.crop, model.in_chans),
                              ema=config.ema_decay > 0)
-    rng = jax.random.PRNGKey(config.seed)
-    state_sharding = sharding.state_shardings(jax.eval_shape(init, rng), mesh,
-                                              config.param_sharding, config.fsdp_min_size)
-    data_sharding = sharding.batch_sharding(mesh)
-    state = jax.jit(init, out_shardings=state_sharding)(rng)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    state_sharding = sharding.state_shardings(shapes, mesh, config.param_sharding,
+                                              config.fsdp_min_size)
+    abstract_state = jax.tree.map(
+        lambda s, placed: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed),
+        shapes, state_sharding)
+    batch_sharding = sharding.batch_sharding(mesh)
+    options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
+                          ema_decay=config.ema_decay)
     train_step = jax.jit(
-        sharding.on_mesh(make_train_step(
-            model, tx, accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
-            mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
-            mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob,
-            ema_decay=config.ema_decay), mesh),
-        in_shardings=(state_sharding, data_sharding),
+        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options), mesh),
+        in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(sharding.on_mesh(make_eval_step(model), mesh),
-                        in_shardings=(state_sharding, data_sharding),
+                        in_shardings=(state_sharding, batch_sharding),
                         out_shardings=sharding.replicated(mesh))
-    return state, train_step, eval_step
+    return Setup(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                 state_sharding=state_sharding, abstract_state=abstract_state,
+                 batch_sharding=batch_sharding,
+                 init=jax.jit(init, out_shardings=state_sharding),
+                 train_step=train_step, eval_step=eval_step)
+
+
+def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:
+    """`mix.mix` with the config's alphas and probabilities, or None when both alphas are 0."""
+    if config.mixup_alpha <= 0 and config.cutmix_alpha <= 0:
+        return None
+    return functools.partial(mix.mix, mixup_alpha=config.mixup_alpha,
+                             cutmix_alpha=config.cutmix_alpha, prob=config.mix_prob,
+                             switch_prob=config.mix_switch_prob)
+
+
+def restore_or_init(config: ml_collections.ConfigDict, run: Setup, checkpointer: Checkpointer,
+                    ) -> tuple[TrainState, int, str | None]:
+    """`(state, examples_seen, note)`: the newest readable checkpoint of `checkpointer`, else
+    the weights of `config.pretrained` (a fresh head), else a fresh state; `examples_seen` is
+    the data position to resume at, `note` says where the run starts (None when fresh)."""
+    if checkpointer.latest_step() is not None:
+        state, record = checkpointer.restore(run.abstract_state, config.model_name)
+        return state, record['examples_seen'], (
+            f'Resumed from {checkpointer.directory} at step {int(state.step)} '
+            f'({record["examples_seen"]:,} training examples read).')
+    state = run.init(jax.random.PRNGKey(config.seed))
+    if config.pretrained:
+        state = _load_pretrained(state, run.model, config.pretrained)
+        return state, 0, f'Starting from the weights in {config.pretrained}.'
+    return state, 0, None
 
 
 def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainState:
@@ -130,109 +198,148 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     (TensorFlow), `vit_jax.data.arrays.array_datasets` serves numpy arrays.
     """
     config_lib.validate(config)
-    mesh = _make_mesh(config)
-    if datasets is None:
-        from vit_jax import data  # the input pipeline imports TensorFlow: only when used
-        datasets = data.create_datasets
-    checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
-                                keep=config.keep_checkpoints)
-    resume = checkpointer.latest_run()
-    examples_seen = resume['examples_seen'] if resume else 0
-    train_iter, make_eval_iter, info = datasets(config, examples_seen)
-    model = models.create_model(config.model_name, **config_lib.model_overrides(config),
-                                num_classes=info.num_classes, img_size=config.pp.crop)
-
-    schedule = learning_rate_schedule(config)
-    data_sharding = sharding.batch_sharding(mesh)
-    state, train_step, eval_step = _compile(config, model, mesh)
-
+    info = _dataset_info(config, datasets)
+    run = setup(config, info.num_classes, make_mesh(config))
     is_main = jax.process_index() == 0
-    writer = MetricWriter(workdir, enabled=is_main)
     progress = Progress(config.total_steps, config.batch,
                         stream=None if is_main else open(os.devnull, 'w'))
+    # The first write to `workdir`: checks of the workdir go before this line.
+    checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
+                                keep=config.keep_checkpoints)
+    state, examples_seen, note = restore_or_init(config, run, checkpointer)
     if is_main:
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=2))
-        with open(os.path.join(workdir, 'classes.txt'), 'w') as f:  # for vit_jax.predict
-            f.write(''.join(f'{name}\n' for name in info.class_names))
-    if resume is not None:
-        state, run = checkpointer.restore(state, config.model_name)
-        if run['examples_seen'] != examples_seen:  # fell back to an older checkpoint
-            examples_seen = run['examples_seen']
-            train_iter = datasets(config, examples_seen)[0]
-        progress.print(f'Resumed from {checkpointer.directory} at step {int(state.step)} '
-                       f'({examples_seen:,} training examples read).')
-    elif config.pretrained:
-        state = _load_pretrained(state, model, config.pretrained)
-        progress.print(f'Starting from the weights in {config.pretrained}.')
+        _write_run_files(workdir, config, info)
+    if note:
+        progress.print(note)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     progress.print(f'{config.model_name}: {n_params:,} parameters; {info.num_train:,} train / '
                    f'{info.num_eval:,} eval examples of {info.name!r}, {info.num_classes} classes; '
-                   f'mesh {dict(mesh.shape)} over {jax.process_count()} process(es).')
-
-    first = int(state.step)
-    final: dict[str, float] = {}
-    previous = None
+                   f'mesh {dict(run.mesh.shape)} over {jax.process_count()} process(es).')
+    datasets = datasets or _create_datasets
+    train_iter, make_eval_iter, _ = datasets(config, examples_seen)
+    writer = MetricWriter(workdir, enabled=is_main)
     start = time.perf_counter()
-    preempted = False
     # Closing waits for the checkpoint being written, also when the run stops with an error.
     with PreemptionWatch() as preemption, contextlib.closing(checkpointer), \
             contextlib.closing(writer):
-        for step in range(first + 1, config.total_steps + 1):
-            batch = sharding.to_global(next(train_iter), data_sharding)
-            state, metrics = train_step(state, batch)
-            examples_seen += config.batch
-            if previous is not None:  # a step behind, so the device never waits on the host
-                _check_finite(previous, step - 1, checkpointer)
-            previous = metrics
-            if step == first + 1:
-                jax.block_until_ready(metrics)
-                progress.restart(step)
-            run = {'model_name': config.model_name, 'step': step, 'examples_seen': examples_seen,
-                   'batch': config.batch, 'process_count': jax.process_count()}
-            preempted = preemption.requested(step)
-            will_save = preempted or step == config.total_steps or (
-                config.checkpoint_every and step % config.checkpoint_every == 0)
-            if step % config.progress_every == 0 or will_save or (
-                    config.eval_every and step % config.eval_every == 0):
-                _check_finite(metrics, step, checkpointer)
-            if step % config.progress_every == 0 or step == config.total_steps:
-                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()
-                           if k != 'finite'}
-                scalars['learning_rate'] = float(schedule(step - 1))
-                scalars['img_per_s'] = progress.update(step, {k: scalars[k] for k in ('loss',)})
-                writer.write(step, {f'train_{k}': v for k, v in scalars.items()})
-            if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
-                final = evaluate(eval_step, state, make_eval_iter(), data_sharding)
-                progress.print(f'step {step}: eval accuracy {final["accuracy"]:.4f}, loss '
-                               f'{final["loss"]:.4f}{_ema_text(final)} over {final["count"]} '
-                               f'examples')
-                writer.write(step, {f'eval_{k}': v for k, v in final.items()})
-            checkpointer.maybe_save(step, state, run, force=preempted or step == config.total_steps)
-            if preempted:
-                break
-    if preempted:
-        progress.print(f'Preempted: saved step {step} in {checkpointer.directory}; run the '
-                       f'same command to resume.')
-        return {'preempted_at_step': step}
+        state, final, preempted_at = _loop(config, run, state, examples_seen, train_iter,
+                                           make_eval_iter, checkpointer, writer, progress,
+                                           preemption)
+    if preempted_at is not None:
+        progress.print(f'Preempted: saved step {preempted_at} in {checkpointer.directory}; run '
+                       f'the same command to resume.')
+        return {'preempted_at_step': preempted_at}
     if not final:  # resumed a finished run
-        final = evaluate(eval_step, state, make_eval_iter(), data_sharding)
-    # Every process takes part in gathering sharded arrays; process 0 writes them.
+        final = evaluate(run.eval_step, state, make_eval_iter(), run.batch_sharding)
+    final['train_seconds'] = time.perf_counter() - start
+    export(workdir, state, final)
+    progress.print(
+        f'Done: eval accuracy {final["accuracy"]:.4f}{_ema_text(final)} on '
+        f'{final["count"]} held-out examples '
+        f'in {final["train_seconds"]:.0f}s. Checkpoints: {checkpointer.directory}; metrics: '
+        f'{writer.path} (TensorBoard: {os.path.join(workdir, "tensorboard")}); weights in '
+        f'the original .npz layout: {os.path.join(workdir, "weights.npz")}'
+        f'{" (their moving average: weights_ema.npz)" if state.ema else ""}.')
+    return final
+
+
+def _dataset_info(config: ml_collections.ConfigDict,
+                  datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
+                  ) -> DatasetInfo:
+    """The dataset's info before its streams are built: `vit_jax.data.dataset_info` (reads
+    metadata only), or the info of a given `datasets` callable, whose streams at position 0
+    are left unread."""
+    if datasets is not None:
+        return datasets(config, 0)[2]
+    from vit_jax import data  # the input pipeline imports TensorFlow: only when used
+
+    return data.dataset_info(config)
+
+
+def _create_datasets(config: ml_collections.ConfigDict, start: int) -> Datasets:
+    from vit_jax import data  # the input pipeline imports TensorFlow: only when used
+
+    return data.create_datasets(config, start)
+
+
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict, info: DatasetInfo,
+                     ) -> None:
+    """`config.json` and `classes.txt`: what `vit_jax.workdir.load_run` reads back."""
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, 'classes.txt'), 'w') as f:
+        f.write(''.join(f'{name}\n' for name in info.class_names))
+
+
+def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, examples_seen: int,
+          train_iter: Iterator[dict], make_eval_iter: Callable[[], Iterable[dict]],
+          checkpointer: Checkpointer, writer: MetricWriter, progress: Progress,
+          preemption: PreemptionWatch) -> tuple[TrainState, dict[str, float], int | None]:
+    """Steps from `state.step` to `config.total_steps`, logging, evaluating and saving on the
+    way. Returns `(state, final eval, None)`, or `(state, {}, step)` when SIGTERM stopped the
+    run after saving `step`; the final eval is `{}` when no step was left to take."""
+    first = int(state.step)
+    final: dict[str, float] = {}
+    previous = None
+    for step in range(first + 1, config.total_steps + 1):
+        batch = sharding.to_global(next(train_iter), run.batch_sharding)
+        state, metrics = run.train_step(state, batch)
+        examples_seen += config.batch
+        if previous is not None:  # a step behind, so the device never waits on the host
+            _check_finite(previous, step - 1, checkpointer)
+        previous = metrics
+        if step == first + 1:
+            jax.block_until_ready(metrics)
+            progress.restart(step)
+        preempted = preemption.requested(step)
+        last = preempted or step == config.total_steps
+        evaluating = (config.eval_every and step % config.eval_every == 0) or \
+            step == config.total_steps
+        if step % config.progress_every == 0 or evaluating or last or (
+                config.checkpoint_every and step % config.checkpoint_every == 0):
+            _check_finite(metrics, step, checkpointer)
+        if step % config.progress_every == 0 or step == config.total_steps:
+            _log_train(step, metrics, run.schedule, writer, progress)
+        if evaluating:
+            final = evaluate(run.eval_step, state, make_eval_iter(), run.batch_sharding)
+            _log_eval(step, final, writer, progress)
+        record = {'model_name': config.model_name, 'step': step,
+                  'examples_seen': examples_seen, 'batch': config.batch,
+                  'process_count': jax.process_count()}
+        checkpointer.maybe_save(step, state, record, force=last)
+        if preempted:
+            return state, {}, step
+    return state, final, None
+
+
+def _log_train(step: int, metrics: dict[str, jax.Array], schedule: optax.Schedule,
+               writer: MetricWriter, progress: Progress) -> None:
+    """Writes the step's training metrics, learning rate and throughput; updates the bar."""
+    scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'finite'}
+    scalars['learning_rate'] = float(schedule(step - 1))
+    scalars['img_per_s'] = progress.update(step, {k: scalars[k] for k in ('loss',)})
+    writer.write(step, {f'train_{k}': v for k, v in scalars.items()})
+
+
+def _log_eval(step: int, result: dict[str, float], writer: MetricWriter,
+              progress: Progress) -> None:
+    """Prints and writes one evaluation."""
+    progress.print(f'step {step}: eval accuracy {result["accuracy"]:.4f}, loss '
+                   f'{result["loss"]:.4f}{_ema_text(result)} over {result["count"]} examples')
+    writer.write(step, {f'eval_{k}': v for k, v in result.items()})
+
+
+def export(workdir: str, state: TrainState, final: dict[str, float]) -> None:
+    """`final_metrics.json`, `weights.npz` (the original .npz layout) and, when the state has a
+    moving average of the weights, `weights_ema.npz`. Every process takes part in gathering
+    sharded arrays; process 0 writes them."""
     variables = multihost_utils.process_allgather({'params': state.params, **state.model_state},
                                                   tiled=True)
     ema_variables = multihost_utils.process_allgather(state.ema, tiled=True) if state.ema else {}
-    if is_main:
-        final['train_seconds'] = time.perf_counter() - start
-        progress.print(
-            f'Done: eval accuracy {final["accuracy"]:.4f}{_ema_text(final)} on '
-            f'{final["count"]} held-out examples '
-            f'in {final["train_seconds"]:.0f}s. Checkpoints: {checkpointer.directory}; metrics: '
-            f'{writer.path} (TensorBoard: {os.path.join(workdir, "tensorboard")}); weights in '
-            f'the original .npz layout: {os.path.join(workdir, "weights.npz")}'
-            f'{" (their moving average: weights_ema.npz)" if ema_variables else ""}.')
-        with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-            json.dump(final, f, indent=2)
-        weights.save_npz(variables, os.path.join(workdir, 'weights.npz'))
-        if ema_variables:
-            weights.save_npz(ema_variables, os.path.join(workdir, 'weights_ema.npz'))
-    return final
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+        json.dump(final, f, indent=2)
+    weights.save_npz(variables, os.path.join(workdir, 'weights.npz'))
+    if ema_variables:
+        weights.save_npz(ema_variables, os.path.join(workdir, 'weights_ema.npz'))

@@ -39,8 +39,10 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(decay, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer of `config`: clipping, then SGD with momentum or AdamW."""
+def create_optimizer(config: ml_collections.ConfigDict,
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer of `config` (clipping, then SGD with momentum or AdamW) and the learning-rate
+    schedule it follows."""
     schedule = learning_rate_schedule(config)
     dtype = jnp.dtype(config.optim_dtype)
     if config.optimizer == 'sgd':
@@ -52,4 +54,4 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
                           weight_decay=config.weight_decay, mask=_decay_mask)
     if config.grad_norm_clip:
         opt = optax.chain(optax.clip_by_global_norm(config.grad_norm_clip), opt)
-    return opt
+    return opt, schedule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,6 @@ import optax
 from flax import struct
 
 from vit_jax.errors import ModelError
-from vit_jax.train import mix
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -86,48 +86,62 @@ def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
                               if name != 'dropout'}}
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, accum_steps: int = 1,
-                    label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                    cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
-                    mix_switch_prob: float = 0.5, ema_decay: float = 0.0,
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """How `make_train_step` trains: `accum_steps` micro-batches per step, `label_smoothing` of
+    the targets, `ema_decay` of the moving average of the weights (0 = none)."""
+
+    accum_steps: int = 1
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+
+
+# `mix_fn(rng, images, labels, num_classes, label_smoothing=...) -> (images, soft targets)`:
+# `vit_jax.train.mix.mix` with its alphas and probabilities bound.
+MixFn = Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    mix_fn: MixFn | None = None, options: StepOptions = StepOptions(),
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch) -> (state, metrics)`.
 
-    `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}`. With `accum_steps > 1` the batch
-    is split into that many micro-batches whose gradients are averaged: the same update as the
-    whole batch at a fraction of the activation memory (BatchNorm statistics aside). Micro-batch
-    `i` takes rows `i, i + accum_steps, ...`, so each device keeps its own rows (no transfers).
+    `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}`. With `options.accum_steps > 1` the
+    batch is split into that many micro-batches whose gradients are averaged: the same update as
+    the whole batch at a fraction of the activation memory (BatchNorm statistics aside).
+    Micro-batch `i` takes rows `i, i + accum_steps, ...`, so each device keeps its own rows (no
+    transfers).
 
-    With `mixup_alpha` or `cutmix_alpha` > 0 each batch is mixed on device by `mix.mix` (timm's
-    `Mixup`, mode 'batch', label smoothing folded into the soft targets), from a key of the
-    step's own, so resumed runs mix identically. With accumulation each micro-batch is mixed on
-    its own (its own draw, mixed with its own reverse). The training accuracy then compares the
-    prediction with the dominant label (the largest soft target: the image's own label when
-    `lam > 0.5`, the reversed batch's when `lam < 0.5`, the lower class id at a tie).
+    With `mix_fn` each batch is mixed on device (mixup / CutMix, label smoothing folded into the
+    soft targets), from a key of the step's own, so resumed runs mix identically. With
+    accumulation each micro-batch is mixed on its own (its own draw, mixed with its own
+    reverse). The training accuracy then compares the prediction with the dominant label (the
+    largest soft target: the image's own label when `lam > 0.5`, the reversed batch's when
+    `lam < 0.5`, the lower class id at a tie).
 
-    With `ema_decay` > 0, `state.ema` (see `create_train_state(..., ema=True)`) is updated after
-    each optimizer step: `ema = decay * ema + (1 - decay) * (params, model_state)`.
+    With `options.ema_decay` > 0, `state.ema` (see `create_train_state(..., ema=True)`) is
+    updated after each optimizer step: `ema = decay * ema + (1 - decay) * (params, model_state)`.
     `metrics['finite']` is 1 when the loss and every gradient are finite.
     """
-    mixing = mixup_alpha > 0 or cutmix_alpha > 0
-    num_classes = model.num_classes
-    if mixing and not num_classes:
+    accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
+                                               options.ema_decay)
+    if mix_fn is not None and not model.num_classes:
         raise ModelError('mixup / cutmix need a model with a classification head '
                          '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
 
     def mixed_inputs(images, labels, rng):
         """(images, targets): mixed images and soft targets, or the batch as it is."""
-        if not mixing:
+        if mix_fn is None:
             return images, labels
-        return mix.mix(jax.random.fold_in(rng, MIX_STREAM), images, labels, num_classes,
-                       mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob,
-                       switch_prob=mix_switch_prob, label_smoothing=label_smoothing)
+        return mix_fn(jax.random.fold_in(rng, MIX_STREAM), images, labels, model.num_classes,
+                      label_smoothing=label_smoothing)
 
     def loss_fn(params, model_state, images, labels, rng):
         images, targets = mixed_inputs(images, labels, rng)
         variables = {'params': params, **model_state}
         logits, new_state = model.apply(variables, images, train=True,
                                         rngs=rng_streams(model, rng), mutable=list(model_state))
+        mixing = mix_fn is not None
         loss = cross_entropy(logits, targets, 0.0 if mixing else label_smoothing).mean()
         dominant = targets.argmax(-1) if mixing else targets
         correct = (logits.argmax(-1) == dominant).mean()
