@@ -4,9 +4,9 @@
     python -m vit_jax.main --config=configs/convnext.py:base,cifar10,ft --workdir=DIR \\
         --config.pretrained=convnext_base_22k_224.pth
 
-The argument is `SIZE,DATASET[,ft]`: SIZE is tiny, small, base, large, xlarge or any
-registered convnext name; DATASET a preset below, a tfds name or a folder
-`root/<split>/<class>/*.jpg`.
+The argument is `MODEL,DATASET[,ft]` (or `model=MODEL,dataset=DATASET,ft=true`; default
+tiny,cifar10): MODEL is tiny, small, base, large, xlarge or a registered convnext name; DATASET
+one of `common.DATASETS`, a tfds name or a folder `root/<split>/<class>/*.jpg`.
 
 From scratch (Liu et al., 2022, Table 5): AdamW (0.9, 0.999), batch 4096, lr 4e-3, weight
 decay 0.05 (not on biases, norms and layer scales), 300 epochs with 20 of linear warm-up then
@@ -15,59 +15,41 @@ cosine decay, no gradient clipping, label smoothing 0.1, stochastic depth 0.1 / 
 layer scale 1e-6. Augmentation is the pipeline's (inception crop + flip); RandAugment, mixup,
 cutmix, random erasing and the EMA are not there yet.
 
-`ft` fine-tunes weights loaded from `config.pretrained` (a timm or original Facebook
-checkpoint, read by `vit_jax.weights.load`), as the paper's 22k->1k fine-tune: batch 512, lr
-5e-5, weight decay 1e-8, 30 epochs, no warm-up, stochastic depth 0.0 / 0.1 / 0.2 / 0.3 / 0.4
-(the paper's layer-wise lr decay 0.8 is not implemented).
+`ft` fine-tunes weights loaded from `--config.pretrained=PATH`, which it requires (a timm or
+original Facebook checkpoint, read by `vit_jax.weights.load`), as the paper's 22k->1k
+fine-tune: batch 512, lr 5e-5, weight decay 1e-8, 30 epochs, no warm-up, stochastic depth 0.0 /
+0.1 / 0.2 / 0.3 / 0.4 (the paper's layer-wise lr decay 0.8 is not implemented).
 """
 
 import ml_collections
 
-from vit_jax.config import adamw_recipe, base_config, model_config
-from vit_jax.errors import ConfigError
-from vit_jax.models import list_models
+from vit_jax.config import adamw_recipe, base_config, model_config, require_pretrained
+
+from . import common
 
 # Stochastic depth from scratch and when fine-tuning, per size.
 DROP_PATH = {'tiny': (0.1, 0.0), 'small': (0.4, 0.1), 'base': (0.5, 0.2), 'large': (0.5, 0.3),
              'xlarge': (0.5, 0.4)}
-# Splits and training-set sizes (to turn epochs into steps).
-DATASETS = {
-    'cifar10': dict(train='train[:98%]', test='test', num_train=49_000),
-    'cifar100': dict(train='train[:98%]', test='test', num_train=49_000),
-    'imagenet2012': dict(train='train[:99%]', test='validation', num_train=1_268_355),
-    'oxford_iiit_pet': dict(train='train[:90%]', test='test', num_train=3_312),
-}
 
 
-def model_name(size: str) -> str:
-    """`tiny` -> `convnext_tiny`; registered convnext names pass."""
-    name = size if size.startswith('convnext_') else f'convnext_{size}'
-    if name not in list_models('convnext_*'):
-        raise ConfigError(f'unknown ConvNeXt size {size!r}; use one of {", ".join(DROP_PATH)} '
-                          f'or a registered name: {", ".join(list_models("convnext_*"))}')
-    return name
-
-
-def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
-    size, dataset, *mode = arg.split(',')
-    if mode not in ([], ['ft']):
-        raise ConfigError(f'configs/convnext.py takes SIZE,DATASET[,ft], got {arg!r}')
-    finetune = mode == ['ft']
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
     c = base_config()
-    c.model_name = model_name(size)
-    c.model = model_config(c.model_name,
-                           drop_path_rate=DROP_PATH[c.model_name.split('_')[1]][finetune])
-    c.dataset = dataset or 'cifar10'
-    preset = DATASETS.get(c.dataset, dict(train='train', test='test', num_train=50_000))
-    c.pp.train, c.pp.test = preset['train'], preset['test']
+    c.model_name = common.model_name('convnext', arg.model)
+    size = c.model_name.split('_')[1]
+    c.model = model_config(c.model_name, drop_path_rate=DROP_PATH[size][arg.ft])
+    c.dataset = arg.dataset
+    dataset = common.dataset(c.dataset)
+    c.pp.train, num_train = dataset.train_split(holdout=True)
+    c.pp.test = dataset.test
     c.pp.crop = 224
     c.pp.normalize = 'imagenet'  # the paper's (and the timm weights') mean / std
-    c.batch = 512 if finetune else 4096
+    c.batch = 512 if arg.ft else 4096
     c.batch_eval = 512
-    epochs, warmup_epochs = (30, 0) if finetune else (300, 20)
-    adamw_recipe(c, num_train=preset['num_train'], epochs=epochs, warmup_epochs=warmup_epochs,
-                 base_lr=5e-5 if finetune else 4e-3, weight_decay=1e-8 if finetune else 0.05,
+    epochs, warmup_epochs = (30, 0) if arg.ft else (300, 20)
+    adamw_recipe(c, num_train=num_train, epochs=epochs, warmup_epochs=warmup_epochs,
+                 base_lr=5e-5 if arg.ft else 4e-3, weight_decay=1e-8 if arg.ft else 0.05,
                  grad_norm_clip=0.0)
-    if finetune:  # weights loaded with vit_jax.weights.load before training: set the path
-        c.pretrained = ''
+    if arg.ft:
+        require_pretrained(c)
     return c.lock()

@@ -35,6 +35,7 @@ PARAM_COUNTS = {
     'ViT-L_16-gap-norep': 304_324_584, 'ViT-L_32-gap-norep': 306_533_352,
     'ViT-H_14-gap-norep': 632_043_240,
     'testing': 21_390,  # the tiny test model (ours)
+    'ViT-digits': 203_176,  # the main job's model (ours): 138,826 with its 10-class head
     # Hybrids (the original configs).
     'R+ViT-Ti_16': 6_337_704, 'R26+ViT-S_32': 36_431_912, 'R26+ViT-B_32': 101_383_976,
     'R50+ViT-B_16': 98_659_112, 'R50+ViT-L_32': 328_994_856,
@@ -64,7 +65,7 @@ PARAM_COUNTS = {
     'SReT_S_wo_slice_distill_finetune_512': 21_317_004,
 }
 # One small variant per family (and the hybrid stem, the '-gap-norep' head): the default run.
-FAST = ('testing', 'ViT-Ti_16', 'ViT-Ti_16-gap-norep', 'R+ViT-Ti_16', 'BiT-R50x1',
+FAST = ('testing', 'ViT-digits', 'ViT-Ti_16', 'ViT-Ti_16-gap-norep', 'R+ViT-Ti_16', 'BiT-R50x1',
         'swin_tiny_patch4_window7_224', 'convnext_tiny', 'dhvt_tiny_cifar_patch4', 'SReT_T')
 NAMES = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
          for n in vit_jax.list_models()]

@@ -259,6 +259,8 @@ def _register_zoo() -> None:
                  depth=depth, num_heads=heads)
     register('testing', VisionTransformer, patch_size=16, embed_dim=10, depth=1, num_heads=2,
              mlp_ratio=1.0, drop_rate=0.1)
+    register('ViT-digits', VisionTransformer, img_size=16, patch_size=4, embed_dim=64, depth=4,
+             num_heads=4, mlp_ratio=2.0, classifier='gap')
 
 
 _register_zoo()
