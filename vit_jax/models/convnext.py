@@ -96,6 +96,7 @@ class ConvNeXt(nn.Module, contract.Family):
     drop_path_rate: float = 0.0
     dtype: str = 'float32'
 
+    feature_modules = r'stages_\d+'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

@@ -231,6 +231,9 @@ class DHVT(nn.Module, contract.Family):
     hi_mhsa: bool = True
 
     # The authors' normalisation for every dataset (CIFAR at 32 px uncropped: crop_pct 1).
+    feature_modules = r'blocks_\d+'
+    num_prefix_tokens = 1
+    feature_norm = 'norm'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

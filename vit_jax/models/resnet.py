@@ -152,6 +152,7 @@ class ResNetV2(nn.Module, contract.Family):
     in_chans: int = 3
     dtype: str = 'float32'
 
+    feature_modules = r'block\d+'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bilinear', **NORMALIZATIONS['imagenet'])
 

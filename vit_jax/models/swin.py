@@ -237,6 +237,8 @@ class SwinTransformer(nn.Module, contract.Family):
     attn_impl: str = 'fused'
     dtype: str = 'float32'
 
+    feature_modules = r'layers_\d+'
+    feature_norm = 'norm'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.9, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

@@ -167,6 +167,12 @@ class VisionTransformer(nn.Module, contract.Family):
     scan_layers: bool = False
 
     stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
+    feature_modules = rf'Transformer/{SCANNED_BLOCKS}(_\d+)?'
+    feature_norm = 'Transformer/encoder_norm'
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.classifier == 'token' else 0
 
     def __post_init__(self) -> None:
         contract.check_choices((
