@@ -83,7 +83,8 @@ def check_formats(model, variables, tmp_path, formats=export.FORMATS):
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)
                    for f in fs) if os.path.isdir(path) else os.path.getsize(path)
         out[fmt] = diff, size
-        assert diff <= TOL, (fmt, diff)
+        # float32 round-off grows with the logits' scale (a random 50-layer BiT: |logits| ~ 1e2)
+        assert diff <= TOL * max(1.0, float(np.abs(want).max())), (fmt, diff)
     return out
 
 
