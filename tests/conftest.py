@@ -56,3 +56,11 @@ def timm():
     import torch_reference
 
     return torch_reference.import_timm()
+
+
+@pytest.fixture(scope='session')
+def transformers():
+    """Hugging Face transformers, importable beside the CPU build of torch."""
+    import torch_reference
+
+    return torch_reference.import_transformers()
