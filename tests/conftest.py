@@ -20,8 +20,8 @@ def repo() -> str:
 
 @pytest.fixture(scope='session')
 def config_spec() -> Callable[[str], str]:
-    """`config_spec('vit.py:b16,cifar10')`: the `--config` spec of that file in `configs/`."""
-    return lambda spec: os.path.join(REPO, 'configs', spec)
+    """`config_spec("vit.py:b16,cifar10")`: the `--config` spec of that file in vit_jax/configs."""
+    return lambda spec: os.path.join(REPO, 'vit_jax', 'configs', spec)
 
 
 @pytest.fixture(scope='session')

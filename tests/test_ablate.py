@@ -15,7 +15,7 @@ from vit_jax import ablate
 from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError
 
-STUDY = os.path.join(REPO, 'configs', 'ablations', 'vit_small_data.py')
+STUDY = os.path.join(REPO, 'vit_jax', 'configs', 'ablations', 'vit_small_data.py')
 
 
 def test_shipped_study_has_the_classic_axes_and_trains_the_base_once():

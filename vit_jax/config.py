@@ -29,6 +29,9 @@ from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.train.step import LOSSES
 
+# The config files shipped with the package: `--config=configs/NAME.py` names them.
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
 
@@ -40,9 +43,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     `from . import common`, wherever the folder is.
     """
     path, _, arg = spec.partition(':')
-    if not os.path.isfile(path):
-        raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG], '
-                          f'e.g. --config=configs/digits.py')
+    path = config_path(path)
     module = _import_file(path)
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config() function')
@@ -53,6 +54,22 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
     return config
+
+
+def config_path(path: str) -> str:
+    """`path` when it names a file, else the packaged config `configs/...` it names (the
+    files of `vit_jax/configs/`, so `--config=configs/vit.py` works from any directory)."""
+    if os.path.isfile(path):
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    packaged = os.path.join(PACKAGED_CONFIGS, *parts[1:])
+    if parts[0] == 'configs' and os.path.isfile(packaged):
+        return packaged
+    names = sorted(os.path.relpath(os.path.join(root, f), os.path.dirname(PACKAGED_CONFIGS))
+                   for root, _, files in os.walk(PACKAGED_CONFIGS) for f in files
+                   if f.endswith('.py') and f not in ('__init__.py', 'common.py'))
+    raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG] with a '
+                      f'file of yours or one of the packaged {", ".join(names)}')
 
 
 def _import_file(path: str) -> types.ModuleType:
