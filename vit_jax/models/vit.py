@@ -238,10 +238,8 @@ class VisionTransformer(nn.Module, contract.Family):
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                   name='pre_logits')(x))
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                         bias_init=nn.initializers.constant(self.head_bias_init), name='head')(x)
-        return nn.with_logical_constraint(x.astype(jnp.float32), ('batch', 'classes'))
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
+                                      bias_init=nn.initializers.constant(self.head_bias_init))
 
 
 # The original model zoo: (width, depth, heads) per size, and dropout as the original configs set.
