@@ -149,6 +149,13 @@ def base_config() -> ml_collections.ConfigDict:
     # .npz, timm .pth/.bin/.safetensors); the head is re-initialised when the class count differs
     # and the position embedding resized to the crop. Ignored when resuming a checkpoint.
     c.pretrained = placeholder(str)
+    # The --workdir of an earlier run to start from: its newest checkpoint's parameters, BatchNorm
+    # statistics and moving average, not its optimizer state (to continue with another optimizer
+    # or recipe in a new workdir). Ignored when resuming a checkpoint.
+    c.init_from = placeholder(str)
+    # Folder datasets: skip images that fail the start-up check (listed in the workdir's
+    # skipped_images.txt) instead of stopping with the list.
+    c.skip_bad_images = False
     c.pp = ml_collections.ConfigDict(dict(
         train='train', test='test', crop=224,
         augment='inception',  # 'inception' | 'pad_crop' | 'none'
