@@ -117,17 +117,20 @@ def check_writable(workdir: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise write_error(workdir, e) from None
+        raise WorkdirError(f'cannot write {workdir}: {e.strerror or e}; '
+                           f'{_WRITE_HINTS.get(e.errno, _WRITE_HINTS[None])}') from None
+
+
+_WRITE_HINTS = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some of your quota',
+                errno.EROFS: 'use a writable --workdir',
+                None: 'use a --workdir this user may write to'}
 
 
 def write_error(path: str, error: OSError) -> WorkdirError:
-    """`cannot write PATH: CAUSE; ...` for an `OSError` of a write under `path`."""
-    cause = error.strerror or str(error)
-    hint = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some of your quota',
-            errno.EROFS: 'use a writable --workdir'}.get(
-        error.errno, 'use a --workdir this user may write to')
-    return WorkdirError(f'cannot write {error.filename or path}: {cause}; {hint} and run the '
-                        f'same command to resume from the last checkpoint')
+    """`cannot write FILE: CAUSE; ...` for an `OSError` of a write under the workdir `path`."""
+    hint = _WRITE_HINTS.get(error.errno, _WRITE_HINTS[None])
+    return WorkdirError(f'cannot write {error.filename or path}: {error.strerror or error}; '
+                        f'{hint}, then run the same command to resume from the last checkpoint')
 
 
 def _write_atomic(path: str, text: str) -> None:
