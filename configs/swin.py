@@ -56,7 +56,7 @@ def model_name(size: str) -> str:
 
 
 def get_config(arg: str = 'tiny,cifar10') -> ml_collections.ConfigDict:
-    size, dataset, *mode = arg.split(',')
+    size, dataset, *mode = (arg.split(',') + [''])[:max(2, arg.count(',') + 1)]
     if mode not in ([], ['ft']):
         raise ConfigError(f'configs/swin.py takes SIZE,DATASET[,ft], got {arg!r}')
     finetune = mode == ['ft']

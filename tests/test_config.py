@@ -126,3 +126,24 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, args, message):
     lines = [line for line in out.stderr.splitlines() if line.startswith('error:')]
     assert len(lines) == 1 and lines[0].startswith(message), out.stderr
     assert 'Traceback' not in out.stderr
+
+
+def test_config_file_mistakes_name_the_file_and_line(tmp_path):
+    # Issue 14, point 7: the config file's own line, not our stack.
+    broken = tmp_path / 'broken.py'
+    broken.write_text('import ml_collections\n\ndef get_config(:\n    pass\n')
+    with pytest.raises(ConfigError, match=rf'^{broken}:3: invalid syntax; fix the config file$'):
+        config_lib.load_config(str(broken))
+    raising = tmp_path / 'raising.py'
+    raising.write_text('def get_config(arg):\n    size, dataset = arg.split(",")\n')
+    with pytest.raises(ConfigError, match=rf"^{raising}:2: get_config\('tiny'\) failed "
+                                          r'\(ValueError: not enough values to unpack'):
+        config_lib.load_config(f'{raising}:tiny')
+    with pytest.raises(ConfigError, match=r"digits.py: get_config\('x'\) failed \(TypeError"):
+        config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py') + ':x')
+
+
+@pytest.mark.parametrize('spec', ['swin.py:tiny', 'convnext.py:tiny'])
+def test_family_configs_take_a_size_alone(spec):
+    config = config_lib.load_config(os.path.join(REPO, 'configs', spec))
+    assert config.dataset == 'cifar10'

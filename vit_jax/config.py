@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import traceback
 import types
 import typing
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
-from vit_jax.errors import ConfigError, ModelError
+from vit_jax.errors import ConfigError, ModelError, VitJaxError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -36,10 +37,23 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
                           f'e.g. --config=configs/digits.py')
     module_spec = importlib.util.spec_from_file_location(f'_vit_jax_config_{abs(hash(path))}', path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f'{e.filename}:{e.lineno}: {e.msg}; fix the config file') from None
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config() function')
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except VitJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the config file's own error, at its own line
+        line = next((f for f in reversed(traceback.extract_tb(e.__traceback__))
+                     if os.path.samefile(f.filename, path)), None)
+        where = f'{path}:{line.lineno}' if line else path
+        raise ConfigError(f'{where}: get_config({arg!r}) failed ({type(e).__name__}: {e}); '
+                          f'check the argument after the ":" (see the file\'s docstring)'
+                          ) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
     return config
