@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -110,8 +111,11 @@ class Checkpointer:
             raise self._save_error(e) from None
 
     def _save_error(self, error: Exception) -> WorkdirError:
+        code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's errors
         if isinstance(error, OSError):
             cause = f'{error.filename or self.directory}: {error.strerror or error}'
+        elif code:
+            cause = os.strerror(int(code.group(1)))
         else:
             cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else \
                 type(error).__name__
