@@ -230,3 +230,17 @@ def test_a_config_folder_loads_from_anywhere(tmp_path, monkeypatch, config_spec)
     assert (c.model_name, c.pp.train) == ('R50+ViT-B_16', 'train[:99%]')
     assert config_lib.load_config('my_configs/swin.py:tiny').model_name == \
         'swin_tiny_patch4_window7_224'
+
+
+def test_config_file_mistakes_name_the_file_and_line(tmp_path):
+    # Issue 14, point 7: the config file's own line, not our stack.
+    broken = tmp_path / 'broken.py'
+    broken.write_text('import ml_collections\n\ndef get_config(:\n    pass\n')
+    with pytest.raises(ConfigError, match=rf'^{broken}:3: invalid syntax; fix the config file$'):
+        config_lib.load_config(str(broken))
+    raising = tmp_path / 'raising.py'
+    raising.write_text('def get_config(arg):\n    size, dataset = arg.split(",")\n')
+    with pytest.raises(ConfigError, match=rf"^{raising}:2: get_config\('tiny'\) failed "
+                                          r'\(ValueError: not enough values to unpack'):
+        config_lib.load_config(f'{raising}:tiny')
+

@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
-from vit_jax.errors import ConfigError, ModelError
+from vit_jax.errors import ConfigError, ModelError, VitJaxError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.train.step import LOSSES
@@ -44,13 +45,26 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """
     path, _, arg = spec.partition(':')
     path = config_path(path)
-    module = _import_file(path)
+    try:
+        module = _import_file(path)
+    except SyntaxError as e:
+        raise ConfigError(f'{e.filename}:{e.lineno}: {e.msg}; fix the config file') from None
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config() function')
     if arg and not inspect.signature(module.get_config).parameters:
         raise ConfigError(f'config file {path!r} takes no argument, got {arg!r}; pass '
                           f'--config={path}')
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except VitJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the config file's own error, at its own line
+        line = next((f for f in reversed(traceback.extract_tb(e.__traceback__))
+                     if os.path.samefile(f.filename, path)), None)
+        where = f'{path}:{line.lineno}' if line else path
+        raise ConfigError(f'{where}: get_config({arg!r}) failed ({type(e).__name__}: {e}); '
+                          f'check the argument after the ":" (see the file\'s docstring)'
+                          ) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
     return config
@@ -192,6 +206,13 @@ def base_config() -> ml_collections.ConfigDict:
     # and the position embedding resized to the crop. Ignored when resuming a checkpoint. None:
     # from scratch; '' (set by `require_pretrained`): a path must be given.
     c.pretrained = placeholder(str)
+    # The --workdir of an earlier run to start from: its newest checkpoint's parameters, BatchNorm
+    # statistics and moving average, not its optimizer state (to continue with another optimizer
+    # or recipe in a new workdir). Ignored when resuming a checkpoint.
+    c.init_from = placeholder(str)
+    # Folder datasets: skip images that fail the start-up check (listed in the workdir's
+    # skipped_images.txt) instead of stopping with the list.
+    c.skip_bad_images = False
     c.pp = ml_collections.ConfigDict(dict(
         train='train', test='test', crop=224,
         augment='inception',  # 'inception' | 'pad_crop' | 'none'
