@@ -19,3 +19,7 @@ class ModelError(VitJaxError, ValueError):
 
 class TrainingError(VitJaxError, RuntimeError):
     """A run that cannot go on (e.g. a non-finite loss)."""
+
+
+class PlanError(VitJaxError, ValueError):
+    """A TPU topology that cannot be planned for, or the TPU compiler missing."""
