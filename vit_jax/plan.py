@@ -21,13 +21,17 @@ Topology names are JAX's: `v4:2x2x1`, `v5e:4x4`, `v5p:2x2x2`, `v6e:8x8`, ...
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
+import itertools
 import json
+import math
 import os
+import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -171,9 +175,9 @@ def model_flops(model: Any, image_shape: tuple[int, int, int]) -> float:
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
-         devices: Sequence[jax.Device] | None = None) -> Plan:
+         devices: Sequence[jax.Device] | None = None, hbm_bytes: int | None = None) -> Plan:
     """Compiles `config`'s train and eval steps for `topology` (its `devices`, when already
-    made) and measures them per chip."""
+    made) and measures them per chip, against `hbm_bytes` per chip (default: `HBM_GIB`)."""
     config_lib.validate(config)
     devices = topology_devices(topology) if devices is None else devices
     run = loop.setup(config, num_classes, loop.make_mesh(config, devices))
@@ -187,7 +191,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         seconds[name] = round(time.perf_counter() - start, 1)
     memory = compiled['train'].memory_analysis()
     train_bytes = xla_footprint(compiled['train']) * per_chip
-    hbm = HBM_GIB[topology.partition(':')[0]] * GIB
+    hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
     image = (config.pp.crop, config.pp.crop, run.model.in_chans)
     return Plan(
         topology=topology, chips=chips, devices=len(devices), mesh=dict(run.mesh.shape),
@@ -201,6 +205,88 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         flops_per_step_per_chip=xla_flops(compiled['train']) * per_chip,
         model_flops_per_step=3 * model_flops(run.model, image) * config.batch,
         compile_seconds=seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One way to lay a run out: FSDP size (the rest of the chips data-parallel), `remat`
+    (with `scan_layers`, where the model has them), micro-batches, bfloat16 optimizer state."""
+
+    fsdp: int
+    remat: bool
+    accum_steps: int
+    bfloat16_optimizer: bool
+
+    def flags(self, config: ml_collections.ConfigDict, devices: int) -> list[tuple[str, str]]:
+        """The `--config.KEY=VALUE` overrides of this layout for `config`."""
+        flags = [('mesh', f"[('data', {devices // self.fsdp}), ('fsdp', {self.fsdp})]"),
+                 ('accum_steps', str(self.accum_steps)),
+                 ('optim_dtype', 'bfloat16' if self.bfloat16_optimizer else config.optim_dtype)]
+        for key in ('remat', 'scan_layers'):
+            if key in config.model:
+                flags.append((f'model.{key}', str(self.remat)))
+        return flags
+
+    def cost(self) -> float:
+        """Recomputation and communication, roughly as a fraction of a step: remat recomputes
+        the forward pass (1/3), each doubling of micro-batches or FSDP adds gathers."""
+        return (self.remat / 3 + 0.1 * math.log2(self.accum_steps) + 0.05 * math.log2(self.fsdp)
+                + 0.01 * self.bfloat16_optimizer)
+
+    def saves_less_than(self, other: Layout) -> bool:
+        """Whether every memory-saving choice of this layout is at most `other`'s."""
+        return (self.fsdp <= other.fsdp and self.remat <= other.remat
+                and self.accum_steps <= other.accum_steps
+                and self.bfloat16_optimizer <= other.bfloat16_optimizer)
+
+
+def layouts(config: ml_collections.ConfigDict, devices: int) -> list[Layout]:
+    """The layouts the trainer has for `config` on `devices`, cheapest first: FSDP sizes and
+    micro-batch counts of powers of 2 that split the batch, remat where the model has it."""
+    powers = [2 ** i for i in range(int(math.log2(devices)) + 1) if devices % 2 ** i == 0]
+    accums = [a for a in (1, 2, 4, 8, 16) if config.batch % (a * devices) == 0]
+    remats = (False, True) if 'remat' in config.model else (False,)
+    bf16 = (False, True) if config.optim_dtype != 'bfloat16' else (True,)
+    found = [Layout(*c) for c in itertools.product(powers, remats, accums, bf16)]
+    return sorted(found, key=Layout.cost)
+
+
+def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
+           devices: Sequence[jax.Device] | None = None, limit: int = 3,
+           hbm_bytes: int | None = None,
+           log: Callable[[str], None] = lambda line: None,
+           ) -> list[tuple[list[tuple[str, str]], Plan]]:
+    """Up to `limit` layouts of `config` that fit `topology`, cheapest first, each as
+    `(overrides, plan)`: `config` with `overrides` applied as text (as on the command line) is
+    what was compiled. Layouts whose state alone exceeds HBM, or that save less memory on
+    every count than one that did not fit, are not compiled."""
+    devices = topology_devices(topology) if devices is None else devices
+    per_chip = len(devices) // chip_count(devices)
+    hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
+    found, failed = [], []
+    for layout in layouts(config, len(devices)):
+        if len(found) >= limit:
+            break
+        if any(layout.saves_less_than(f) for f in failed):
+            continue
+        overrides = layout.flags(config, len(devices))
+        candidate = config_lib.apply_overrides(copy.deepcopy(config), overrides)
+        run = loop.setup(candidate, num_classes, loop.make_mesh(candidate, devices))
+        if state_bytes(run.abstract_state) * per_chip > hbm:
+            failed.append(layout)
+            continue
+        result = plan(candidate, topology, num_classes, devices, hbm)
+        log(f'{"fits" if result.fits else "does not fit"}: {command_flags(overrides)}')
+        if result.fits:
+            found.append((overrides, result))
+        else:
+            failed.append(layout)
+    return found
+
+
+def command_flags(overrides: Sequence[tuple[str, str]]) -> str:
+    """Overrides as shell arguments: `--config.KEY=VALUE`, quoted where needed."""
+    return ' '.join(f'--config.{k}={shlex.quote(v)}' for k, v in overrides)
 
 
 def report(result: Plan) -> str:
@@ -234,6 +320,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     parser.add_argument('--num_classes', type=int,
                         help="the dataset's class count (default: known or read from metadata)")
     parser.add_argument('--json', action='store_true', help='print one JSON object')
+    parser.add_argument('--search', action='store_true',
+                        help='try the layouts the trainer has and print those that fit')
+    parser.add_argument('--search_limit', type=int, default=3,
+                        help='stop the search after this many layouts that fit')
     args, rest = parser.parse_known_args(argv)
     return args, cli.config_overrides(parser, rest)
 
@@ -242,11 +332,33 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-        result = plan(config, args.topology, class_count(config, args.num_classes))
+        num_classes = class_count(config, args.num_classes)
+        if args.search:
+            return _print_search(config, args, num_classes)
+        result = plan(config, args.topology, num_classes)
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(json.dumps(result.to_json()) if args.json else report(result))
+    return 0
+
+
+def _print_search(config: ml_collections.ConfigDict, args: argparse.Namespace,
+                  num_classes: int) -> int:
+    """Prints the layouts that fit, cheapest first (JSON lines with `--json`); 1 if none."""
+    log = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    found = search(config, args.topology, num_classes, limit=args.search_limit, log=log)
+    if not found:
+        print(f'no layout of the trainer fits {args.topology}; use a larger slice or a '
+              f'smaller --config.batch', file=sys.stderr)
+        return 1
+    for overrides, result in found:
+        if args.json:
+            print(json.dumps({'flags': command_flags(overrides), **result.to_json()}))
+        else:
+            ratio = result.flops_per_step_per_chip * result.chips / result.model_flops_per_step
+            print(f'{result.train_bytes_per_chip / GIB:6.2f} GiB per chip, compiler FLOPs '
+                  f'{ratio:.2f} x the model\'s: {command_flags(overrides)}')
     return 0
 
 
