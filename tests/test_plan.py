@@ -73,6 +73,7 @@ def test_a_config_that_cannot_fit_says_so(v5e, too_big):
     assert 'does NOT fit' in plan.report(result)
 
 
+@pytest.mark.slow
 def test_the_first_suggestion_of_the_search_fits_as_printed(v5e, too_big):
     config, hbm = too_big
     found = plan.search(config, 'v5e:2x2', 4, v5e, limit=1, hbm_bytes=hbm)
