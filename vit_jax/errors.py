@@ -23,3 +23,7 @@ class TrainingError(VitJaxError, RuntimeError):
 
 class WorkdirError(VitJaxError, RuntimeError):
     """A workdir that cannot take the run: in use by another run, unwritable or full."""
+
+
+class PlanError(VitJaxError, ValueError):
+    """A TPU topology that cannot be planned for, or the TPU compiler missing."""

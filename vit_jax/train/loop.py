@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -84,9 +84,10 @@ class Setup:
     eval_step: Callable[[TrainState, dict], dict]
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """The mesh of `config.mesh` over every device of every process."""
-    return sharding.make_mesh(config.mesh)
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over `devices` (default: every device of every process)."""
+    return sharding.make_mesh(config.mesh, devices)
 
 
 def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
