@@ -197,7 +197,7 @@ class Checkpointer:
                     for p, x in jax.tree_util.tree_leaves_with_path(tree_)
                     if not tree.array_name(p).startswith('ema/')}
         saved = shapes(metadata, lambda m: tuple(getattr(m, 'shape', ())))
-        wanted = shapes(target, lambda x: tuple(np.shape(x)))
+        wanted = shapes(target, _stored_shape)
         diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if diff:
             raise ConfigError(
@@ -233,3 +233,10 @@ class Checkpointer:
         finally:
             self._manager.close()
             logging.getLogger('absl').removeFilter(self._quiet)
+
+
+def _stored_shape(x: Any) -> tuple[int, ...]:
+    """The shape a checkpoint holds for `x`: a typed PRNG key is stored as its key data."""
+    if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
+        return tuple(jax.eval_shape(jax.random.key_data, x).shape)
+    return tuple(np.shape(x))
