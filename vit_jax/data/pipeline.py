@@ -8,6 +8,8 @@ Folder datasets are laid out `root/<split>/<class>/*.jpg|*.jpeg|*.png`. They tak
 without any tfds slice: `pp.train='train[:98%]'` reads all of `root/train`.
 """
 
+import collections
+import concurrent.futures
 import difflib
 import itertools
 import math
@@ -104,13 +106,23 @@ def _train_positions(start: int, batch: int, first_row: int, rows: int) -> Itera
 def _read(source: Source, threads: int,
           chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> tf.data.Dataset:
     """`(position, {'image': encoded bytes, 'label'})` for each element of the
-    `(positions [n], indices [n])` chunks that `chunks()` yields, read from `source` by index;
-    each iteration over the dataset calls `chunks()` afresh."""
+    `(positions [n], indices [n])` chunks that `chunks()` yields, read from `source` by index,
+    up to `threads` chunks at once, in order; each iteration over the dataset calls `chunks()`
+    afresh."""
+
+    def read(chunk):
+        positions, indices = chunk
+        return (positions, *source.read(indices))
 
     def generate():
-        for positions, indices in chunks():
-            images, labels = source.read(indices)
-            yield positions, images, labels
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            pending = collections.deque()
+            for chunk in chunks():
+                pending.append(pool.submit(read, chunk))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=(
         tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
