@@ -5,6 +5,10 @@ from collections.abc import Callable
 
 import pytest
 
+# JAX computes on the CPU in every test and every process a test starts; libtpu (the `tpu`
+# extra, for `vit_jax.plan`) only compiles for TPU topologies, it never runs.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
 # The repository root, for the few uses at import time (e.g. lists to parametrize over);
 # tests take the `repo` fixture.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,8 +24,8 @@ def repo() -> str:
 
 @pytest.fixture(scope='session')
 def config_spec() -> Callable[[str], str]:
-    """`config_spec('vit.py:b16,cifar10')`: the `--config` spec of that file in `configs/`."""
-    return lambda spec: os.path.join(REPO, 'configs', spec)
+    """`config_spec("vit.py:b16,cifar10")`: the `--config` spec of that file in vit_jax/configs."""
+    return lambda spec: os.path.join(REPO, 'vit_jax', 'configs', spec)
 
 
 @pytest.fixture(scope='session')

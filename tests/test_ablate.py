@@ -15,7 +15,7 @@ from vit_jax import ablate
 from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError
 
-STUDY = os.path.join(REPO, 'configs', 'ablations', 'vit_small_data.py')
+STUDY = os.path.join(REPO, 'vit_jax', 'configs', 'ablations', 'vit_small_data.py')
 
 
 def test_shipped_study_has_the_classic_axes_and_trains_the_base_once():
@@ -126,3 +126,15 @@ def test_shipped_study_quick_from_the_command_line(tmp_path, repo):
     with open(tmp_path / 'results.csv') as f:
         assert len(list(csv.DictReader(f))) == 19
     assert len([n for n in os.listdir(tmp_path) if n.startswith('curves_')]) == 6
+
+
+def test_a_study_with_an_invalid_point_trains_none(tmp_path, digits_data_dir):
+    # Issue 14, point 8: every point is checked before the first one trains.
+    study = tiny_study(digits_data_dir)
+    study.axes = [*study.axes, ('heads', [('3', [('model.num_heads', 3)])]),
+                  ('lr', [('-1', [('base_lr', -1.0)])])]
+    with pytest.raises(ConfigError, match=r'^2 of 6 points cannot train, so none was trained: '
+                                          r'heads = 3: .*not divisible by num_heads=3.*; '
+                                          r'lr = -1: --config.base_lr must be >= 0'):
+        ablate.run_study(study, str(tmp_path), quick=True)
+    assert os.listdir(tmp_path) == []

@@ -148,3 +148,14 @@ def test_sample_images_are_square_crops_in_unit_range():
     normalized = run.normalize(images['chelsea'], 'ViT-B_16')
     np.testing.assert_allclose(normalized, images['chelsea'] * 2 - 1, atol=1e-6)
     assert float(jnp.abs(normalized).max()) <= 1.0
+
+
+def test_a_hybrid_is_analysed_without_patch_filters(tmp_path):
+    # Issue 14, point 7: the hybrid's patch embedding reads ResNet features, not pixels.
+    model = vit_jax.create_model('R+ViT-Ti_16', num_classes=4, img_size=32, depth=1)
+    variables = jax.jit(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3))))()
+    images = {'noise': np.random.RandomState(0).rand(32, 32, 3).astype(np.float32)}
+    results = run.analyze(model, variables, images, str(tmp_path), model_name='R+ViT-Ti_16')
+    assert 'not RGB pixels' in results['patch_filter_explained_variance']
+    assert sorted(os.listdir(tmp_path)) == ['analysis.json', 'attention_distance.png',
+                                            'attention_noise.png', 'position_similarity.png']

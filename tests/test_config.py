@@ -78,8 +78,23 @@ def test_unknown_model_name_fails_validation(load_config):
 
 
 def test_config_file_errors():
-    with pytest.raises(ConfigError, match="config file 'nope.py' does not exist"):
+    with pytest.raises(ConfigError, match="config file 'nope.py' does not exist; .* packaged "
+                                          "configs/ablations/dhvt_small_data.py, .*configs/vit.py"):
         config_lib.load_config('nope.py')
+    with pytest.raises(ConfigError, match="config file 'configs/nope.py' does not exist"):
+        config_lib.load_config('configs/nope.py')
+
+
+def test_packaged_configs_load_from_any_directory(tmp_path, monkeypatch, config_spec):
+    monkeypatch.chdir(tmp_path)
+    packaged = config_lib.load_config('configs/vit.py:b16,cifar10')
+    assert packaged.to_dict() == config_lib.load_config(config_spec('vit.py:b16,cifar10')).to_dict()
+    assert config_lib.load_config('configs/ablations/vit_small_data.py').axes
+    (tmp_path / 'configs').mkdir()  # a file of the user's at that path comes first
+    (tmp_path / 'configs' / 'vit.py').write_text(
+        'from vit_jax.config import base_config\n\n\ndef get_config():\n'
+        '    c = base_config()\n    c.batch = 24\n    return c.lock()\n')
+    assert config_lib.load_config('configs/vit.py').batch == 24
 
 
 def test_vit_config_follows_the_original_recipe(load_config):
@@ -215,3 +230,17 @@ def test_a_config_folder_loads_from_anywhere(tmp_path, monkeypatch, config_spec)
     assert (c.model_name, c.pp.train) == ('R50+ViT-B_16', 'train[:99%]')
     assert config_lib.load_config('my_configs/swin.py:tiny').model_name == \
         'swin_tiny_patch4_window7_224'
+
+
+def test_config_file_mistakes_name_the_file_and_line(tmp_path):
+    # Issue 14, point 7: the config file's own line, not our stack.
+    broken = tmp_path / 'broken.py'
+    broken.write_text('import ml_collections\n\ndef get_config(:\n    pass\n')
+    with pytest.raises(ConfigError, match=rf'^{broken}:3: invalid syntax; fix the config file$'):
+        config_lib.load_config(str(broken))
+    raising = tmp_path / 'raising.py'
+    raising.write_text('def get_config(arg):\n    size, dataset = arg.split(",")\n')
+    with pytest.raises(ConfigError, match=rf"^{raising}:2: get_config\('tiny'\) failed "
+                                          r'\(ValueError: not enough values to unpack'):
+        config_lib.load_config(f'{raising}:tiny')
+

@@ -4,6 +4,7 @@ import collections
 import functools
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_coll
         'shuffle_buffer': 64,
         'input_threads': 0,
         'seed': 0,
+        'skip_bad_images': False,
     })
 
 
@@ -292,6 +294,78 @@ def test_folder_errors(image_folder, breakage, message):
         write_image(image_folder / 'test' / 'fox' / 'x.png', 100, (4, 4, 3))
     with pytest.raises(DataError, match=message):
         create_datasets(config)
+
+
+BAD_IMAGES = {  # file name -> (bytes, the reason the check gives)
+    'empty.jpg': (b'', 'empty file'),
+    'cut.jpg': (None, r'truncated JPEG \(no end marker\)'),
+    'cut.png': (None, r'truncated PNG \(no IEND chunk\)'),
+    '._mac.jpg': (b'\x00\x05\x16\x07' + bytes(100), 'macOS resource fork'),
+    'text.jpg': (b'hello, not an image', r"not a JPEG or PNG \(starts with b'hell'\)"),
+}
+
+
+def add_bad_images(folder):
+    jpeg = tf.io.encode_jpeg(tf.fill((8, 8, 3), tf.constant(9, tf.uint8))).numpy()
+    png = tf.io.encode_png(tf.fill((8, 8, 3), tf.constant(9, tf.uint8))).numpy()
+    for name, (data, _) in BAD_IMAGES.items():
+        if data is None:
+            data = (jpeg if name.endswith('.jpg') else png)[:-20]
+        (folder / 'train' / 'dog' / name).write_bytes(data)
+
+
+def test_folder_with_bad_images_names_each_one(image_folder):
+    # Issue 14, point 5: every bad file by path and kind, in one error, before any decoding.
+    add_bad_images(image_folder)
+    with pytest.raises(DataError) as error:
+        create_datasets(make_config(str(image_folder)))
+    message = str(error.value)
+    assert message.startswith('5 of 10 image files cannot be read: ') and '\n' not in message
+    for name, (_, reason) in BAD_IMAGES.items():
+        assert re.search(re.escape(str(image_folder / 'train' / 'dog' / name)) + ': ' + reason,
+                         message), name
+    assert message.endswith('or set --config.skip_bad_images=True to train without them.')
+
+
+def test_folder_skips_bad_images_when_asked(image_folder):
+    add_bad_images(image_folder)
+    config = make_config(str(image_folder))
+    config.skip_bad_images = True
+    train, _, info = create_datasets(config)
+    assert (info.num_train, len(info.skipped)) == (5, 5)
+    assert next(train)['image'].shape == (16, 8, 8, 3)
+    assert sorted(line.split(': ')[0] for line in info.skipped) == sorted(
+        str(image_folder / 'train' / 'dog' / name) for name in BAD_IMAGES)
+
+
+def test_an_image_that_fails_to_decode_mid_run_names_its_record(image_folder):
+    # Whole by its first and last bytes, broken inside: the decoder fails; the error names
+    # the dataset, the split and the record.
+    jpeg = tf.io.encode_jpeg(tf.fill((8, 8, 3), tf.constant(9, tf.uint8))).numpy()
+    (image_folder / 'test' / 'dog' / 'g.png').unlink()
+    (image_folder / 'test' / 'dog' / 'g.jpg').write_bytes(jpeg[:3] + bytes(50) + jpeg[-2:])
+    _, make_eval_iterator, _ = create_datasets(make_config(str(image_folder)))
+    with pytest.raises(DataError, match=rf"^cannot decode record 1 of split 'test' of "
+                                        rf"'{image_folder}' \(.*\); the data is damaged"):
+        list(make_eval_iterator())
+
+
+def test_nested_folders_count_as_their_class_and_empty_classes_are_errors(image_folder):
+    # Issue 14, point 8: as torchvision's ImageFolder, images in sub-folders of a class belong
+    # to it; a class folder without images is an error, not a class that never occurs.
+    write_image(image_folder / 'train' / 'cat' / 'more' / 'deeper' / 'x.png', 250, (4, 4, 3))
+    info = create_datasets(make_config(str(image_folder)))[2]
+    assert (info.num_train, info.class_names) == (6, ('cat', 'dog'))
+    (image_folder / 'train' / 'bird' / 'sub').mkdir(parents=True)
+    with pytest.raises(DataError, match=r"^1 class folder\(s\) hold no image: .*train/bird; "):
+        create_datasets(make_config(str(image_folder)))
+
+
+def test_a_misspelt_folder_path_is_no_such_folder(image_folder):
+    # Issue 14, point 7: not "Parsing builder name string ... failed".
+    for path in (str(image_folder) + 'x', str(image_folder / 'nope'), './runs/no/such'):
+        with pytest.raises(DataError, match=rf"^No such folder '{re.escape(path)}'"):
+            create_datasets(make_config(path))
 
 
 def test_tfds_dataset_under_mock_data(tmp_path):

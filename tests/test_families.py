@@ -34,6 +34,13 @@ PARAM_COUNTS = {
     'ViT-B_16-gap-norep': 86_566_120, 'ViT-B_32-gap-norep': 88_222_696,
     'ViT-L_16-gap-norep': 304_324_584, 'ViT-L_32-gap-norep': 306_533_352,
     'ViT-H_14-gap-norep': 632_043_240,
+    # big_vision's shapes in the original tree (class token, 1000 classes, 224 px): counted as
+    # patch embedding 14*14*3*D + D, class token D, position embedding 257*D, depth *
+    # (4*D*D + 2*D*M + 9*D + M) per block, final norm 2*D, head D*1000 + 1000 (the formula
+    # gives ViT-B_16's and ViT-H_14's published counts above); g and G as in Zhai et al. 2022
+    # (1011M, 1843M without a head).
+    'ViT-So400m_14': 413_597_656, 'ViT-g_14': 1_012_611_432, 'ViT-G_14': 1_844_440_680,
+    'ViT-e_14': 3_807_214_312,
     'testing': 21_390,  # the tiny test model (ours)
     'ViT-digits': 203_176,  # the main job's model (ours): 138,826 with its 10-class head
     # Hybrids (the original configs).

@@ -87,7 +87,8 @@ def test_wheel_runs_notebook_and_main_job_in_a_fresh_venv(tmp_path):
     version = run([python, '-m', 'vit_jax.main', '--version'], cwd=work, env=env)
     assert version.strip() == f'vit_jax {importlib.metadata.version("vit_jax")}'
     out = run([python, '-m', 'vit_jax.main', '--config=configs/digits.py', '--workdir=run',
-               '--config.total_steps=20', '--config.eval_every=0', '--config.progress_every=10'],
+               '--config.total_steps=20', '--config.warmup_steps=5', '--config.eval_every=0',
+               '--config.progress_every=10'],
               cwd=work, env=env)
     assert 'Done: eval accuracy' in out
     assert (work / 'run' / 'weights.npz').is_file()

@@ -51,3 +51,21 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert 'has no classifier head' in capsys.readouterr().err
     assert predict.main(['--workdir', str(tmp_path), str(image)]) == 2
     assert 'holds no config.json; is it the --workdir of a run?' in capsys.readouterr().err
+
+
+def test_images_decode_as_in_training_16_bit_png_included(tmp_path):
+    # Issue 14, point 8: PIL clips 16-bit gray to 255 when converting; training keeps the
+    # high byte (tf.io.decode_image). 8-bit and 16-bit, gray and RGB PNGs, all equal.
+    import tensorflow as tf
+
+    ramp = np.arange(40 * 48).reshape(40, 48)
+    arrays = {'gray16.png': (ramp * 34).astype(np.uint16), 'gray8.png': (ramp % 256).astype(
+        np.uint8), 'rgb16.png': np.stack([ramp * 34, ramp * 20, ramp * 9], -1).astype(np.uint16),
+        'rgb8.png': np.stack([ramp % 256] * 3, -1).astype(np.uint8)}
+    for name, array in arrays.items():
+        path = str(tmp_path / name)
+        tf.io.write_file(path, tf.io.encode_png(array[..., None] if array.ndim == 2 else array))
+        expected = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                      expand_animations=False).numpy()
+        np.testing.assert_array_equal(predict.read_image(path), expected, err_msg=name)
+    assert predict.read_image(str(tmp_path / 'gray16.png')).max() == (ramp.max() * 34) >> 8

@@ -370,8 +370,8 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
 @pytest.mark.slow
 def test_workdir_of_another_model_is_a_clear_error(tmp_path):
     train_here(tmp_path, ('total_steps', '2'))
-    with pytest.raises(ConfigError, match="--workdir holds checkpoints of another model.*"
-                                          "use a new --workdir"):
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(model.embed_dim=16 "
+                                          r"there, 8 here\)"):
         train_here(tmp_path, ('total_steps', '4'), ('model.embed_dim', '8'))
 
 

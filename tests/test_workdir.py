@@ -1,22 +1,32 @@
 """The run reader (`vit_jax.workdir`): a finished run reads back as the weights it exported, any
 checkpoint by step, the moving average, without writing to the workdir; bad workdirs are
-one-line errors. And the trainer's `setup` builds no state: its abstract state is what
-`init` allocates."""
+one-line errors. The trainer's `setup` builds no state: its abstract state is what `init`
+allocates. And the workdir as a contract (issue 14): a refused launch writes nothing, one run
+per workdir, failed writes stop the run in one line, NaN weights are never saved."""
 
+import errno
 import hashlib
+import json
+import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import scale_worker
 
 from vit_jax import tree, weights
 from vit_jax.data.arrays import array_datasets
-from vit_jax.errors import VitJaxError
-from vit_jax.train import loop
+from vit_jax.errors import ConfigError, TrainingError, VitJaxError, WorkdirError
+from vit_jax.train import checkpoint, loop, metrics, record
 from vit_jax.workdir import load_run, run_setup
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EMA = [('ema_decay', '0.9'), ('checkpoint_every', '3')]
 
@@ -127,3 +137,184 @@ def test_export_of_a_run_gives_the_runs_logits(ema_run, tmp_path):
     with open(out, 'rb') as f:
         got = jax.export.deserialize(f.read()).call(x.astype(np.float32))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------- the workdir as a contract
+
+def tiny_data():
+    return array_datasets(*scale_worker.synthetic(), num_classes=scale_worker.NUM_CLASSES)
+
+
+def train_here(workdir, *overrides, datasets=None):
+    return loop.train(scale_worker.make_config(overrides), str(workdir),
+                      datasets=datasets or tiny_data())
+
+
+def test_changed_optimizer_is_refused_without_touching_the_workdir_then_resumes(tmp_path):
+    # Issue 14, points 1 and 2: another optimizer, grad_norm_clip 0 <-> > 0, another width.
+    train_here(tmp_path, ('checkpoint_every', '2'), ('total_steps', '4'))
+    before = tree_bytes(tmp_path)
+    for overrides, message in [
+            ((('optimizer', 'adamw'),), r"optimizer='sgd' there, 'adamw' here"),
+            ((('grad_norm_clip', '0'),), r'grad_norm_clip=1.0 there, 0.0 here'),
+            ((('model.embed_dim', '8'), ('model.act_layer', 'relu')),
+             r"model.act_layer=None there, 'relu' here, model.embed_dim=16 there, 8 here")]:
+        with pytest.raises(ConfigError, match=rf'holds a run of another config \({message}\); '
+                                              r'rerun with its values .* --config.init_from='):
+            train_here(tmp_path, ('checkpoint_every', '2'), ('total_steps', '6'), *overrides)
+        assert tree_bytes(tmp_path) == before  # byte-identical: nothing written or moved
+    # The original command, with a may-change key changed, resumes at its latest step.
+    train_here(tmp_path, ('checkpoint_every', '2'), ('total_steps', '6'))
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4', '6']
+    steps = [r['step'] for r in metrics.read_metrics(str(tmp_path)) if 'train_loss' in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    launches = [json.loads(line) for line in open(tmp_path / 'runs.jsonl')]
+    assert [(r['start_step'], r['changed']) for r in launches] == [
+        (0, {}), (4, {'total_steps': {'was': 4, 'now': 6}})]
+    assert record.read_config(str(tmp_path)).total_steps == 6
+
+
+def test_a_checkpoint_of_another_optimizer_stays_where_it_is(ema_run, tmp_path):
+    # The checkpointer itself: a readable checkpoint of another state is an error, not corrupt.
+    workdir = str(tmp_path / 'copy')
+    shutil.copytree(ema_run, workdir)
+    config = scale_worker.make_config([*EMA, ('optimizer', 'adamw')])
+    run = loop.setup(config, scale_worker.NUM_CLASSES, loop.make_mesh(config))
+    ckpt = checkpoint.Checkpointer(workdir, every=0, keep=3)
+    with pytest.raises(ConfigError, match=r'checkpoint 6 in .* holds another training state '
+                                          r'than this run .*another optimizer'):
+        ckpt.restore(run.abstract_state, config.model_name)
+    ckpt.close()
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+
+
+def test_init_from_takes_the_weights_not_the_optimizer_state(ema_run, tmp_path):
+    # A deliberate change: continue the EMA run with AdamW in a new workdir.
+    final = train_here(tmp_path, *EMA, ('optimizer', 'adamw'), ('base_lr', '0'),
+                       ('warmup_steps', '0'), ('total_steps', '1'), ('init_from', ema_run))
+    _, start, _, _ = load_run(ema_run)
+    _, after, _, _ = load_run(str(tmp_path))
+    assert_same(after['params'], start['params'])  # learning rate 0: the weights it took
+    _, average, _, _ = load_run(str(tmp_path), ema=True)
+    _, old_average, _, _ = load_run(ema_run, ema=True)
+    for a, b, p in zip(jax.tree.leaves(average), jax.tree.leaves(old_average),
+                       jax.tree.leaves(start), strict=True):  # 0.9 * old average + 0.1 * params
+        np.testing.assert_allclose(a, 0.9 * np.asarray(b) + 0.1 * np.asarray(p), rtol=1e-5,
+                                   atol=1e-6)
+    assert final['count'] == scale_worker.NUM_EVAL
+    with pytest.raises(ConfigError, match=r'init_from=.* holds another model: params/.* is '
+                                          r'\(16,\) there, \(8,\) here'):
+        train_here(tmp_path / 'wide', ('model.embed_dim', '8'), ('init_from', ema_run))
+
+
+def test_a_second_launch_is_refused_and_a_dead_holder_is_taken_over(tmp_path, caplog):
+    # Issue 14, point 3. A live holder (another process of this host): refused, nothing written.
+    sleeper = subprocess.Popen(['sleep', '60'])
+    try:
+        (tmp_path / 'lock').write_text(json.dumps(
+            {'host': socket.gethostname(), 'pid': sleeper.pid, 'started': 'then'}))
+        before = tree_bytes(tmp_path)
+        with pytest.raises(WorkdirError, match=rf'^{tmp_path} is in use by process '
+                                               rf'{sleeper.pid} on {socket.gethostname()} '
+                                               r'\(started then\); wait for that run'):
+            train_here(tmp_path)
+        assert tree_bytes(tmp_path) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with caplog.at_level(logging.WARNING):  # the holder is gone now
+        train_here(tmp_path, ('total_steps', '2'))
+    assert f'taking over the lock of process {sleeper.pid}' in caplog.text
+    assert not os.path.exists(tmp_path / 'lock')  # released at exit
+
+
+@pytest.mark.slow
+def test_a_concurrent_second_launch_leaves_the_first_untouched(tmp_path):
+    # A real run in its own process; a second launch while it trains is refused, and the first
+    # finishes with the parameters of an undisturbed run.
+    spec = {'workdir': str(tmp_path / 'run'), 'params_out': str(tmp_path / 'first.npz'),
+            'overrides': [['total_steps', '200'], ['checkpoint_every', '50']]}
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'scale_worker.py'),
+                              json.dumps(spec)], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith('step 5/'):
+                break
+        with pytest.raises(WorkdirError, match=rf'is in use by process {first.pid} '):
+            train_here(tmp_path / 'run', ('total_steps', '200'), ('checkpoint_every', '50'))
+        first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0
+    train_here(tmp_path / 'alone', ('total_steps', '200'), ('checkpoint_every', '50'))
+    alone = scale_worker.final_params(scale_worker.make_config(
+        [('total_steps', '200')]), str(tmp_path / 'alone'))
+    ran = np.load(tmp_path / 'first.npz')
+    assert sorted(ran) == sorted(alone)
+    for key in alone:
+        np.testing.assert_array_equal(ran[key], alone[key], err_msg=key)
+    steps = [r['step'] for r in metrics.read_metrics(spec['workdir']) if 'train_loss' in r]
+    assert steps == list(range(1, 201))
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_last_checkpoint_restores(
+        tmp_path, monkeypatch):
+    # Issue 14, point 4: the writer of checkpoint 4 raises ENOSPC.
+    train_here(tmp_path / 'ok', ('checkpoint_every', '2'), ('total_steps', '2'))
+    saved = scale_worker.final_params(scale_worker.make_config(), str(tmp_path / 'ok'))
+    write = ocp.StandardCheckpointHandler.async_save
+
+    def full(self, directory, *args, **kwargs):
+        if os.path.basename(os.path.dirname(str(directory))).startswith('4.'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+        return write(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, 'async_save', full)
+    with pytest.raises(WorkdirError, match=r'^saving a checkpoint in .*checkpoints failed '
+                                           r'\(.*checkpoints/4.*: No space left on device\); '
+                                           r'the run stopped. .* resume from step 2$'):
+        train_here(tmp_path / 'ok', ('checkpoint_every', '2'), ('total_steps', '6'))
+    steps = [r['step'] for r in metrics.read_metrics(str(tmp_path / 'ok'))]
+    assert max(steps) == 4  # stopped at the step of the failed save
+    monkeypatch.undo()
+    assert scale_worker.final_params(scale_worker.make_config(), str(tmp_path / 'ok')).keys() \
+        == saved.keys()
+    for key, value in scale_worker.final_params(scale_worker.make_config(),
+                                                str(tmp_path / 'ok')).items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no process may write to: a read-only tmpfs for root, else mode 0o555."""
+    path = tmp_path / 'ro'
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(path)],
+                      capture_output=True).returncode:
+        pytest.skip('root without mount: no way to make a read-only folder')
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', str(path)], check=True)
+
+
+def test_a_read_only_workdir_is_refused_before_anything_is_built(read_only_dir, monkeypatch):
+    # Issue 14, point 7: one line, before the data, the model or a compilation.
+    monkeypatch.setattr(loop, 'setup', lambda *a: pytest.fail('set up a run it cannot save'))
+    with pytest.raises(WorkdirError, match=rf'^cannot write {read_only_dir}: Read-only file '
+                                           r'system; use a writable --workdir'):
+        train_here(read_only_dir)
+
+
+def test_nan_weights_are_never_saved(tmp_path):
+    # Issue 14, point 6: an infinite learning rate gives finite loss and gradients at step 1,
+    # and NaN weights after it.
+    with pytest.raises(TrainingError, match=r'or updated weights at step 1; .*last good '
+                                            r'checkpoint \(step none\)'):
+        train_here(tmp_path, ('base_lr', 'inf'), ('checkpoint_every', '1'))
+    assert os.listdir(tmp_path / 'checkpoints') == []

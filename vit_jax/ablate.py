@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from vit_jax import cli
@@ -81,15 +82,11 @@ def _key(config: ml_collections.ConfigDict) -> str:
 def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains one point in `workdir` unless already done; returns its `point.json` record."""
     from vit_jax import train
+    from vit_jax.train import record
     from vit_jax.workdir import run_setup
 
     done = os.path.join(workdir, 'point.json')
-    saved = os.path.join(workdir, 'config.json')
-    if os.path.isfile(saved):
-        with open(saved) as f:
-            if json.dumps(json.load(f), sort_keys=True) != _key(config):
-                raise ConfigError(f'{workdir} holds a run of another config; use a new --workdir '
-                                  f'(or delete it) after changing the study')
+    record.check_config(workdir, config)  # a changed study must not mix with its old runs
     if os.path.isfile(done):
         with open(done) as f:
             return json.load(f)
@@ -121,11 +118,33 @@ def _metrics(workdir: str) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def check_points(all_points: list[Point]) -> None:
+    """One `ConfigError` naming every point whose config or model cannot work, before any
+    point trains (the model is traced, not initialised)."""
+    from vit_jax import models
+
+    problems = []
+    for p in all_points:
+        try:
+            config_lib.validate(p.config)
+            model = models.create_model(p.config.model_name,
+                                        **config_lib.model_overrides(p.config), num_classes=2,
+                                        img_size=p.config.pp.crop)
+            shape = (1, p.config.pp.crop, p.config.pp.crop, model.in_chans)
+            jax.eval_shape(lambda m=model, s=shape: m.init(jax.random.key(0), jnp.zeros(s)))
+        except VitJaxError as e:
+            problems.append(f'{p.axis} = {p.setting}: {e}')
+    if problems:
+        raise ConfigError(f'{len(problems)} of {len(all_points)} points cannot train, so none '
+                          f'was trained: {"; ".join(problems)}')
+
+
 def run_study(study: ml_collections.ConfigDict, workdir: str, *, quick: bool = False,
               only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Trains every point not yet done, then writes the table and the plots; returns the rows."""
     rows, records = [], {}
     all_points = points(study, quick=quick, only=only)
+    check_points(all_points)
     for i, point in enumerate(all_points):
         if point.run not in records:
             print(f'[{i + 1}/{len(all_points)}] {point.axis} = {point.setting} '

@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Iterable
@@ -24,10 +25,13 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference
 
-from vit_jax.errors import ConfigError, ModelError
+from vit_jax.errors import ConfigError, ModelError, VitJaxError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.train.step import LOSSES
+
+# The config files shipped with the package: `--config=configs/NAME.py` names them.
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
@@ -40,19 +44,46 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     `from . import common`, wherever the folder is.
     """
     path, _, arg = spec.partition(':')
-    if not os.path.isfile(path):
-        raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG], '
-                          f'e.g. --config=configs/digits.py')
-    module = _import_file(path)
+    path = config_path(path)
+    try:
+        module = _import_file(path)
+    except SyntaxError as e:
+        raise ConfigError(f'{e.filename}:{e.lineno}: {e.msg}; fix the config file') from None
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config() function')
     if arg and not inspect.signature(module.get_config).parameters:
         raise ConfigError(f'config file {path!r} takes no argument, got {arg!r}; pass '
                           f'--config={path}')
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except VitJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the config file's own error, at its own line
+        line = next((f for f in reversed(traceback.extract_tb(e.__traceback__))
+                     if os.path.samefile(f.filename, path)), None)
+        where = f'{path}:{line.lineno}' if line else path
+        raise ConfigError(f'{where}: get_config({arg!r}) failed ({type(e).__name__}: {e}); '
+                          f'check the argument after the ":" (see the file\'s docstring)'
+                          ) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
     return config
+
+
+def config_path(path: str) -> str:
+    """`path` when it names a file, else the packaged config `configs/...` it names (the
+    files of `vit_jax/configs/`, so `--config=configs/vit.py` works from any directory)."""
+    if os.path.isfile(path):
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    packaged = os.path.join(PACKAGED_CONFIGS, *parts[1:])
+    if parts[0] == 'configs' and os.path.isfile(packaged):
+        return packaged
+    names = sorted(os.path.relpath(os.path.join(root, f), os.path.dirname(PACKAGED_CONFIGS))
+                   for root, _, files in os.walk(PACKAGED_CONFIGS) for f in files
+                   if f.endswith('.py') and f not in ('__init__.py', 'common.py'))
+    raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG] with a '
+                      f'file of yours or one of the packaged {", ".join(names)}')
 
 
 def _import_file(path: str) -> types.ModuleType:
@@ -175,6 +206,13 @@ def base_config() -> ml_collections.ConfigDict:
     # and the position embedding resized to the crop. Ignored when resuming a checkpoint. None:
     # from scratch; '' (set by `require_pretrained`): a path must be given.
     c.pretrained = placeholder(str)
+    # The --workdir of an earlier run to start from: its newest checkpoint's parameters, BatchNorm
+    # statistics and moving average, not its optimizer state (to continue with another optimizer
+    # or recipe in a new workdir). Ignored when resuming a checkpoint.
+    c.init_from = placeholder(str)
+    # Folder datasets: skip images that fail the start-up check (listed in the workdir's
+    # skipped_images.txt) instead of stopping with the list.
+    c.skip_bad_images = False
     c.pp = ml_collections.ConfigDict(dict(
         train='train', test='test', crop=224,
         augment='inception',  # 'inception' | 'pad_crop' | 'none'

@@ -19,3 +19,11 @@ class ModelError(VitJaxError, ValueError):
 
 class TrainingError(VitJaxError, RuntimeError):
     """A run that cannot go on (e.g. a non-finite loss)."""
+
+
+class WorkdirError(VitJaxError, RuntimeError):
+    """A workdir that cannot take the run: in use by another run, unwritable or full."""
+
+
+class PlanError(VitJaxError, ValueError):
+    """A TPU topology that cannot be planned for, or the TPU compiler missing."""

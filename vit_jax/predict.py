@@ -54,10 +54,7 @@ def preprocess(path: str, pretrained_cfg: dict, size: int) -> np.ndarray:
     """
     from PIL import Image
 
-    try:
-        image = Image.open(path).convert('RGB')
-    except (OSError, ValueError) as e:
-        raise VitJaxError(f'cannot read image {path!r}: {e}') from None
+    image = Image.fromarray(read_image(path))
     scale = size / pretrained_cfg['crop_pct'] / min(image.size)
     resample = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[
         pretrained_cfg['interpolation']]
@@ -66,6 +63,22 @@ def preprocess(path: str, pretrained_cfg: dict, size: int) -> np.ndarray:
     left, top = (w - size) // 2, (h - size) // 2
     pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32)
     return normalize(pixels, pretrained_cfg['mean'], pretrained_cfg['std'])
+
+
+def read_image(path: str) -> np.ndarray:
+    """The image file `path` as uint8 RGB `[height, width, 3]`, decoded as the training
+    pipeline decodes it (`tf.io.decode_image`): gray becomes RGB, 16-bit gray keeps its high
+    byte."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode.startswith('I'):  # 16-bit gray: PIL's RGB conversion would clip it
+                gray = (np.asarray(image, np.uint32) >> 8).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
+            return np.asarray(image.convert('RGB'))
+    except (OSError, ValueError) as e:
+        raise VitJaxError(f'cannot read image {path!r}: {e}') from None
 
 
 def _head_classes(arrays: weights.Flat) -> int | None:

@@ -11,8 +11,6 @@ training, writes, moves and deletes nothing. Arrays are placed on this process's
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -23,28 +21,8 @@ from vit_jax.errors import VitJaxError
 from vit_jax.train import sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.loop import Setup, setup
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` trained with (`config.json`; lists of model options read
-    back as tuples)."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.isfile(path):
-        raise VitJaxError(f'{workdir} holds no config.json; is it the --workdir of a run?')
-    with open(path) as f:
-        saved = json.load(f)
-    saved['model'] = {k: tuple(v) if isinstance(v, list) else v
-                      for k, v in saved.get('model', {}).items()}
-    return ml_collections.ConfigDict(saved)
-
-
-def read_classes(workdir: str) -> tuple[str, ...]:
-    """The class names of a run in `workdir` (`classes.txt`, one per line, in label order)."""
-    path = os.path.join(workdir, 'classes.txt')
-    if not os.path.isfile(path):
-        raise VitJaxError(f'{workdir} holds no classes.txt; is it the --workdir of a run?')
-    with open(path) as f:
-        return tuple(line.rstrip('\n') for line in f)
+from vit_jax.train.record import read_classes, read_config
+from vit_jax.train.step import TrainState
 
 
 def run_setup(workdir: str) -> tuple[Setup, ml_collections.ConfigDict, tuple[str, ...]]:
@@ -56,15 +34,11 @@ def run_setup(workdir: str) -> tuple[Setup, ml_collections.ConfigDict, tuple[str
     return setup(config, len(classes), mesh), config, classes
 
 
-def load_run(workdir: str, step: int | None = None, *, ema: bool = False,
-             ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict, tuple[str, ...]]:
-    """`(model, variables, config, classes)` of the run in `workdir`: `variables` are
-    `{'params': ..., **model_state}` of the newest readable checkpoint, or of the one at `step`;
-    with `ema`, the moving average of the weights instead (runs with `ema_decay` > 0)."""
+def load_state(workdir: str, step: int | None = None,
+               ) -> tuple[TrainState, Setup, ml_collections.ConfigDict, tuple[str, ...]]:
+    """`(state, setup, config, classes)` of the run in `workdir`: the `TrainState` of its
+    newest readable checkpoint, or of the one at `step`."""
     run, config, classes = run_setup(workdir)
-    if ema and not config.ema_decay:
-        raise VitJaxError(f'the run in {workdir} kept no moving average of the weights '
-                          f'(ema_decay is 0); load its weights without ema')
     checkpointer = Checkpointer(workdir, every=0, keep=1, read_only=True)
     try:
         if checkpointer.latest_step() is None:
@@ -73,5 +47,17 @@ def load_run(workdir: str, step: int | None = None, *, ema: bool = False,
         state, _ = checkpointer.restore(run.abstract_state, config.model_name, step)
     finally:
         checkpointer.close()
+    return state, run, config, classes
+
+
+def load_run(workdir: str, step: int | None = None, *, ema: bool = False,
+             ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict, tuple[str, ...]]:
+    """`(model, variables, config, classes)` of the run in `workdir`: `variables` are
+    `{'params': ..., **model_state}` of the newest readable checkpoint, or of the one at `step`;
+    with `ema`, the moving average of the weights instead (runs with `ema_decay` > 0)."""
+    if ema and not read_config(workdir).ema_decay:
+        raise VitJaxError(f'the run in {workdir} kept no moving average of the weights '
+                          f'(ema_decay is 0); load its weights without ema')
+    state, run, config, classes = load_state(workdir, step)
     variables = state.ema if ema else {'params': state.params, **state.model_state}
     return run.model, variables, config, classes

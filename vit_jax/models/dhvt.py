@@ -279,11 +279,10 @@ class DHVT(nn.Module, contract.Family):
                 attn_dropout_rate=self.attn_drop_rate, drop_path_rate=rate,
                 attn_impl=self.attn_impl, dtype=self.dtype, hi_mhsa=self.hi_mhsa,
                 daff=self.daff, name=f'blocks_{i}')(x, train=train)
+            x = nn.with_logical_constraint(x, ('batch', 'tokens', 'embed'))
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x)[:, 0]
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
-                         name='head')(x)
-        return x.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
+                                      kernel_init=dense_init)
 
 
 def _check_image_size(size: int, patch_size: int) -> None:

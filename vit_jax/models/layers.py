@@ -31,6 +31,18 @@ ATTENTION_IMPLS = ('fused', 'explicit')
 trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
 
 
+def classifier_head(x: Array, num_classes: int, *, dtype: Dtype,
+                    kernel_init: nn.initializers.Initializer = nn.initializers.zeros,
+                    bias_init: nn.initializers.Initializer = nn.initializers.zeros) -> Array:
+    """Pooled features `[batch, dim]` -> float32 logits `[batch, num_classes]` through a Dense
+    named 'head' in the calling module (the family contract's `head_names`); the features,
+    in float32, when `num_classes` is 0."""
+    if num_classes:
+        x = nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+                     name='head')(x)
+    return nn.with_logical_constraint(x.astype(jnp.float32), ('batch', 'classes'))
+
+
 def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (its momentum 0.1 is flax's 0.9, eps 1e-5); statistics
     in the `batch_stats` collection, updated when `train`."""

@@ -118,6 +118,7 @@ def resnet_stages(x: jax.Array, layers: tuple[int, ...], width: int, *, preact: 
     bottleneck features and halves the resolution, except the first."""
     for i, depth in enumerate(layers):
         x = ResNetStage(depth, width * 2**i, 2 if i else 1, preact, dtype, name=f'block{i + 1}')(x)
+        x = nn.with_logical_constraint(x, ('batch', 'height', 'width', 'embed'))
     return x
 
 
@@ -174,10 +175,7 @@ class ResNetV2(nn.Module, contract.Family):
         x = resnet_stages(x, self.layers, width, preact=True, dtype=self.dtype)
         x = nn.relu(nn.GroupNorm(epsilon=1e-5, dtype=self.dtype, name='gn_final')(x))
         x = x.mean(axis=(1, 2))
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                         name='head')(x)
-        return x.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype)
 
 
 # ----------------------------------------------------------------------------- variants

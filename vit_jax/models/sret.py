@@ -327,10 +327,7 @@ class SReT(nn.Module, contract.Family):
                 dtype=self.dtype, name=f'stage_{s}')(x, perms=stage_perms, train=train)
             start += depth
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x.mean(axis=1))
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                         name='head')(x)
-        return nn.with_logical_constraint(x.astype(jnp.float32), ('batch', 'classes'))
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype)
 
 
 def check_groups(img_size: int, groups1: Sequence[int], groups2: Sequence[int]) -> None:

@@ -288,13 +288,12 @@ class SwinTransformer(nn.Module, contract.Family):
                           drop_path_rates=tuple(rates[first:first + depth]),
                           attn_impl=self.attn_impl, dtype=self.dtype, name=f'layers_{i}')(
                               x, deterministic=not train)
+            x = nn.with_logical_constraint(x, ('batch', 'height', 'width', 'embed'))
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm')(x)
         x = x.mean(axis=(1, 2))
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.trunc_normal,
-                         name='head')(x)
-        return x.astype(jnp.float32)
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
+                                      kernel_init=layers.trunc_normal)
 
 
 # ----------------------------------------------------------------------------- variants

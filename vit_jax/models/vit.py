@@ -147,6 +147,7 @@ class VisionTransformer(nn.Module, contract.Family):
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    mlp_dim: int | None = None  # the MLP's hidden width, when not embed_dim * mlp_ratio
     classifier: str = 'token'
     pos_embed: str = 'learned'
     patch_kernel_size: int | None = None
@@ -228,7 +229,8 @@ class VisionTransformer(nn.Module, contract.Family):
             cls = self.param('cls', nn.initializers.zeros, (1, 1, dim))
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, dim)), x], 1)
         x = Encoder(
-            self.depth, self.num_heads, int(self.embed_dim * self.mlp_ratio), grid=(h, w),
+            self.depth, self.num_heads, self.mlp_dim or int(self.embed_dim * self.mlp_ratio),
+            grid=(h, w),
             num_prefix_tokens=prefix, pos_embed=self.pos_embed, dropout_rate=self.drop_rate,
             attn_dropout_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
             act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
@@ -238,15 +240,17 @@ class VisionTransformer(nn.Module, contract.Family):
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                   name='pre_logits')(x))
-        if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                         bias_init=nn.initializers.constant(self.head_bias_init), name='head')(x)
-        return nn.with_logical_constraint(x.astype(jnp.float32), ('batch', 'classes'))
+        return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
+                                      bias_init=nn.initializers.constant(self.head_bias_init))
 
 
 # The original model zoo: (width, depth, heads) per size, and dropout as the original configs set.
 _SIZES = {'Ti': (192, 12, 3), 'S': (384, 12, 6), 'B': (768, 12, 12), 'L': (1024, 24, 16),
           'H': (1280, 32, 16)}
+# The big ViTs of big_vision (Zhai et al., 2022; So400m: Alabdulmohsin et al., 2023):
+# (width, depth, MLP width, heads), patch 14, in the original parameter tree.
+_BIG = {'So400m_14': (1152, 27, 4304, 16), 'g_14': (1408, 40, 6144, 16),
+        'G_14': (1664, 48, 8192, 16), 'e_14': (1792, 56, 15360, 16)}
 _ZOO = {'Ti_16': 0.0, 'S_16': 0.0, 'S_32': 0.0, 'B_8': 0.0, 'B_16': 0.0, 'B_32': 0.0,
         'L_16': 0.1, 'L_32': 0.0, 'H_14': 0.1}
 
@@ -264,6 +268,9 @@ def _register_zoo() -> None:
                       drop_rate=drop_rate)
         register(f'ViT-{variant}', VisionTransformer, **kwargs)
         register(f'ViT-{variant}-gap-norep', VisionTransformer, classifier='gap', **kwargs)
+    for variant, (width, depth, mlp_dim, heads) in _BIG.items():
+        register(f'ViT-{variant}', VisionTransformer, patch_size=14, embed_dim=width,
+                 depth=depth, mlp_dim=mlp_dim, num_heads=heads)
     for name, (layers_, size, patch) in _HYBRIDS.items():
         width, depth, heads = _SIZES[size]
         register(name, VisionTransformer, resnet_layers=layers_, patch_size=patch, embed_dim=width,

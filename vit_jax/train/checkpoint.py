@@ -4,16 +4,20 @@ optimizer state, step, RNG key, BatchNorm statistics, the moving average of the 
 training examples were read).
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
-interrupted at any point is never taken as the latest; leftovers are cleaned up. A complete
-checkpoint that cannot be read (a truncated or corrupted file) is moved aside to
-`checkpoints/corrupt-<step>` with a warning, and the one before it is used. All processes
-call every method (orbax saves and restores collectively).
+interrupted at any point is never taken as the latest; leftovers are cleaned up. A save that
+fails (disk full, no permission) is a one-line `WorkdirError` at the next call, the checkpoints
+before it intact. A complete checkpoint that cannot be read (a truncated or missing file) is
+moved aside to `checkpoints/corrupt-<step>` with a warning, and the one before it is used; one
+that reads but holds other arrays than the run's state (another model or optimizer) is a
+`ConfigError` and stays where it is. All processes call every method (orbax saves and restores
+collectively).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -23,10 +27,18 @@ from flax import serialization
 from jax.experimental import multihost_utils
 
 from vit_jax import tree
-from vit_jax.errors import ConfigError, TrainingError
+from vit_jax.errors import ConfigError, TrainingError, WorkdirError
 from vit_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
+
+
+class _QuietFailedSaves(logging.Filter):
+    """Drops orbax's error logs (tracebacks of each thread of a failed save): the
+    `Checkpointer` reports a failed save itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and 'orbax' in record.pathname)
 
 
 class _CheckpointManager(ocp.CheckpointManager):
@@ -59,6 +71,8 @@ class Checkpointer:
                 max_to_keep=None if read_only else keep, create=not read_only,
                 cleanup_tmp_directories=not read_only, read_only=read_only,
                 save_interval_steps=0 if read_only else 1))
+        self._quiet = _QuietFailedSaves()
+        logging.getLogger('absl').addFilter(self._quiet)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -80,10 +94,36 @@ class Checkpointer:
         items = serialization.to_state_dict(state)
         if not items['ema']:
             del items['ema']
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(items),
-            run=ocp.args.JsonSave(run)), force=True)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(items),
+                run=ocp.args.JsonSave(run)), force=True)
+        except Exception as e:  # noqa: BLE001 -- whatever failed the write, reported in one line
+            raise self._save_error(e) from None
         return True
+
+    def check_saved(self) -> None:
+        """A `WorkdirError` naming the path and the cause when a save in the background failed
+        (the checkpoints before it are intact)."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(e) from None
+
+    def _save_error(self, error: Exception) -> WorkdirError:
+        code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's errors
+        if isinstance(error, OSError):
+            cause = f'{error.filename or self.directory}: {error.strerror or error}'
+        elif code:
+            cause = os.strerror(int(code.group(1)))
+        else:
+            cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else \
+                type(error).__name__
+        kept = self.all_steps()
+        return WorkdirError(
+            f'saving a checkpoint in {self.directory} failed ({cause}); the run stopped. '
+            f'Free space or fix the permissions, then run the same command to resume from '
+            f'step {kept[-1] if kept else 0}')
 
     def restore(self, template: TrainState, model_name: str, step: int | None = None,
                 ) -> tuple[TrainState, dict[str, Any]]:
@@ -102,6 +142,7 @@ class Checkpointer:
                 run = dict(self._restore_item(candidate, 'run', ocp.args.JsonRestore()))
                 metadata = self._manager.item_metadata(candidate)['state']
                 self._check_same_model(candidate, run, metadata, target, model_name)
+                self._check_same_state(candidate, metadata, target)
                 wanted = target if 'ema' in metadata else {
                     k: v for k, v in target.items() if k != 'ema'}
                 restored = {'ema': {}, **self._restore_item(
@@ -148,6 +189,24 @@ class Checkpointer:
                 f'set --config.ema_decay as the run that wrote {self.directory}, or use a new '
                 f'--workdir')
 
+    def _check_same_state(self, step: int, metadata: Any, target: Any) -> None:
+        """A `ConfigError` when checkpoint `step` holds other arrays than `target` besides the
+        moving average (e.g. another optimizer's state): it is readable, so it stays."""
+        def shapes(tree_, shape):
+            return {tree.array_name(p): shape(x)
+                    for p, x in jax.tree_util.tree_leaves_with_path(tree_)
+                    if not tree.array_name(p).startswith('ema/')}
+        saved = shapes(metadata, lambda m: tuple(getattr(m, 'shape', ())))
+        wanted = shapes(target, lambda x: tuple(np.shape(x)))
+        diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if diff:
+            raise ConfigError(
+                f'checkpoint {step} in {self.directory} holds another training state than '
+                f'this run ({len(diff)} arrays differ, e.g. {diff[0]}: {saved.get(diff[0])} '
+                f'there, {wanted.get(diff[0])} here: another optimizer or grad_norm_clip?); '
+                f'resume with the config in config.json, or start a new --workdir from its '
+                f'weights with --config.init_from')
+
     def _set_aside(self, step: int, error: Exception) -> None:
         previous = [s for s in self.all_steps() if s < step]
         log.warning('checkpoint %d in %s is unreadable (%s: %s); %s, %s',
@@ -167,6 +226,10 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
-        """Waits for pending saves to finish."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves to finish; a failed one is a `WorkdirError`."""
+        try:
+            self._manager.wait_until_finished()
+            self.check_saved()
+        finally:
+            self._manager.close()
+            logging.getLogger('absl').removeFilter(self._quiet)

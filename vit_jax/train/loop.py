@@ -10,22 +10,25 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
 from vit_jax import config as config_lib
-from vit_jax import models, weights
+from vit_jax import models, tree, weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
-from vit_jax.errors import TrainingError
-from vit_jax.train import mix, sharding
+from vit_jax.errors import ConfigError, TrainingError
+from vit_jax.train import mix, record, sharding
 from vit_jax.train.checkpoint import Checkpointer
+from vit_jax.train.lock import WorkdirLock
 from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.optim import create_optimizer
 from vit_jax.train.preemption import PreemptionWatch
@@ -81,9 +84,10 @@ class Setup:
     eval_step: Callable[[TrainState, dict], dict]
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """The mesh of `config.mesh` over every device of every process."""
-    return sharding.make_mesh(config.mesh)
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over `devices` (default: every device of every process)."""
+    return sharding.make_mesh(config.mesh, devices)
 
 
 def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
@@ -138,18 +142,59 @@ def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:
 def restore_or_init(config: ml_collections.ConfigDict, run: Setup, checkpointer: Checkpointer,
                     ) -> tuple[TrainState, int, str | None]:
     """`(state, examples_seen, note)`: the newest readable checkpoint of `checkpointer`, else
-    the weights of `config.pretrained` (a fresh head), else a fresh state; `examples_seen` is
-    the data position to resume at, `note` says where the run starts (None when fresh)."""
+    the variables of the run in `config.init_from`, else the weights of `config.pretrained` (a
+    fresh head), else a fresh state; `examples_seen` is the data position to resume at, `note`
+    says where the run starts (None when fresh)."""
     if checkpointer.latest_step() is not None:
         state, record = checkpointer.restore(run.abstract_state, config.model_name)
         return state, record['examples_seen'], (
             f'Resumed from {checkpointer.directory} at step {int(state.step)} '
             f'({record["examples_seen"]:,} training examples read).')
     state = run.init(jax.random.PRNGKey(config.seed))
+    if config.init_from:
+        state, step = _init_from(state, config.init_from)
+        return state, 0, (f'Starting from the variables of {config.init_from} at step {step} '
+                          f'(a fresh optimizer state).')
     if config.pretrained:
         state = _load_pretrained(state, run.model, config.pretrained)
         return state, 0, f'Starting from the weights in {config.pretrained}.'
     return state, 0, None
+
+
+def _place(value: Any, like: jax.Array) -> jax.Array:
+    """The host or device array `value` placed as `like` is."""
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
+
+
+def _init_from(state: TrainState, workdir: str) -> tuple[TrainState, int]:
+    """`(state, step)`: `state` with the parameters, BatchNorm statistics and moving average of
+    the newest readable checkpoint of the run in `workdir`, and that checkpoint's step; the
+    optimizer state, step and RNG key stay `state`'s. When that run kept no moving average,
+    this one's starts from its parameters."""
+    from vit_jax.workdir import load_state  # the run reader builds on this module's `setup`
+
+    other = load_state(workdir)[0]
+    ours = {'params': state.params, **state.model_state}
+    theirs = {'params': other.params, **other.model_state}
+    _check_same_arrays(theirs, ours, workdir)
+    placed = jax.tree.map(_place, theirs, ours)
+    state = state.replace(params=placed.pop('params'), model_state=placed)
+    if state.ema:
+        state = state.replace(ema=jax.tree.map(_place, other.ema or theirs, state.ema))
+    return state, int(other.step)
+
+
+def _check_same_arrays(theirs: dict, ours: dict, workdir: str) -> None:
+    """A `ConfigError` naming the first array whose name or shape differs."""
+    shapes = [{tree.array_name(p): tuple(np.shape(x))
+               for p, x in jax.tree_util.tree_leaves_with_path(t)} for t in (theirs, ours)]
+    diff = sorted(k for k in shapes[0].keys() | shapes[1].keys()
+                  if shapes[0].get(k) != shapes[1].get(k))
+    if diff:
+        raise ConfigError(
+            f'--config.init_from={workdir} holds another model: {diff[0]} is '
+            f'{shapes[0].get(diff[0])} there, {shapes[1].get(diff[0])} here; use the model '
+            f'options and dataset of that run (see its config.json)')
 
 
 def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainState:
@@ -158,14 +203,10 @@ def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainSta
     moving average of the weights, if any, starts from them too."""
     variables = weights.load(model, path, reset_head=True)
     params = variables.pop('params')
-
-    def place(value, like):
-        return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
-
-    state = state.replace(params=jax.tree.map(place, params, state.params),
-                          model_state=jax.tree.map(place, variables, state.model_state))
+    state = state.replace(params=jax.tree.map(_place, params, state.params),
+                          model_state=jax.tree.map(_place, variables, state.model_state))
     if state.ema:
-        state = state.replace(ema=jax.tree.map(place, {'params': params, **variables},
+        state = state.replace(ema=jax.tree.map(_place, {'params': params, **variables},
                                                state.ema))
     return state
 
@@ -178,14 +219,16 @@ def _ema_text(result: dict[str, float]) -> str:
 
 
 def _check_finite(metrics: dict[str, jax.Array], step: int, checkpointer: Checkpointer) -> None:
-    """Stops the run at a non-finite loss or gradient; the saved checkpoints are all older."""
+    """Stops the run at a non-finite loss, gradient or updated state (parameters, moving
+    average); the saved checkpoints are all older, each checked finite before it was saved."""
     if not int(metrics['finite']):
         kept = checkpointer.all_steps()
         raise TrainingError(
-            f'non-finite loss ({float(metrics["loss"])}) or gradient norm '
-            f'({float(metrics["grad_norm"])}) at step {step}; lower --config.base_lr, set '
-            f'--config.grad_norm_clip, or check the data for NaN/inf. The last good checkpoint '
-            f'(step {kept[-1] if kept else "none"}) is kept in {checkpointer.directory}.')
+            f'non-finite loss ({float(metrics["loss"])}), gradient norm '
+            f'({float(metrics["grad_norm"])}) or updated weights at step {step}; lower '
+            f'--config.base_lr, set --config.grad_norm_clip, or check the data for NaN/inf. The '
+            f'last good checkpoint (step {kept[-1] if kept else "none"}) is kept in '
+            f'{checkpointer.directory}.')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -194,34 +237,55 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final eval
     (with `preempted_at_step` when SIGTERM stopped the run after saving a checkpoint).
 
-    Writes `weights.npz` (the trained weights) and, with `config.ema_decay` > 0,
-    `weights_ema.npz` (their moving average, also evaluated: `ema_accuracy`, `ema_loss`).
+    Before anything is written: the workdir must be writable and its run record
+    (`vit_jax.train.record`) must allow `config`; then the run takes the workdir's lock
+    (`vit_jax.train.lock`). Writes `weights.npz` (the trained weights) and, with
+    `config.ema_decay` > 0, `weights_ema.npz` (their moving average, also evaluated:
+    `ema_accuracy`, `ema_loss`).
 
     `datasets(config, start)` returns `(train_iterator, make_eval_iterator, info)` with the
     train stream starting after `start` examples; the default is `vit_jax.data.create_datasets`
     (TensorFlow), `vit_jax.data.arrays.array_datasets` serves numpy arrays.
     """
     config_lib.validate(config)
+    record.check_writable(workdir)
+    diff = record.check_config(workdir, config)
+    try:
+        with WorkdirLock(workdir):
+            return _train(config, workdir, datasets, diff)
+    except OSError as e:  # a write to the workdir failed: disk full, permissions
+        raise record.write_error(workdir, e) from None
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
+           diff: dict[str, tuple[Any, Any]]) -> dict[str, float]:
+    """`train` once the workdir is checked and locked."""
     info = _dataset_info(config, datasets)
+    record.check_classes(workdir, info.class_names)
     run = setup(config, info.num_classes, make_mesh(config))
     is_main = jax.process_index() == 0
     progress = Progress(config.total_steps, config.batch,
                         stream=None if is_main else open(os.devnull, 'w'))
-    # The first write to `workdir`: checks of the workdir go before this line.
     checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
                                 keep=config.keep_checkpoints)
     state, examples_seen, note = restore_or_init(config, run, checkpointer)
+    writer = MetricWriter(workdir, enabled=is_main)
     if is_main:
-        _write_run_files(workdir, config, info)
+        record.write_record(workdir, config, info.class_names)
+        record.log_launch(workdir, int(state.step), diff)
+        writer.truncate(int(state.step))  # steps after the checkpoint are taken again
+        _write_skipped(workdir, info, progress)
     if note:
         progress.print(note)
+    for key, (old, new) in diff.items():
+        progress.print(f'--config.{key} changed: {old!r} -> {new!r}')
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     progress.print(f'{config.model_name}: {n_params:,} parameters; {info.num_train:,} train / '
                    f'{info.num_eval:,} eval examples of {info.name!r}, {info.num_classes} classes; '
                    f'mesh {dict(run.mesh.shape)} over {jax.process_count()} process(es).')
     datasets = datasets or _create_datasets
     train_iter, make_eval_iter, _ = datasets(config, examples_seen)
-    writer = MetricWriter(workdir, enabled=is_main)
     start = time.perf_counter()
     # Closing waits for the checkpoint being written, also when the run stops with an error.
     with PreemptionWatch() as preemption, contextlib.closing(checkpointer), \
@@ -247,6 +311,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return final
 
 
+def _write_skipped(workdir: str, info: DatasetInfo, progress: Progress) -> None:
+    """`skipped_images.txt`: the images the dataset's start-up check skipped, one per line."""
+    if not info.skipped:
+        return
+    path = os.path.join(workdir, 'skipped_images.txt')
+    with open(path, 'w') as f:
+        f.write(''.join(f'{line}\n' for line in info.skipped))
+    progress.print(f'Skipped {len(info.skipped)} unreadable images (listed in {path}).')
+
+
 def _dataset_info(config: ml_collections.ConfigDict,
                   datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
                   ) -> DatasetInfo:
@@ -264,15 +338,6 @@ def _create_datasets(config: ml_collections.ConfigDict, start: int) -> Datasets:
     from vit_jax import data  # the input pipeline imports TensorFlow: only when used
 
     return data.create_datasets(config, start)
-
-
-def _write_run_files(workdir: str, config: ml_collections.ConfigDict, info: DatasetInfo,
-                     ) -> None:
-    """`config.json` and `classes.txt`: what `vit_jax.workdir.load_run` reads back."""
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, 'classes.txt'), 'w') as f:
-        f.write(''.join(f'{name}\n' for name in info.class_names))
 
 
 def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, examples_seen: int,
@@ -304,13 +369,14 @@ def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, exam
             _check_finite(metrics, step, checkpointer)
         if step % config.progress_every == 0 or step == config.total_steps:
             _log_train(step, metrics, run.schedule, writer, progress)
-        if evaluating:
+        checkpointer.check_saved()
+        position = {'model_name': config.model_name, 'step': step,
+                    'examples_seen': examples_seen, 'batch': config.batch,
+                    'process_count': jax.process_count()}
+        checkpointer.maybe_save(step, state, position, force=last)
+        if evaluating:  # after the save: an evaluation that fails loses no step
             final = evaluate(run.eval_step, state, make_eval_iter(), run.batch_sharding)
             _log_eval(step, final, writer, progress)
-        record = {'model_name': config.model_name, 'step': step,
-                  'examples_seen': examples_seen, 'batch': config.batch,
-                  'process_count': jax.process_count()}
-        checkpointer.maybe_save(step, state, record, force=last)
         if preempted:
             return state, {}, step
     return state, final, None

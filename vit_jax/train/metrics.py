@@ -35,6 +35,16 @@ class MetricWriter:
                 self._tb.add_scalar(name, value, step)
             self._tb.flush()
 
+    def truncate(self, step: int) -> None:
+        """Drops the records after `step` (a resumed run takes those steps again)."""
+        if not self._enabled or not os.path.isfile(self.path):
+            return
+        kept = [r for r in read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
+        tmp = self.path + '.partial'
+        with open(tmp, 'w') as f:
+            f.write(''.join(json.dumps(r) + '\n' for r in kept))
+        os.replace(tmp, self.path)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

@@ -162,7 +162,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     With `options.ema_decay` > 0, `state.ema` (see `create_train_state(..., ema=True)`) is
     updated after each optimizer step: `ema = decay * ema + (1 - decay) * (params, model_state)`.
-    `metrics['finite']` is 1 when the loss and every gradient are finite.
+    `metrics['finite']` is 1 when the loss, every gradient and every updated parameter (and
+    moving average) are finite.
     """
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
@@ -221,7 +222,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state, ema=ema)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(
+            optax.tree.norm(params)) & jnp.isfinite(optax.tree.norm(ema))
         return new_state, {'loss': loss, 'accuracy': accuracy, 'grad_norm': grad_norm,
                            'finite': finite.astype(jnp.int32)}
 
