@@ -30,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import vit_jax  # noqa: E402
+from vit_jax.train import xla_costs  # noqa: E402
 from vit_jax.train.step import create_train_state, make_train_step  # noqa: E402
 
 # vit_jax names whose timm model differs in name; other names are the same in both.
@@ -73,23 +74,6 @@ def timed(run: Callable[[int], Any], steps: int, warmup: int) -> float:
     return time.perf_counter() - start
 
 
-def xla_flops(compiled) -> float:
-    """FLOPs of one call of a compiled XLA program (0 when the backend does not say)."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get('flops', 0.0))
-
-
-def xla_footprint(compiled) -> float | None:
-    """Bytes XLA assigns to one call: arguments + outputs + temporaries - aliased (donated)."""
-    try:
-        m = compiled.memory_analysis()
-        return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                     - m.alias_size_in_bytes)
-    except (AttributeError, NotImplementedError, jax.errors.JaxRuntimeError):
-        return None
-
-
 def device_peak_bytes() -> float | None:
     """The JAX device's high-water mark since the process started (None on CPU)."""
     stats = jax.devices()[0].memory_stats()
@@ -126,8 +110,8 @@ def bench_ours(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]
                 logits = compiled(variables, batch['image'])
             return logits
     seconds = timed(run, args.steps, args.warmup)
-    return {'img_s': args.batch * args.steps / seconds, 'flops': xla_flops(compiled),
-            'peak': device_peak_bytes(), 'xla': xla_footprint(compiled)}
+    return {'img_s': args.batch * args.steps / seconds, 'flops': xla_costs.flops(compiled),
+            'peak': device_peak_bytes(), 'xla': xla_costs.footprint(compiled)}
 
 
 def import_timm():

@@ -130,7 +130,7 @@ def test_the_big_vits_place_on_a_v5p_256_with_fsdp_scanned_and_rematerialised():
     """ViT-e/14 with FSDP over 256 chips: its state's per-chip bytes, without compiling."""
     devices = plan.topology_devices('v5p:8x8x4')
     config = config_lib.apply_overrides(
-        config_lib.load_config(os.path.join(scale_worker.REPO, 'configs', 'vit.py')
+        config_lib.load_config(os.path.join(scale_worker.REPO, 'vit_jax', 'configs', 'vit.py')
                                + ':ViT-e_14,imagenet2012'),
         [('mesh', "[('fsdp', -1)]"), ('model.scan_layers', 'True'), ('model.remat', 'True'),
          ('batch', '4096'), ('accum_steps', '1'), ('pp.crop', '224'),

@@ -42,7 +42,7 @@ import numpy as np
 from vit_jax import cli
 from vit_jax import config as config_lib
 from vit_jax.errors import PlanError, VitJaxError
-from vit_jax.train import loop
+from vit_jax.train import loop, xla_costs
 
 GIB = 2 ** 30
 # HBM per chip of each TPU kind, as Google documents it (read as GiB):
@@ -143,22 +143,6 @@ def abstract_batch(config: ml_collections.ConfigDict, in_chans: int,
     return batch
 
 
-def xla_flops(compiled: jax.stages.Compiled) -> float:
-    """FLOPs of one call of a compiled XLA program, per device (0 when the backend does not
-    say)."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get('flops', 0.0))
-
-
-def xla_footprint(compiled: jax.stages.Compiled) -> int:
-    """Bytes XLA assigns to one call, per device: arguments + outputs + temporaries - aliased
-    (donated)."""
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-
-
 def state_bytes(abstract_state: Any) -> int:
     """Bytes of a placed train state on its most loaded device (`ShapeDtypeStruct`s carrying
     their `NamedSharding`)."""
@@ -193,7 +177,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         compiled[name] = step.lower(run.abstract_state, batch).compile()
         seconds[name] = round(time.perf_counter() - start, 1)
     memory = compiled['train'].memory_analysis()
-    train_bytes = xla_footprint(compiled['train']) * per_chip
+    train_bytes = xla_costs.footprint(compiled['train']) * per_chip
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
     image = (config.pp.crop, config.pp.crop, run.model.in_chans)
     return Plan(
@@ -203,9 +187,9 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         argument_bytes_per_chip=int(memory.argument_size_in_bytes) * per_chip,
         temp_bytes_per_chip=int(memory.temp_size_in_bytes) * per_chip,
         train_bytes_per_chip=train_bytes,
-        eval_bytes_per_chip=xla_footprint(compiled['eval']) * per_chip,
+        eval_bytes_per_chip=xla_costs.footprint(compiled['eval']) * per_chip,
         fits=train_bytes <= hbm, headroom_bytes_per_chip=hbm - train_bytes,
-        flops_per_step_per_chip=xla_flops(compiled['train']) * per_chip,
+        flops_per_step_per_chip=xla_costs.flops(compiled['train']) * per_chip,
         model_flops_per_step=3 * model_flops(run.model, image) * config.batch,
         compile_seconds=seconds)
 
