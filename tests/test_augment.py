@@ -1,6 +1,6 @@
-"""The augmentations in the tf.data pipeline: normalisation, repeated augmentation, RandAugment
-and erasing in the train stream (a fixed function of the seed, resumable), and training with
-them."""
+"""The augmentations of the input pipeline: normalisation, repeated augmentation, RandAugment
+(tf.data) and erasing (on device) in the train stream (a fixed function of the seed,
+resumable), and training with them."""
 
 import collections
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_data import make_config
 
-from vit_jax.data import create_datasets, digits
+from vit_jax.data import create_datasets, digits, model_inputs
 from vit_jax.normalization import NORMALIZATIONS, normalize
 
 
@@ -20,15 +20,22 @@ def digits_dir(tmp_path_factory) -> str:
 
 
 def examples(config, count: int, start: int = 0) -> np.ndarray:
+    """The model inputs of `count` train examples from position `start`, as the step makes them."""
     train = create_datasets(config, start)[0]
-    return np.concatenate([next(train)['image'] for _ in range(count // config.batch)])
+    return np.concatenate([
+        model_inputs(next(train), config.pp.normalize, config.pp.erase_prob)
+        for _ in range(count // config.batch)])
+
+
+def eval_inputs(config) -> np.ndarray:
+    return np.asarray(model_inputs(next(create_datasets(config)[1]()), config.pp.normalize))
 
 
 def test_imagenet_normalisation_in_train_and_eval(digits_dir):
     config = make_config(data_dir=digits_dir)
-    plain = examples(config, 32), next(create_datasets(config)[1]())['image']
+    plain = examples(config, 32), eval_inputs(config)
     config.pp.normalize = 'imagenet'
-    imagenet = examples(config, 32), next(create_datasets(config)[1]())['image']
+    imagenet = examples(config, 32), eval_inputs(config)
     for a, b in zip(plain, imagenet, strict=True):
         pixels = a * 127.5 + 127.5
         np.testing.assert_allclose(b, normalize(pixels, **NORMALIZATIONS['imagenet']), atol=1e-5)

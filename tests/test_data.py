@@ -16,8 +16,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import DatasetInfo, create_datasets, digits, pad_batch
+from vit_jax.data import DatasetInfo, create_datasets, digits, model_inputs, pad_batch
 from vit_jax.errors import DataError
+from vit_jax.normalization import NORMALIZATIONS, normalize
 
 
 def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_collections.ConfigDict:
@@ -130,22 +131,38 @@ def test_digits_eval_counts_every_example_once(digits_dir):
     batches = list(make_eval_iterator())
     assert len(batches) == math.ceil(360 / 7)
     for batch in batches:
-        assert batch['image'].shape == (7, 8, 8, 3) and batch['image'].dtype == np.float32
+        assert batch['image'].shape == (7, 8, 8, 3) and batch['image'].dtype == np.uint8
         assert batch['label'].shape == (7,) and batch['label'].dtype == np.int32
     mask = np.concatenate([b['mask'] for b in batches]).astype(bool)
     labels = np.concatenate([b['label'] for b in batches])[mask]
     images = np.concatenate([b['image'] for b in batches])[mask]
     assert mask.sum() == 360 and mask[:360].all()
     assert collections.Counter(labels) == collections.Counter(split_labels()[1])
-    assert images.min() >= -1 and images.max() <= 1
 
     # The eval images are exactly the sklearn test digits (8x8, no resizing), with their labels.
     sk_images, sk_labels = digits.images_and_labels()
     _, test = digits.split_indices(sk_labels)
     expected = {sk_images[i].tobytes(): sk_labels[i] for i in test}
-    pixels = np.round(images * 127.5 + 127.5).astype(np.uint8)
-    assert {p.tobytes(): label for p, label in zip(pixels, labels, strict=True)} == expected
+    assert {p.tobytes(): label for p, label in zip(images, labels, strict=True)} == expected
     assert list(make_eval_iterator())[0]['label'].tolist() == batches[0]['label'].tolist()
+
+
+def test_uint8_batches_give_the_float32_paths_model_inputs_to_rounding(digits_dir):
+    # The float32 path: resize the decoded digit (bilinear), normalise. The uint8 path rounds
+    # the resized pixels to uint8 on the host and normalises in the step (model_inputs).
+    config = make_config(data_dir=digits_dir)
+    digits_8x8 = next(create_datasets(config)[1]())['image']  # the digits as decoded
+    config.pp.update(crop=12, normalize='imagenet')
+    batch = next(create_datasets(config)[1]())
+    assert batch['image'].dtype == np.uint8 and batch['image'].shape == (7, 12, 12, 3)
+    got = np.asarray(jax.jit(model_inputs, static_argnums=1)(batch, 'imagenet'))
+    resized = tf.image.resize(digits_8x8, [12, 12]).numpy()
+    want = normalize(resized, **NORMALIZATIONS['imagenet'])
+    assert not np.array_equal(resized, np.round(resized))  # the rounding is exercised
+    half_level = 0.5 / (255 * np.float32(NORMALIZATIONS['imagenet']['std']))
+    assert (np.abs(got - want) <= half_level + 1e-6).all()
+    np.testing.assert_allclose(got, normalize(np.round(resized), **NORMALIZATIONS['imagenet']),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -157,9 +174,9 @@ def test_digits_train_batches(digits_dir, augment, flip):
     train, _, _ = create_datasets(config)
     for _ in range(3):
         batch = next(train)
-        assert batch['image'].shape == (16, 12, 12, 3) and batch['image'].dtype == np.float32
+        assert batch['image'].shape == (16, 12, 12, 3) and batch['image'].dtype == np.uint8
         assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
-        assert -1 <= batch['image'].min() and batch['image'].max() <= 1
+        assert batch['seed'].shape == (16, 2) and batch['seed'].dtype == np.uint32
         assert 0 <= batch['label'].min() and batch['label'].max() < 10
     assert len(set(batch['label'])) > 1  # Shuffled, not one class after another.
 
@@ -238,7 +255,7 @@ def test_folder_dataset(image_folder):
     for _ in range(3):  # More than one epoch.
         batch = next(train)
         assert batch['image'].shape == (4, 6, 6, 3)
-        bright = batch['image'].mean(axis=(1, 2, 3)) > 0  # Cats are bright, dogs dark.
+        bright = batch['image'].mean(axis=(1, 2, 3)) > 127.5  # Cats are bright, dogs dark.
         np.testing.assert_array_equal(bright, batch['label'] == 0)
     batches = list(make_eval_iterator())
     assert len(batches) == 2 and [b['mask'].tolist() for b in batches] == [[1, 1], [1, 0]]
@@ -361,7 +378,6 @@ def test_tfds_dataset_under_mock_data(tmp_path):
         batches = list(make_eval_iterator())
     assert (info.name, info.num_classes, info.num_eval) == ('cifar10', 10, 20)
     assert batch['image'].shape == (8, 16, 16, 3) and batch['label'].shape == (8,)
-    assert -1 <= batch['image'].min() and batch['image'].max() <= 1
     assert len(batches) == 4 and sum(b['mask'].sum() for b in batches) == 20
 
 

@@ -51,7 +51,7 @@ def test_eval_resizes_the_shorter_side_then_cuts_out_the_centre():
     Image.fromarray(image.astype(np.uint8)).save(encoded, format='PNG')
     pp = ml_collections.ConfigDict(dict(crop=224, eval_crop_pct=0.875, normalize='minus_one_one'))
     out = pipeline._eval_example({'image': encoded.getvalue(), 'label': 3}, pp)
-    pixels = (np.asarray(out['image']) + 1) * 127.5
+    pixels = np.asarray(out['image'], np.float64)
     assert pixels.shape == (224, 224, 3)
     # Shorter side 200 -> 256 (x 1.28): 256 x 384, centre 224 x 224 from row 16, column 80.
     scale = 200 / 256

@@ -129,14 +129,17 @@ def class_count(config: ml_collections.ConfigDict, num_classes: int | None = Non
 def abstract_batch(config: ml_collections.ConfigDict, in_chans: int,
                    batch_sharding: jax.sharding.NamedSharding, *, eval: bool = False
                    ) -> dict[str, jax.ShapeDtypeStruct]:
-    """What the input pipeline feeds the train (or eval) step, as shapes: `image` float32
-    `[batch, crop, crop, in_chans]`, `label` int32 `[batch]`, and for eval `mask` `[batch]`."""
+    """What the input pipeline feeds the train (or eval) step, as shapes: `image` uint8
+    `[batch, crop, crop, in_chans]`, `label` int32 `[batch]`, for training `seed` uint32
+    `[batch, 2]` and for eval `mask` `[batch]` (see `vit_jax.data.create_datasets`)."""
     size, crop = (config.batch_eval if eval else config.batch), config.pp.crop
-    batch = {'image': jax.ShapeDtypeStruct((size, crop, crop, in_chans), jnp.float32,
+    batch = {'image': jax.ShapeDtypeStruct((size, crop, crop, in_chans), jnp.uint8,
                                            sharding=batch_sharding),
              'label': jax.ShapeDtypeStruct((size,), jnp.int32, sharding=batch_sharding)}
     if eval:
         batch['mask'] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=batch_sharding)
+    else:
+        batch['seed'] = jax.ShapeDtypeStruct((size, 2), jnp.uint32, sharding=batch_sharding)
     return batch
 
 

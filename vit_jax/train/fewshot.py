@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.data.device import model_inputs
+
 # Shots per class (big_vision's default).
 SHOTS = (1, 5, 10, 25)
 # Ridge penalty (big_vision's `l2_reg` default, 2 ** 10) and the constant bias feature, large
@@ -82,10 +84,12 @@ def fewshot_accuracies(train_x: np.ndarray, train_labels: np.ndarray, test_x: np
 
 
 def collect_features(model: nn.Module, variables: dict, batches: Iterable[dict],
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     normalize: str = 'minus_one_one') -> tuple[np.ndarray, np.ndarray]:
     """`(features [n, dim], labels [n])` of every unmasked example of `batches` (`image`,
-    `label`, optional `mask`)."""
-    apply = jax.jit(lambda v, images: features(model, v, images))
+    `label`, optional `mask`); uint8 images are normalised as `normalize`
+    (`vit_jax.data.device.model_inputs`)."""
+    apply = jax.jit(lambda v, images: features(model, v, model_inputs({'image': images},
+                                                                      normalize)))
     feats, labels = [], []
     for batch in batches:
         keep = np.asarray(batch.get('mask', np.ones(len(batch['label'])))) > 0

@@ -113,12 +113,14 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
         shapes, state_sharding)
     batch_sharding = sharding.batch_sharding(mesh)
     options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
-                          ema_decay=config.ema_decay, loss=config.loss)
+                          ema_decay=config.ema_decay, loss=config.loss,
+                          normalize=config.pp.normalize, erase_prob=config.pp.erase_prob)
     train_step = jax.jit(
         sharding.on_mesh(make_train_step(model, tx, _mixing(config), options), mesh),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    eval_step = jax.jit(sharding.on_mesh(make_eval_step(model, config.loss), mesh),
+    eval_step = jax.jit(
+        sharding.on_mesh(make_eval_step(model, config.loss, config.pp.normalize), mesh),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=sharding.replicated(mesh))
     return Setup(model=model, tx=tx, schedule=schedule, mesh=mesh,

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from vit_jax.data.device import model_inputs
 from vit_jax.errors import ModelError
 
 Batch = dict[str, jax.Array]
@@ -123,12 +124,15 @@ def rng_streams(model: nn.Module, rng: jax.Array) -> dict[str, jax.Array]:
 class StepOptions:
     """How `make_train_step` trains: `accum_steps` micro-batches per step, `label_smoothing` of
     the targets, `ema_decay` of the moving average of the weights (0 = none), `loss` one of
-    `LOSSES`."""
+    `LOSSES`; uint8 images normalised as `normalize` (`pp.normalize`) and erased with
+    probability `erase_prob` (see `vit_jax.data.device.model_inputs`)."""
 
     accum_steps: int = 1
     label_smoothing: float = 0.0
     ema_decay: float = 0.0
     loss: str = 'softmax_xent'
+    normalize: str = 'minus_one_one'
+    erase_prob: float = 0.0
 
 
 # `mix_fn(rng, images, labels, num_classes, label_smoothing=...) -> (images, soft targets)`:
@@ -141,9 +145,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch) -> (state, metrics)`.
 
-    `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}`. With `options.accum_steps > 1` the
-    batch is split into that many micro-batches whose gradients are averaged: the same update as
-    the whole batch at a fraction of the activation memory (BatchNorm statistics aside).
+    `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}` (and `seed` [batch, 2] when
+    erasing), uint8 pixels or float model inputs (`vit_jax.data.device.model_inputs`). With
+    `options.accum_steps > 1` the batch is split into that many micro-batches whose gradients
+    are averaged: the same update as the whole batch at a fraction of the activation memory
+    (BatchNorm statistics aside).
     Micro-batch `i` takes rows `i, i + accum_steps, ...`, so each device keeps its own rows (no
     transfers).
 
@@ -188,6 +194,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
+        batch = {**batch, 'image': model_inputs(batch, options.normalize, options.erase_prob)}
         if accum_steps == 1:
             (loss, (accuracy, model_state)), grads = grad_fn(
                 state.params, state.model_state, batch['image'], batch['label'], rng)
@@ -230,8 +237,9 @@ def split_micro_batches(x: jax.Array, steps: int) -> jax.Array:
 
 
 def make_eval_step(model: nn.Module, loss: str = 'softmax_xent',
-                   ) -> Callable[[TrainState, Batch], Metrics]:
-    """Returns `eval_step(state, batch) -> sums` over the examples where `batch['mask']` is 1.
+                   normalize: str = 'minus_one_one') -> Callable[[TrainState, Batch], Metrics]:
+    """Returns `eval_step(state, batch) -> sums` over the examples where `batch['mask']` is 1;
+    uint8 images are normalised as `normalize` (`vit_jax.data.device.model_inputs`).
 
     Sums (not means) so that padded batches add up exactly: `{'correct', 'loss', 'count'}` (the
     `loss` of `LOSSES`), and `'ema_correct'`, `'ema_loss'` of the averaged weights when the
@@ -246,6 +254,7 @@ def make_eval_step(model: nn.Module, loss: str = 'softmax_xent',
                 f'{prefix}loss': (loss_of(logits, batch['label']) * mask).sum()}
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        batch = {**batch, 'image': model_inputs(batch, normalize)}
         mask = batch['mask'].astype(jnp.float32)
         out = sums({'params': state.params, **state.model_state}, batch, mask)
         if state.ema:
