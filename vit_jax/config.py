@@ -207,6 +207,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0
     c.progress_every = 10
     c.eval_every = 100
+    # Few-shot linear evaluation (big_vision's `fewshot`; vit_jax/train/fewshot.py) every
+    # `fewshot_every` steps and at the end (0 = off): a ridge regression on the pre-logit
+    # features of k training examples per class, for each k of `fewshot_shots`, drawn from the
+    # split `fewshot_train` (default `pp.train`; e.g. 'train[:10000]' for a large split) and
+    # scored on `pp.test`; logged as `fewshot_k{k}`.
+    c.fewshot_every = 0
+    c.fewshot_shots = (1, 5, 10, 25)
+    c.fewshot_train = placeholder(str)
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     return c
@@ -241,7 +249,8 @@ _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'ke
 _NON_NEGATIVE = ('base_lr', 'warmup_lr', 'min_lr', 'warmup_steps', 'weight_decay',
                  'label_smoothing', 'progress_every', 'eval_every', 'checkpoint_every',
                  'grad_norm_clip', 'pp.pad', 'fsdp_min_size', 'input_threads',
-                 'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha')
+                 'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha',
+                 'fewshot_every')
 # Inclusive ranges.
 _RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0),
            'pp.eval_crop_pct': (0.01, 1.0)}
@@ -288,4 +297,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f'--config.label_smoothing must be in [0, 1), got '
                           f'{config.label_smoothing}')
+    shots = tuple(config.fewshot_shots)
+    if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
+        raise ConfigError(f'--config.fewshot_shots must be positive integers (examples per '
+                          f'class), e.g. (1, 5, 10, 25); got {shots!r}')
     registry.get_spec(config.model_name)

@@ -35,19 +35,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     parser.add_argument('--num_processes', type=int, help='processes in all (with --multiprocess)')
     parser.add_argument('--process_id', type=int, help='this process, 0... (with --multiprocess)')
     args, rest = parser.parse_known_args(argv)
-    overrides, i = [], 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith('--config.'):
-            parser.error(f'unrecognized argument {arg!r}; overrides look like --config.KEY=VALUE')
-        key, eq, value = arg[len('--config.'):].partition('=')
-        if not eq:
-            if i + 1 >= len(rest):
-                parser.error(f'{arg} needs a value: {arg}=VALUE')
-            value, i = rest[i + 1], i + 1
-        overrides.append((key, value))
-        i += 1
-    return args, overrides
+    return args, cli.config_overrides(parser, rest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ def array_datasets(train_images: np.ndarray, train_labels: np.ndarray,
     `vit_jax.data.create_datasets`, over images `[n, h, w, c]` float32 and labels `[n]` int.
 
     The train stream starts after `start` examples (the resume position); eval batches are
-    padded, with `mask` 0, so every example counts once. Uses `batch`, `batch_eval`, `seed`.
+    padded, with `mask` 0, so every example counts once, and read the train arrays when
+    `pp.test` names the train split (`pp.train`). Uses `batch`, `batch_eval`, `seed`, `pp`.
     """
     info = DatasetInfo('arrays', num_classes, len(train_labels), len(eval_labels),
                        tuple(str(i) for i in range(num_classes)))
@@ -38,11 +39,14 @@ def array_datasets(train_images: np.ndarray, train_labels: np.ndarray,
                 index = _example_indices(first, config.batch, len(train_labels), config.seed)
                 yield {'image': train_images[index[rows]], 'label': train_labels[index[rows]]}
 
+        images, labels = ((train_images, train_labels) if config.pp.test == config.pp.train
+                          else (eval_images, eval_labels))
+
         def eval_iterator() -> Iterator[Batch]:
             eval_rows = _process_rows(config.batch_eval)
-            for first in range(0, len(eval_labels), config.batch_eval):
-                batch = pad_batch({'image': eval_images[first:first + config.batch_eval],
-                                   'label': eval_labels[first:first + config.batch_eval]},
+            for first in range(0, len(labels), config.batch_eval):
+                batch = pad_batch({'image': images[first:first + config.batch_eval],
+                                   'label': labels[first:first + config.batch_eval]},
                                   config.batch_eval)
                 yield {k: v[eval_rows] for k, v in batch.items()}
 

@@ -24,7 +24,7 @@ from vit_jax import models, weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import TrainingError
-from vit_jax.train import mix, sharding
+from vit_jax.train import fewshot, mix, sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.optim import create_optimizer
@@ -219,6 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                    f'mesh {dict(run.mesh.shape)} over {jax.process_count()} process(es).')
     datasets = datasets or _create_datasets
     train_iter, make_eval_iter, _ = datasets(config, examples_seen)
+    fewshot_eval = _fewshot_evaluation(config, run, datasets, make_eval_iter, info)
     writer = MetricWriter(workdir, enabled=is_main)
     start = time.perf_counter()
     # Closing waits for the checkpoint being written, also when the run stops with an error.
@@ -226,7 +227,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             contextlib.closing(writer):
         state, final, preempted_at = _loop(config, run, state, examples_seen, train_iter,
                                            make_eval_iter, checkpointer, writer, progress,
-                                           preemption)
+                                           preemption, fewshot_eval)
     if preempted_at is not None:
         progress.print(f'Preempted: saved step {preempted_at} in {checkpointer.directory}; run '
                        f'the same command to resume.')
@@ -276,10 +277,14 @@ def _write_run_files(workdir: str, config: ml_collections.ConfigDict, info: Data
 def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, examples_seen: int,
           train_iter: Iterator[dict], make_eval_iter: Callable[[], Iterable[dict]],
           checkpointer: Checkpointer, writer: MetricWriter, progress: Progress,
-          preemption: PreemptionWatch) -> tuple[TrainState, dict[str, float], int | None]:
+          preemption: PreemptionWatch,
+          fewshot_eval: Callable[[TrainState], dict[str, float]] | None = None,
+          ) -> tuple[TrainState, dict[str, float], int | None]:
     """Steps from `state.step` to `config.total_steps`, logging, evaluating and saving on the
-    way. Returns `(state, final eval, None)`, or `(state, {}, step)` when SIGTERM stopped the
-    run after saving `step`; the final eval is `{}` when no step was left to take."""
+    way; `fewshot_eval(state)` every `config.fewshot_every` steps and at the end, after that
+    step's checkpoint is saved (an evaluator that fails loses no step). Returns `(state, final
+    eval, None)`, or `(state, {}, step)` when SIGTERM stopped the run after saving `step`; the
+    final eval is `{}` when no step was left to take."""
     first = int(state.step)
     final: dict[str, float] = {}
     previous = None
@@ -309,6 +314,8 @@ def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, exam
                   'examples_seen': examples_seen, 'batch': config.batch,
                   'process_count': jax.process_count()}
         checkpointer.maybe_save(step, state, record, force=last)
+        if fewshot_eval and (step % config.fewshot_every == 0 or step == config.total_steps):
+            _log_fewshot(step, fewshot_eval(state), writer, progress)
         if preempted:
             return state, {}, step
     return state, final, None
@@ -329,6 +336,41 @@ def _log_eval(step: int, result: dict[str, float], writer: MetricWriter,
     progress.print(f'step {step}: eval accuracy {result["accuracy"]:.4f}, loss '
                    f'{result["loss"]:.4f}{_ema_text(result)} over {result["count"]} examples')
     writer.write(step, {f'eval_{k}': v for k, v in result.items()})
+
+
+def _fewshot_evaluation(config: ml_collections.ConfigDict, run: Setup,
+                        datasets: Callable[[ml_collections.ConfigDict, int], Datasets],
+                        make_eval_iter: Callable[[], Iterable[dict]], info: DatasetInfo,
+                        ) -> Callable[[TrainState], dict[str, float]] | None:
+    """`evaluate(state) -> {'fewshot_k{k}': accuracy}` of the state's parameters
+    (`vit_jax.train.fewshot.evaluate`: examples of `config.fewshot_train`, scored on the eval
+    split), its features computed on the mesh and gathered on every process; None when
+    `config.fewshot_every` is 0."""
+    if not config.fewshot_every:
+        return None
+    make_train_iter = datasets(fewshot.train_split_config(config), 0)[1]
+    placement = {'params': run.state_sharding.params, **run.state_sharding.model_state}
+    step = jax.jit(sharding.on_mesh(fewshot.feature_step(run.model), run.mesh),
+                   in_shardings=(placement, run.batch_sharding),
+                   out_shardings=sharding.replicated(run.mesh))
+
+    def placed(batches: Iterable[dict]) -> Iterator[dict]:
+        return (sharding.to_global(batch, run.batch_sharding) for batch in batches)
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        return fewshot.evaluate(step, {'params': state.params, **state.model_state},
+                                placed(make_train_iter()), placed(make_eval_iter()),
+                                info.num_classes, tuple(config.fewshot_shots), config.seed)
+
+    return evaluate
+
+
+def _log_fewshot(step: int, result: dict[str, float], writer: MetricWriter,
+                 progress: Progress) -> None:
+    """Prints and writes one few-shot evaluation."""
+    progress.print(f'step {step}: few-shot accuracy ' + ', '.join(
+        f'{key.removeprefix("fewshot_k")}-shot {value:.4f}' for key, value in result.items()))
+    writer.write(step, result)
 
 
 def export(workdir: str, state: TrainState, final: dict[str, float]) -> None:
