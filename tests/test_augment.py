@@ -7,7 +7,6 @@ import collections
 import numpy as np
 import pytest
 from test_data import make_config
-from test_train import digits_config
 
 from vit_jax.data import create_datasets, digits
 from vit_jax.normalization import NORMALIZATIONS, normalize
@@ -81,12 +80,12 @@ def test_augmented_stream_is_a_function_of_the_seed_and_resumes_exactly(digits_d
 
 
 @pytest.mark.slow
-def test_trains_with_randaugment_and_erasing(tmp_path, digits_data_dir):
+def test_trains_with_randaugment_and_erasing(tmp_path, digits_config):
     # The digits recipe, shortened, with RandAugment m9 (2 ops) and erasing 0.25 on top.
     from vit_jax.train.loop import train
 
     config = digits_config(
-        digits_data_dir, ('total_steps', '500'), ('warmup_steps', '50'), ('eval_every', '0'),
+        ('total_steps', '500'), ('warmup_steps', '50'), ('eval_every', '0'),
         ('checkpoint_every', '0'), ('progress_every', '100'),
         ('pp.randaug_layers', '2'), ('pp.erase_prob', '0.25'))
     final = train(config, str(tmp_path))

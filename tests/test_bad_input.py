@@ -18,8 +18,6 @@ from vit_jax import weights
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.train import checkpoint, sharding, step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def tiny(**overrides):
     return vit_jax.create_model('testing', **{'num_classes': 4, 'img_size': 8,
@@ -95,11 +93,11 @@ def test_workdir_holding_another_models_checkpoints(tmp_path):
         checkpoint.Checkpointer(str(tmp_path), every=1, keep=1).restore(other, 'testing')
 
 
-def test_cli_batch_not_divisible_by_eight_devices_is_one_line(tmp_path):
+def test_cli_batch_not_divisible_by_eight_devices_is_one_line(tmp_path, repo, config_spec):
     out = subprocess.run(
-        [sys.executable, '-m', 'vit_jax.main', f'--config={REPO}/configs/digits.py',
+        [sys.executable, '-m', 'vit_jax.main', '--config=' + config_spec('digits.py'),
          f'--workdir={tmp_path}', '--config.batch=36', f'--config.tfds_data_dir={tmp_path}'],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=300, cwd=repo,
         env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
     assert out.returncode == 2, out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
-
 # Runs the script with tensorflow and ml_collections made unimportable.
 RUN = """
 import runpy, sys
@@ -16,11 +14,11 @@ runpy.run_path('scripts/benchmark.py', run_name='__main__')
 """
 
 
-def test_benchmark_prints_the_side_by_side_table():
+def test_benchmark_prints_the_side_by_side_table(repo):
     args = ['--models=testing=vit_tiny_patch16_224', '--mode=train,infer', '--img_size=32',
             '--batch=2', '--steps=2', '--warmup=1', '--dtype=float32']
-    env = {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu', 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run([sys.executable, '-c', RUN, *args], cwd=REPO, env=env,
+    env = {**os.environ, 'PYTHONPATH': repo, 'JAX_PLATFORMS': 'cpu', 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run([sys.executable, '-c', RUN, *args], cwd=repo, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

@@ -2,7 +2,6 @@
 registry's preprocessing, bad sizes, and training through `vit_jax.main`."""
 
 import functools
-import os
 import re
 
 import jax
@@ -18,8 +17,6 @@ from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import convnext, get_spec
 from vit_jax.train import metrics
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A reduced model: 64 px -> stages of 16, 8, 4 and 2 px.
 SMALL = dict(dims=(8, 16, 24, 32), depths=(1, 1, 2, 1))
@@ -110,10 +107,10 @@ def test_size_the_downsampling_cannot_divide_names_sizes_that_work(size, message
 
 
 @pytest.mark.slow  # about 40 s of CPU: compiling the train and eval steps
-def test_trains_through_main_on_digits(tmp_path, digits_data_dir):
+def test_trains_through_main_on_digits(tmp_path, digits_data_dir, config_spec):
     workdir = str(tmp_path)
     code = cli.main([
-        f'--config={REPO}/configs/convnext.py:tiny,digits', f'--workdir={workdir}',
+        '--config=' + config_spec('convnext.py:tiny,digits'), f'--workdir={workdir}',
         f'--config.tfds_data_dir={digits_data_dir}',
         # 16 px, a 2x2 stem and one 2x downsampling: stages of 8 and 4 px.
         '--config.pp.crop=16', '--config.pp.augment=pad_crop', '--config.pp.pad=2',

@@ -18,8 +18,6 @@ import tensorflow_datasets as tfds
 from vit_jax.data import DatasetInfo, create_datasets, digits, pad_batch
 from vit_jax.errors import DataError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def make_config(dataset: str = 'digits', data_dir: str | None = None) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
@@ -62,9 +60,9 @@ def split_labels() -> tuple[np.ndarray, np.ndarray]:
     return labels[train], labels[test]
 
 
-def test_import_does_not_load_tensorflow():
+def test_import_does_not_load_tensorflow(repo):
     code = 'import sys, vit_jax.data; print("tensorflow" in sys.modules)'
-    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, '-c', code], cwd=repo, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'False'
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE
 
 import vit_jax
 from vit_jax import config as config_lib
@@ -20,10 +21,9 @@ from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models.dhvt import DHVT
 from vit_jax.train import checkpoint, metrics, optim, step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def fixture_path(seed):
-    return os.path.join(REPO, 'tests', 'fixtures', 'reference', f'dhvt_seed{seed}.npz')
+    return os.path.join(REFERENCE, f'dhvt_seed{seed}.npz')
 
 
 def read_fixture(seed):
@@ -170,9 +170,8 @@ def test_image_size_not_divisible_is_a_clear_error():
         tiny(num_heads=5)
 
 
-def test_config_is_the_authors_cifar_recipe():
-    c = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') +
-                               ':tiny_cifar_patch4,cifar100')
+def test_config_is_the_authors_cifar_recipe(load_config):
+    c = load_config('dhvt.py:tiny_cifar_patch4,cifar100')
     config_lib.validate(c)
     assert c.model_name == 'dhvt_tiny_cifar_patch4' and c.model.drop_path_rate == 0.1
     assert (c.mixup_alpha, c.cutmix_alpha, c.ema_decay) == (0.8, 1.0, 0.99996)
@@ -180,19 +179,18 @@ def test_config_is_the_authors_cifar_recipe():
         ('adamw', 0.05, 0.1, 'cosine')
     assert (c.batch, c.base_lr, c.grad_norm_clip, c.pp.crop, c.pp.pad) == (512, 1e-3, 0.0, 32, 4)
     assert (c.total_steps, c.warmup_steps) == (29_297, 489)  # 300 and 5 epochs of 50,000
-    imagenet = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') +
-                                      ':dhvt_small_imagenet_patch16,imagenet2012')
+    imagenet = load_config('dhvt.py:dhvt_small_imagenet_patch16,imagenet2012')
     assert (imagenet.pp.crop, imagenet.batch, imagenet.base_lr) == (224, 1024, 1e-3)
-    with pytest.raises(ConfigError, match='unknown DHVT variant .*tiny_cifar_patch4'):
-        config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar,cifar10')
+    with pytest.raises(ConfigError, match="unknown model 'tiny_cifar' for DHVT; .*_patch4"):
+        load_config('dhvt.py:tiny_cifar,cifar10')
 
 
 @pytest.mark.slow
 def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
-        tmp_path, digits_data_dir, capsys):
+        tmp_path, digits_data_dir, capsys, config_spec):
     # The standard trainer (make_train_step, Checkpointer) through the command line, 12 steps.
     workdir = str(tmp_path / 'run')
-    spec = os.path.join(REPO, 'configs', 'dhvt.py') + ':tiny_cifar_patch4,digits'
+    spec = config_spec('dhvt.py:tiny_cifar_patch4,digits')
     overrides = [('tfds_data_dir', digits_data_dir), ('model.embed_dim', '16'),
                  ('model.depth', '1'), ('model.num_heads', '2'), ('batch', '32'),
                  ('total_steps', '12'), ('warmup_steps', '2'), ('progress_every', '6'),

@@ -14,7 +14,6 @@ import pytest
 import scale_worker
 
 import vit_jax
-from vit_jax import config as config_lib
 from vit_jax import tree, weights
 from vit_jax.data import arrays
 from vit_jax.errors import ConfigError
@@ -22,7 +21,6 @@ from vit_jax.models import contract
 from vit_jax.train import checkpoint, metrics, sharding, step
 from vit_jax.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD_CHECKPOINT_ITEMS = ['model_state', 'opt_state', 'params', 'rng', 'step']
 
 
@@ -182,12 +180,11 @@ def test_crashed_run_with_mixing_and_ema_resumes_bit_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_learn_with_mixup_cutmix_and_ema(tmp_path, digits_data_dir):
-    config = config_lib.apply_overrides(
-        config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py')),
-        [('tfds_data_dir', digits_data_dir), ('total_steps', '600'), ('warmup_steps', '50'),
-         ('mixup_alpha', '0.8'), ('cutmix_alpha', '1.0'), ('label_smoothing', '0.1'),
-         ('ema_decay', '0.99'), ('eval_every', '0'), ('checkpoint_every', '0')])
+def test_digits_learn_with_mixup_cutmix_and_ema(tmp_path, digits_config):
+    config = digits_config(
+        ('total_steps', '600'), ('warmup_steps', '50'), ('mixup_alpha', '0.8'),
+        ('cutmix_alpha', '1.0'), ('label_smoothing', '0.1'), ('ema_decay', '0.99'),
+        ('eval_every', '0'), ('checkpoint_every', '0'))
     final = train(config, str(tmp_path))
     print(f'digits, mixup + cutmix + EMA 0.99, 600 steps: accuracy {final["accuracy"]:.4f}, '
           f'EMA {final["ema_accuracy"]:.4f}')

@@ -35,6 +35,7 @@ PARAM_COUNTS = {
     'ViT-L_16-gap-norep': 304_324_584, 'ViT-L_32-gap-norep': 306_533_352,
     'ViT-H_14-gap-norep': 632_043_240,
     'testing': 21_390,  # the tiny test model (ours)
+    'ViT-digits': 203_176,  # the main job's model (ours): 138,826 with its 10-class head
     # DeiT's distilled ViTs: timm 1.0 (a distillation token and head more than DeiT's ViT).
     'deit_tiny_distilled_patch16_224': 5_910_800, 'deit_small_distilled_patch16_224': 22_436_432,
     'deit_base_distilled_patch16_224': 87_338_192,
@@ -67,7 +68,7 @@ PARAM_COUNTS = {
     'SReT_S_wo_slice_distill_finetune_512': 21_317_004,
 }
 # One small variant per family (and the hybrid stem, the '-gap-norep' head): the default run.
-FAST = ('testing', 'ViT-Ti_16', 'ViT-Ti_16-gap-norep', 'R+ViT-Ti_16', 'BiT-R50x1',
+FAST = ('testing', 'ViT-digits', 'ViT-Ti_16', 'ViT-Ti_16-gap-norep', 'R+ViT-Ti_16', 'BiT-R50x1',
         'deit_tiny_distilled_patch16_224',
         'swin_tiny_patch4_window7_224', 'convnext_tiny', 'dhvt_tiny_cifar_patch4', 'SReT_T')
 NAMES = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)

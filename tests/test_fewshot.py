@@ -2,8 +2,6 @@
 features (both branches of the closed form), the k-per-class draw, and features of a headless
 model."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +10,6 @@ from sklearn.linear_model import Ridge
 
 import vit_jax
 from vit_jax.train import fewshot
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sklearn_reference(train_x, train_y, test_x, num_classes, l2):
@@ -67,24 +63,18 @@ def test_features_are_the_pre_logits_of_the_headless_model():
 # ----------------------------------------------------------------------------- in the loop, CLI
 
 
-def digits_config(workdir_steps=20, **overrides):
-    """The digits main job shortened to `workdir_steps` steps, few-shot every 10 steps."""
-    from vit_jax import config as config_lib
-
-    config = config_lib.load_config(os.path.join(REPO, 'configs/digits.py'))
-    return config_lib.apply_overrides(config, [(k, str(v)) for k, v in {
-        'total_steps': workdir_steps, 'warmup_steps': 5, 'batch': 64, 'eval_every': 10,
-        'checkpoint_every': 10, 'progress_every': 10, 'fewshot_every': 10,
-        'fewshot_shots': (1, 5), **overrides}.items()])
+FEWSHOT_RUN = {'total_steps': 20, 'warmup_steps': 5, 'batch': 64, 'eval_every': 10,
+               'checkpoint_every': 10, 'progress_every': 10, 'fewshot_every': 10,
+               'fewshot_shots': (1, 5)}
 
 
 @pytest.fixture(scope='module')
-def digits_run(tmp_path_factory, digits_data_dir):
+def digits_run(tmp_path_factory, digits_config):
     """A 20-step digits run logging few-shot accuracy at steps 10 and 20."""
     from vit_jax.train import loop
 
     workdir = str(tmp_path_factory.mktemp('fewshot_run'))
-    loop.train(digits_config(tfds_data_dir=digits_data_dir), workdir)
+    loop.train(digits_config(*((k, str(v)) for k, v in FEWSHOT_RUN.items())), workdir)
     return workdir
 
 

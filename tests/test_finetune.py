@@ -3,18 +3,15 @@ fine-tuned on the embedded digits beats the same model trained from scratch for 
 
 import gzip
 import importlib.resources
-import os
 import pickle
 
 import jax
 import numpy as np
 import pytest
 
-from vit_jax import config as config_lib
 from vit_jax.data.arrays import array_datasets
 from vit_jax.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = 16  # the digits config's input size
 
 
@@ -28,16 +25,13 @@ def mnist(split: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
     return small.astype(np.float32), labels[:limit].astype(np.int32)
 
 
-def digits_config(data_dir, *overrides):
-    config = config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py'))
-    return config_lib.apply_overrides(config, [('tfds_data_dir', data_dir), ('eval_every', '0'),
-                                               ('checkpoint_every', '0'), *overrides])
+NO_EVAL = [('eval_every', '0'), ('checkpoint_every', '0')]
 
 
 @pytest.mark.slow
 def test_fine_tuning_from_pretrained_weights_beats_training_from_scratch(tmp_path,
-                                                                          digits_data_dir):
-    pre = digits_config(digits_data_dir, ('total_steps', '300'), ('warmup_steps', '30'),
+                                                                          digits_config):
+    pre = digits_config(*NO_EVAL, ('total_steps', '300'), ('warmup_steps', '30'),
                         ('batch_eval', '500'))
     x, y = mnist(0, 20_000)
     x_eval, y_eval = mnist(1, 1_000)
@@ -46,9 +40,9 @@ def test_fine_tuning_from_pretrained_weights_beats_training_from_scratch(tmp_pat
     assert pretrained['accuracy'] > 0.8, pretrained  # MNIST validation
 
     steps = [('total_steps', '40'), ('warmup_steps', '5')]
-    scratch = train(digits_config(digits_data_dir, *steps), str(tmp_path / 'scratch'))
+    scratch = train(digits_config(*NO_EVAL, *steps), str(tmp_path / 'scratch'))
     weights = str(tmp_path / 'mnist' / 'weights.npz')
-    tuned = train(digits_config(digits_data_dir, *steps, ('pretrained', weights)),
+    tuned = train(digits_config(*NO_EVAL, *steps, ('pretrained', weights)),
                   str(tmp_path / 'tuned'))
     print(f'digits after 40 steps: scratch {scratch["accuracy"]:.3f}, '
           f'fine-tuned from MNIST {tuned["accuracy"]:.3f}')

@@ -10,8 +10,8 @@ import sys
 import zipfile
 
 import pytest
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIN = re.compile(r'^([A-Za-z0-9_.\-]+)==([^\s;#]+)')
 
 

@@ -50,7 +50,7 @@ def test_sigmoid_xent_sums_over_classes_not_means():
 
 
 def test_sigmoid_run_starts_with_head_bias_minus_ten_and_trains():
-    config = config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py'))
+    config = config_lib.load_config(os.path.join(REPO, 'vit_jax', 'configs', 'digits.py'))
     config = config_lib.apply_overrides(config, [
         ('loss', 'sigmoid_xent'), ('model.depth', '1'), ('batch', '16'), ('label_smoothing', '0.1'),
         ('mixup_alpha', '0.2')])

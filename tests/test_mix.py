@@ -2,7 +2,6 @@
 images and soft targets for the same lambda and box, the draws' distributions, and the
 config checks of the mixing and EMA keys."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,6 @@ from scipy import stats
 from vit_jax import config as config_lib
 from vit_jax.train import mix
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, SMOOTHING = 5, 0.1
 HEIGHT, WIDTH = 12, 10  # not square: rows and columns must not be swapped
 
@@ -131,9 +129,7 @@ def test_mix_without_mixing_keeps_the_batch_and_smooths_the_labels():
     np.testing.assert_allclose(np.asarray(mixed_t).sum(-1), 1.0, atol=1e-6)
 
 
-def test_mixing_with_label_smoothing_is_valid():
-    config = config_lib.apply_overrides(
-        config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py')),
-        [('mixup_alpha', '0.8'), ('cutmix_alpha', '1.0'), ('label_smoothing', '0.1'),
-         ('ema_decay', '0.99996')])
+def test_mixing_with_label_smoothing_is_valid(load_config):
+    config = load_config('digits.py', ('mixup_alpha', '0.8'), ('cutmix_alpha', '1.0'),
+                         ('label_smoothing', '0.1'), ('ema_decay', '0.99996'))
     config_lib.validate(config)

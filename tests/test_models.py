@@ -27,7 +27,7 @@ def test_gap_variants_drop_class_token_and_its_position(name):
 
 
 def test_vit_names():
-    assert len(vit_jax.list_models('ViT-*')) == 18  # other families register their own
+    assert len(vit_jax.list_models('ViT-*')) == 19  # the zoo's 18 and ViT-digits
     assert vit_jax.list_models('ViT-B_*') == ['ViT-B_16', 'ViT-B_16-gap-norep', 'ViT-B_32',
                                                'ViT-B_32-gap-norep', 'ViT-B_8',
                                                'ViT-B_8-gap-norep']

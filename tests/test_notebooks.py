@@ -9,9 +9,9 @@ import time
 import matplotlib
 import matplotlib.pyplot as plt
 import pytest
+from conftest import REPO
 from notebook_cells import run_cells
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(REPO, 'notebooks')) if f.endswith('.ipynb'))
 
 

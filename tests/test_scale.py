@@ -25,7 +25,6 @@ import scale_worker
 from jax.sharding import PartitionSpec as P
 
 import vit_jax
-from vit_jax import config as config_lib
 from vit_jax import tree
 from vit_jax.data import arrays
 from vit_jax.errors import ConfigError, TrainingError
@@ -395,11 +394,9 @@ def test_array_data_resumes_at_its_position_on_any_process_count(monkeypatch):
     assert masks == 37
 
 
-def test_tfds_pipeline_resumes_at_its_position(digits_data_dir):
+def test_tfds_pipeline_resumes_at_its_position(digits_config):
     from vit_jax.data import create_datasets
-    config = config_lib.apply_overrides(
-        config_lib.load_config(os.path.join(scale_worker.REPO, 'configs', 'digits.py')),
-        [('tfds_data_dir', digits_data_dir), ('batch', '64'), ('shuffle_buffer', '200')])
+    config = digits_config(('batch', '64'), ('shuffle_buffer', '200'))
     start = time.monotonic()
     stream = create_datasets(config)[0]
     batches = [next(stream) for _ in range(25)]  # 25 * 64 > 1437: into the second epoch

@@ -3,7 +3,6 @@ the same weights (eval, train, SGD steps, remat, the hybrid), the weights load a
 ways (also through the trainer's weights.npz), stacked parameters are decayed and sharded per
 layer, the attention analyses read them, and a traced drop-path rate equals a fixed one."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,6 @@ from vit_jax.models import layers
 from vit_jax.train import optim, sharding, step
 from vit_jax.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_classes=5, img_size=16, patch_size=4, embed_dim=16, depth=3, num_heads=2,
              drop_rate=0.0)
 
@@ -177,13 +175,12 @@ def test_attention_analysis_reads_a_scanned_model():
 
 @pytest.mark.slow
 def test_trainer_run_with_scan_writes_weights_an_unscanned_model_reads(tmp_path,
-                                                                       digits_data_dir):
-    config = config_lib.apply_overrides(
-        config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py')),
-        [('tfds_data_dir', digits_data_dir), ('model.embed_dim', '16'), ('model.depth', '2'),
-         ('model.num_heads', '2'), ('model.scan_layers', 'True'), ('batch', '32'),
-         ('total_steps', '4'), ('warmup_steps', '1'), ('progress_every', '2'),
-         ('eval_every', '0'), ('checkpoint_every', '0')])
+                                                                       digits_config):
+    config = digits_config(
+        ('model.embed_dim', '16'), ('model.depth', '2'), ('model.num_heads', '2'),
+        ('model.scan_layers', 'True'), ('batch', '32'), ('total_steps', '4'),
+        ('warmup_steps', '1'), ('progress_every', '2'), ('eval_every', '0'),
+        ('checkpoint_every', '0'))
     train(config, str(tmp_path))
     overrides = config_lib.model_overrides(config)
     assert overrides['scan_layers'] is True

@@ -30,14 +30,14 @@ def test_schedule_warms_up_from_warmup_lr_and_ends_at_min_lr(decay_type):
 @pytest.mark.parametrize('arg, eval_crop_pct', [('tiny,imagenet2012', 0.875),
                                                 ('tiny,digits', 1.0)])
 def test_sret_config_uses_deit_schedule_ends_and_evaluation(arg, eval_crop_pct):
-    c = config_lib.load_config(os.path.join(REPO, 'configs', 'sret.py') + ':' + arg)
+    c = config_lib.load_config(os.path.join(REPO, 'vit_jax', 'configs', 'sret.py') + ':' + arg)
     assert (c.warmup_lr, c.min_lr, c.pp.eval_crop_pct) == (1e-6, 1e-5, eval_crop_pct)
 
 
 @pytest.mark.parametrize('arg, eval_crop_pct', [('tiny_imagenet_patch16,imagenet2012', 0.875),
                                                 ('tiny_cifar_patch4,cifar100', 1.0)])
 def test_dhvt_config_uses_deit_schedule_ends_and_evaluation(arg, eval_crop_pct):
-    c = config_lib.load_config(os.path.join(REPO, 'configs', 'dhvt.py') + ':' + arg)
+    c = config_lib.load_config(os.path.join(REPO, 'vit_jax', 'configs', 'dhvt.py') + ':' + arg)
     assert (c.warmup_lr, c.min_lr, c.pp.eval_crop_pct) == (1e-6, 1e-5, eval_crop_pct)
 
 

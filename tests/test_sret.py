@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import REFERENCE
 
 import vit_jax
 from vit_jax import config as config_lib
@@ -19,8 +20,7 @@ from vit_jax.models import get_spec
 from vit_jax.models.sret import SReT
 from vit_jax.train import metrics, step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, 'tests', 'fixtures', 'reference', 'sret_seed3.npz')
+FIXTURE = os.path.join(REFERENCE, 'sret_seed3.npz')
 ARCH_KEYS = ('base_dims', 'depth', 'recursive_num', 'heads', 'groups1', 'groups2')
 
 @pytest.fixture(scope='module')
@@ -153,25 +153,23 @@ def test_batchnorm_statistics_update_through_the_train_step():
     assert np.abs(after['var'] - before['var']).max() > 1e-3
 
 
-def test_config_is_the_deit_recipe():
-    config = config_lib.load_config(os.path.join(REPO, 'configs', 'sret.py') +
-                                    ':tiny,imagenet2012')
+def test_config_is_the_deit_recipe(load_config):
+    config = load_config('sret.py:tiny,imagenet2012')
     assert config.model_name == 'SReT_T' and config.model.drop_path_rate == 0.1
     assert (config.mixup_alpha, config.cutmix_alpha, config.ema_decay) == (0.8, 1.0, 0.99996)
     assert (config.optimizer, config.weight_decay, config.label_smoothing) == ('adamw', 0.05, 0.1)
     assert (config.base_lr, config.batch, config.decay_type) == (1e-3, 1024, 'cosine')
     assert config.warmup_steps == 6255 and config.total_steps == 375_341
-    small = config_lib.load_config(os.path.join(REPO, 'configs', 'sret.py') +
-                                   ':small_wo_slice,cifar100')
+    small = load_config('sret.py:small_wo_slice,cifar100')
     assert small.model_name == 'SReT_S_wo_slice'
     config_lib.validate(config)
 
 
 @pytest.mark.slow
-def test_trains_on_digits_through_the_trainer(tmp_path, digits_data_dir):
+def test_trains_on_digits_through_the_trainer(tmp_path, digits_data_dir, config_spec):
     workdir = str(tmp_path)
     code = main([
-        '--config=' + os.path.join(REPO, 'configs', 'sret.py') + ':tiny,digits',
+        '--config=' + config_spec('sret.py:tiny,digits'),
         f'--workdir={workdir}', f'--config.tfds_data_dir={digits_data_dir}',
         '--config.model.base_dims=(4, 4)', '--config.model.heads=(2, 4)',
         '--config.model.depth=(2, 2)', '--config.model.recursive_num=(1, 1)',

@@ -3,7 +3,6 @@ layouts, exact parameter counts, the registry's preprocessing, bad sizes, and tr
 `vit_jax.main`."""
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,6 @@ from vit_jax.errors import ModelError
 from vit_jax.models import get_spec, swin
 from vit_jax.train import metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMM_NAME = 'swin_tiny_patch4_window7_224'
 
 # Reduced models: 64 px, window 4 -> stages of 16, 8 (shifted windows, masked), 4, 2 (one window,
@@ -139,10 +137,10 @@ def test_wrong_image_size_at_call_time():
 
 
 @pytest.mark.slow  # about 50 s of CPU: compiling the train and eval steps
-def test_trains_through_main_on_digits(tmp_path, digits_data_dir):
+def test_trains_through_main_on_digits(tmp_path, digits_data_dir, config_spec):
     workdir = str(tmp_path)
     code = cli.main([
-        f'--config={REPO}/configs/swin.py:tiny,digits', f'--workdir={workdir}',
+        '--config=' + config_spec('swin.py:tiny,digits'), f'--workdir={workdir}',
         f'--config.tfds_data_dir={digits_data_dir}',
         # 16 px, patch 2, window 4: stages of 8 (shifted windows) and 4 (one window) px.
         '--config.pp.crop=16', '--config.pp.augment=pad_crop', '--config.pp.pad=2',

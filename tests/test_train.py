@@ -21,19 +21,12 @@ from vit_jax.models import contract
 from vit_jax.train import checkpoint, metrics, optim, step
 from vit_jax.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def digits_config(data_dir, *overrides):
-    config = config_lib.load_config(os.path.join(REPO, 'configs', 'digits.py'))
-    return config_lib.apply_overrides(config, [('tfds_data_dir', data_dir), *overrides])
-
-
-def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_data_dir, capsys):
+def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_config, capsys):
     # 500 steps of the main job's recipe on the real digits; eval batches of 7 divide nothing.
     # Then the predict command classifies held-out digits with the run's weights.
-    config = digits_config(digits_data_dir, ('total_steps', '500'), ('warmup_steps', '50'),
-                           ('batch_eval', '7'), ('eval_every', '0'), ('checkpoint_every', '0'))
+    config = digits_config(('total_steps', '500'), ('warmup_steps', '50'), ('batch_eval', '7'),
+                           ('eval_every', '0'), ('checkpoint_every', '0'))
     final = train(config, str(tmp_path))
     assert final['count'] == 360  # every held-out example, although 360 % 7 != 0
     assert final['accuracy'] >= 0.95, final
@@ -64,25 +57,25 @@ def small_model_overrides():
             ('eval_every', '0'), ('checkpoint_every', '10')]
 
 
-def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digits_data_dir,
+def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digits_config,
                                                                   capsys):
     workdir = str(tmp_path)
-    config = digits_config(digits_data_dir, *small_model_overrides(), ('total_steps', '20'))
+    config = digits_config(*small_model_overrides(), ('total_steps', '20'))
     train(config, workdir)
     ckpt = checkpoint.Checkpointer(workdir, every=10, keep=3)
     assert ckpt.all_steps() == [10, 20]
-    model = vit_jax.create_model('ViT-Ti_16', **config_lib.model_overrides(config),
+    model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=10, img_size=16)
     tx = optim.create_optimizer(config)[0]
     template = step.create_train_state(model, tx, jax.random.PRNGKey(1), (1, 16, 16, 3))
-    restored, run = ckpt.restore(template, 'ViT-Ti_16')
+    restored, run = ckpt.restore(template, config.model_name)
     assert int(restored.step) == 20 and run['examples_seen'] == 20 * 32
     # The restored state is the trained one, not the template: save it again and compare.
     assert not np.allclose(restored.params['head']['kernel'], template.params['head']['kernel'])
     ckpt2 = checkpoint.Checkpointer(str(tmp_path / 'copy'), every=1, keep=1)
     ckpt2.maybe_save(20, restored, run, force=True)
     ckpt2.close()
-    again, _ = ckpt2.restore(template, 'ViT-Ti_16')
+    again, _ = ckpt2.restore(template, config.model_name)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     ckpt.close()
@@ -99,11 +92,10 @@ def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digi
     assert checkpoint.Checkpointer(workdir, every=10, keep=3).latest_step() == 30
 
 
-def test_cifar10_path_trains_one_step_under_mock_data(tmp_path):
-    config = config_lib.load_config(os.path.join(REPO, 'configs', 'vit.py') + ':testing,cifar10')
-    config = config_lib.apply_overrides(config, [
-        ('batch', '8'), ('batch_eval', '8'), ('accum_steps', '2'), ('pp.crop', '32'),
-        ('total_steps', '1'), ('warmup_steps', '0'), ('shuffle_buffer', '16')])
+def test_cifar10_path_trains_one_step_under_mock_data(tmp_path, load_config):
+    config = load_config(
+        'vit.py:testing,cifar10', ('batch', '8'), ('batch_eval', '8'), ('accum_steps', '2'),
+        ('pp.crop', '32'), ('total_steps', '1'), ('warmup_steps', '0'), ('shuffle_buffer', '16'))
     with tfds.testing.mock_data(num_examples=12):
         final = train(config, str(tmp_path))
     assert final['count'] == 12
@@ -173,9 +165,8 @@ def test_batchnorm_state_trains_through_the_same_step(accum_steps):
     assert sums['count'] == 16
 
 
-def test_learning_rate_schedule_warms_up_then_decays():
-    config = digits_config(None, ('base_lr', '0.1'), ('warmup_steps', '10'),
-                           ('total_steps', '110'))
+def test_learning_rate_schedule_warms_up_then_decays(digits_config):
+    config = digits_config(('base_lr', '0.1'), ('warmup_steps', '10'), ('total_steps', '110'))
     lr = optim.learning_rate_schedule(config)
     np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(60), lr(110)],
                                [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-7)
@@ -189,12 +180,12 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
     assert not mask['Transformer']['encoder_norm']['scale']
 
 
-def test_dataset_info_is_the_info_of_the_pipeline(digits_data_dir):
+def test_dataset_info_is_the_info_of_the_pipeline(digits_config, load_config):
     # The trainer learns the class count from `dataset_info` before it builds the pipeline.
     from vit_jax.data import create_datasets, dataset_info
-    config = digits_config(digits_data_dir)
+    config = digits_config()
     assert dataset_info(config) == create_datasets(config)[2]
-    cifar = config_lib.load_config(os.path.join(REPO, 'configs', 'vit.py') + ':testing,cifar10')
+    cifar = load_config('vit.py:testing,cifar10')
     with tfds.testing.mock_data(num_examples=12):
         assert dataset_info(cifar) == create_datasets(cifar)[2]
         assert dataset_info(cifar).num_classes == 10

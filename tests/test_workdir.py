@@ -112,3 +112,18 @@ def test_setup_allocates_nothing_and_init_matches_its_abstract_state(ema_run):
              'label': jax.ShapeDtypeStruct((32,), np.int32, sharding=run.batch_sharding)}
     compiled = run.train_step.lower(run.abstract_state, batch).compile()
     assert compiled.memory_analysis() is not None
+
+
+def test_export_of_a_run_gives_the_runs_logits(ema_run, tmp_path):
+    from vit_jax import export
+    from vit_jax.normalization import NORMALIZATIONS, normalize
+
+    out = tmp_path / 'run.stablehlo'
+    assert export.main([f'--workdir={ema_run}', '--format=stablehlo', f'--out={out}']) == 0
+    model, variables, config, _ = load_run(ema_run)
+    x = np.random.default_rng(0).integers(0, 256, (3, model.img_size, model.img_size, 3))
+    want = model.apply(variables, normalize(x.astype(np.float32),
+                                            **NORMALIZATIONS[config.pp.normalize]), train=False)
+    with open(out, 'rb') as f:
+        got = jax.export.deserialize(f.read()).call(x.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)

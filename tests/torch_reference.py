@@ -1,7 +1,9 @@
-"""PyTorch reference models for the equivalence tests: timm on the CPU build of torch.
+"""PyTorch reference models for the equivalence tests: timm and transformers on the CPU build
+of torch.
 
-The pinned torchvision build expects CUDA operators; `import timm` fails with "operator
-torchvision::nms does not exist" unless their schemas are defined first, as `import_timm` does.
+The pinned torchvision build expects CUDA operators; `import timm` (and `import transformers`)
+fails with "operator torchvision::nms does not exist" unless their schemas are defined first, as
+`import_timm` does.
 """
 
 import numpy as np
@@ -20,6 +22,13 @@ def import_timm():
                 f'{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
     import timm
     return timm
+
+
+def import_transformers():
+    """Imports transformers beside the CPU build of torch."""
+    import_timm()
+    import transformers
+    return transformers
 
 
 def state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:

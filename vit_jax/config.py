@@ -10,8 +10,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import hashlib
+import importlib.machinery
 import importlib.util
+import inspect
 import os
+import sys
 import types
 import typing
 from collections.abc import Iterable
@@ -25,25 +29,62 @@ from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.train.step import LOSSES
 
+# The config files shipped with the package: `--config=configs/NAME.py` names them.
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+
 # Set by the trainer from the data (class count) and `pp.crop` (image size).
 DATA_DEFINED_OPTIONS = ('num_classes', 'img_size')
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path.py[:arg]` by calling the file's `get_config(arg)`."""
+    """Loads `path.py[:arg]` by calling the file's `get_config(arg)`.
+
+    The file's folder is loaded as a package, so config files import their neighbours with
+    `from . import common`, wherever the folder is.
+    """
     path, _, arg = spec.partition(':')
-    if not os.path.isfile(path):
-        raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG], '
-                          f'e.g. --config=configs/digits.py')
-    module_spec = importlib.util.spec_from_file_location(f'_vit_jax_config_{abs(hash(path))}', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    path = config_path(path)
+    module = _import_file(path)
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config() function')
+    if arg and not inspect.signature(module.get_config).parameters:
+        raise ConfigError(f'config file {path!r} takes no argument, got {arg!r}; pass '
+                          f'--config={path}')
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
     return config
+
+
+def config_path(path: str) -> str:
+    """`path` when it names a file, else the packaged config `configs/...` it names (the
+    files of `vit_jax/configs/`, so `--config=configs/vit.py` works from any directory)."""
+    if os.path.isfile(path):
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    packaged = os.path.join(PACKAGED_CONFIGS, *parts[1:])
+    if parts[0] == 'configs' and os.path.isfile(packaged):
+        return packaged
+    names = sorted(os.path.relpath(os.path.join(root, f), os.path.dirname(PACKAGED_CONFIGS))
+                   for root, _, files in os.walk(PACKAGED_CONFIGS) for f in files
+                   if f.endswith('.py') and f not in ('__init__.py', 'common.py'))
+    raise ConfigError(f'config file {path!r} does not exist; pass --config=FILE.py[:ARG] with a '
+                      f'file of yours or one of the packaged {", ".join(names)}')
+
+
+def _import_file(path: str) -> types.ModuleType:
+    """Executes the Python file `path` as a module of a package that stands for its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    package = f'_vit_jax_configs_{hashlib.sha1(folder.encode()).hexdigest()[:12]}'
+    if package not in sys.modules:
+        package_spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        package_spec.submodule_search_locations = [folder]
+        sys.modules[package] = importlib.util.module_from_spec(package_spec)
+    name = os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(f'{package}.{name}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -148,7 +189,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.tfds_data_dir = placeholder(str)
     # Weights to start from (any layout `vit_jax.weights.load` reads: the original or big_vision
     # .npz, timm .pth/.bin/.safetensors); the head is re-initialised when the class count differs
-    # and the position embedding resized to the crop. Ignored when resuming a checkpoint.
+    # and the position embedding resized to the crop. Ignored when resuming a checkpoint. None:
+    # from scratch; '' (set by `require_pretrained`): a path must be given.
     c.pretrained = placeholder(str)
     c.pp = ml_collections.ConfigDict(dict(
         train='train', test='test', crop=224,
@@ -218,6 +260,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     return c
+
+
+def require_pretrained(c: ml_collections.ConfigDict) -> None:
+    """Marks `c` as a fine-tune config: `validate` fails until `--config.pretrained` is set."""
+    c.pretrained = ''
 
 
 def adamw_recipe(c: ml_collections.ConfigDict, *, num_train: int, epochs: int,
@@ -297,6 +344,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f'--config.label_smoothing must be in [0, 1), got '
                           f'{config.label_smoothing}')
+    if config.pretrained == '':
+        raise ConfigError('this config fine-tunes loaded weights: pass --config.pretrained=PATH '
+                          '(an original or big_vision .npz, a timm .pth/.bin/.safetensors)')
     shots = tuple(config.fewshot_shots)
     if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
         raise ConfigError(f'--config.fewshot_shots must be positive integers (examples per '

@@ -1,7 +1,10 @@
-"""Checkpoint import and export for every family: `load(model, source)` and `save_npz`.
+"""Checkpoint import and export for every family: `load(model, source)`, `save_npz`, `save_hf`.
 
 `source` is a path (`.npz` in the original or big_vision layout, a PyTorch state dict as `.pth`,
-`.pt`, `.bin` or `.safetensors`) or an in-memory mapping of arrays. `load` reads it into flat
+`.pt`, `.bin` or `.safetensors`, a Hugging Face `save_pretrained` directory with `config.json`)
+or an in-memory mapping of arrays. `hf_model(directory)` builds the model a Hugging Face
+directory's `config.json` describes (each family registers its `model_type` with
+`register_hf`). `load` reads it into flat
 arrays, lets the model's family map foreign names onto its own (each family file ends with its
 mapping and registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn`
 beside each model), resizes what the family knows how to resize (position embeddings, relative
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +44,10 @@ COLLECTIONS = ('params', 'batch_stats')
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 # Keys under which training scripts nest the state dict (timm, DeiT, Swin, ConvNeXt, DHVT, SReT).
 NESTING_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
+# Weight files of a Hugging Face directory, in the order they are looked for (one file, or the
+# index of a sharded one).
+HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+              'pytorch_model.bin.index.json')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +76,32 @@ def register_mapping(module: type[nn.Module], convert: Converter, *, resize: Res
     _MAPPINGS[module] = WeightMap(convert, resize, layouts)
 
 
+@dataclasses.dataclass(frozen=True)
+class HfFamily:
+    """How one family reads and writes Hugging Face `transformers` directories.
+
+    `options(config)` turns a `config.json` (and the names of the directory's arrays) into the
+    family module's keyword arguments, raising `ModelError` for what the family cannot build.
+    `export(model, flat_params)`, where a family writes Hugging Face weights, returns the
+    `config.json` contents and the hub-named PyTorch-layout arrays.
+    """
+
+    module: type
+    options: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]]
+    export: Callable[[nn.Module, Flat], tuple[dict[str, Any], Flat]] | None = None
+
+
+_HF: dict[str, HfFamily] = {}
+
+
+def register_hf(model_type: str, module: type[nn.Module],
+                options: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]], *,
+                export: Callable[[nn.Module, Flat], tuple[dict[str, Any], Flat]] | None = None,
+                ) -> None:
+    """Registers the family that builds Hugging Face `model_type` (at the end of its file)."""
+    _HF[model_type] = HfFamily(module, options, export)
+
+
 # ----------------------------------------------------------------------------- reading files
 
 
@@ -80,6 +115,8 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> Flat:
     if isinstance(source, Mapping):
         return _flatten(_unwrap(source))
     path = os.fspath(source)
+    if os.path.isdir(path):
+        return _read_hf_directory(path)
     if not os.path.isfile(path):
         raise ModelError(f'weights file {path!r} does not exist')
     suffix = os.path.splitext(path)[1].lower()
@@ -98,6 +135,20 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> Flat:
             f'{path!r} is not a checkpoint vit_jax can read ({type(e).__name__}: '
             f'{str(e).splitlines()[0] if str(e) else ""}); expected an .npz, a PyTorch state dict '
             f'(.pth, .pt, .bin) or .safetensors') from None
+
+
+def _read_hf_directory(path: str) -> Flat:
+    """The weights of a Hugging Face `save_pretrained` directory (sharded or not)."""
+    name = next((n for n in HF_WEIGHTS if os.path.isfile(os.path.join(path, n))), None)
+    if name is None:
+        raise ModelError(f'{path!r} is a directory without Hugging Face weights (one of '
+                         f'{", ".join(HF_WEIGHTS)}); pass a weights file or a save_pretrained '
+                         f'directory')
+    if not name.endswith('.index.json'):
+        return read(os.path.join(path, name))
+    with open(os.path.join(path, name)) as f:
+        shards = sorted(set(json.load(f)['weight_map'].values()))
+    return {k: v for shard in shards for k, v in read(os.path.join(path, shard)).items()}
 
 
 def _is_npz(path: str) -> bool:
@@ -250,6 +301,53 @@ def _init(model: nn.Module, seed: int) -> Any:
     return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(images)
 
 
+def hf_model(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """The model a Hugging Face directory's `config.json` describes (`model_type` picks the
+    family, the config its size), with `overrides` of its options; load its weights with
+    `load(model, directory)`."""
+    config = hf_config(directory)
+    family = _HF.get(config.get('model_type'))
+    if family is None:
+        raise ModelError(f'{os.fspath(directory)!r} holds a Hugging Face '
+                         f'{config.get("model_type")!r} model; vit_jax builds '
+                         f'{", ".join(sorted(_HF))}')
+    names = frozenset(read(directory))
+    return family.module(**{**family.options(config, names), **overrides})
+
+
+def hf_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The `config.json` of a Hugging Face `save_pretrained` directory."""
+    path = os.path.join(os.fspath(directory), 'config.json')
+    if not os.path.isfile(path):
+        raise ModelError(f'{os.fspath(directory)!r} has no config.json; pass a Hugging Face '
+                         f'save_pretrained directory, or create the model and load the weights '
+                         f'file')
+    with open(path) as f:
+        return json.load(f)
+
+
+def rename(arrays: Flat, rules: tuple[tuple[str, str], ...]) -> Flat:
+    """Renames every key by the regular expression substitutions `rules`, applied in order."""
+    out = {}
+    for key, value in arrays.items():
+        for pattern, new in rules:
+            key = re.sub(pattern, new, key)
+        out[key] = value
+    return out
+
+
+def fuse_qkv(arrays: Flat) -> Flat:
+    """Separate `{prefix}.q`, `.k`, `.v` projections (Hugging Face) -> one `{prefix}.qkv`
+    (timm): weights `[3 * dim, dim]`, biases `[3 * dim]`."""
+    out = dict(arrays)
+    for key in arrays:
+        match = re.fullmatch(r'(.*)\.q\.(weight|bias)', key)
+        if match:
+            parts = [out.pop(f'{match[1]}.{p}.{match[2]}') for p in 'qkv']
+            out[f'{match[1]}.qkv.{match[2]}'] = np.concatenate(parts)
+    return out
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -299,3 +397,22 @@ def attention(prefix: str, qkv_weight: np.ndarray, qkv_bias: np.ndarray | None,
             out[f'{prefix}/{name}/bias'] = qkv_bias[rows].reshape(num_heads, head_dim)
     return out
 
+
+
+def save_hf(model: nn.Module, variables: Mapping[str, Any], directory: str | os.PathLike) -> None:
+    """Writes a Hugging Face `save_pretrained` directory (`config.json`, `model.safetensors` with
+    the hub's array names) that `transformers`' `from_pretrained` reads."""
+    family = next((f for f in _HF.values() if f.module is type(model) and f.export), None)
+    if family is None:
+        raise ModelError(f'{type(model).__name__} has no Hugging Face export; families with one: '
+                         f'{", ".join(f.module.__name__ for f in _HF.values() if f.export)}')
+    from safetensors.numpy import save_file
+
+    flat = tree.unstack_layers(tree.flatten(variables), model.stacked_layers)
+    config, arrays = family.export(model, flat)
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=2)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()},
+              os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})

@@ -12,7 +12,8 @@ A family's top-level module is a flax `nn.Module` that also subclasses `Family` 
   holding stacked layers when the model is scanned (`scan_layers`; each one of
   `vit_jax.tree.STACKED_LAYERS`), the head's parameter names (re-initialised for another class
   count) and the family's default preprocessing (variants override parts of it in the
-  registry: `get_spec(name).pretrained_cfg` is the variant's `Preprocessing`).
+  registry: `get_spec(name).pretrained_cfg` is the variant's `Preprocessing`), and where its
+  intermediate features are (`vit_jax.features`).
 
 tests/test_families.py checks every registered model against this contract.
 """
@@ -64,6 +65,16 @@ class Family:
     # groups then `suffix` (stages flattened); what neither matches (final norm, head) is last.
     stem_layers: ClassVar[str] = r'$^'
     block_layers: ClassVar[tuple[tuple[str, tuple[int, ...]], ...]] = ()
+
+    # Modules (a regular expression over '/'-joined module paths) whose outputs are the
+    # intermediate features, in call order: maps `[batch, h, w, channels]`, or token sequences
+    # `[batch, num_prefix_tokens + h * w, channels]`; one entry per block or per stage.
+    feature_modules: ClassVar[str] = ''
+    # Tokens before the patch tokens in those sequences (class, distillation tokens).
+    num_prefix_tokens: ClassVar[int] = 0
+    # The final norm's module path, applied by `features(norm=True)` to the features of its
+    # width; None where the family has no norm over feature maps.
+    feature_norm: ClassVar[str | None] = None
 
 
 def layer_depths(module: type[Family], names: Iterable[str]) -> dict[str, int]:

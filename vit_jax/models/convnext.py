@@ -98,6 +98,7 @@ class ConvNeXt(nn.Module, contract.Family):
 
     stem_layers = r'(stem|stem_norm)/'
     block_layers = ((r'stages_(\d+)/downsample', (0,)), (r'stages_(\d+)/blocks_(\d+)/', ()))
+    feature_modules = r'stages_\d+'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 
@@ -192,10 +193,24 @@ _MODULES = (  # timm module name -> own (regular expressions, applied in order)
 _NORMS = ('stem_norm', 'downsample_norm', 'norm', 'head_norm')
 
 
+# Hugging Face ConvNeXt names (the same in hub files and in transformers 5) -> timm's.
+_HF_TO_TIMM = (
+    (r'^convnext\.', ''), (r'^embeddings\.patch_embeddings\.', 'stem.0.'),
+    (r'^embeddings\.layernorm\.', 'stem.1.'), (r'^encoder\.stages\.', 'stages.'),
+    (r'\.downsampling_layer\.', '.downsample.'), (r'\.layers\.(\d+)\.', r'.blocks.\1.'),
+    (r'\.dwconv\.', '.conv_dw.'), (r'\.pwconv(\d)\.', r'.mlp.fc\1.'),
+    (r'\.layernorm\.', '.norm.'), (r'\.layer_scale_parameter$', '.gamma'),
+    (r'^layernorm\.', 'head.norm.'), (r'^classifier\.', 'head.fc.'),
+)
+
+
 def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
-    """A timm or original Facebook ConvNeXt state dict -> this model's flat parameters."""
+    """A timm, original Facebook or Hugging Face `ConvNextForImageClassification` /
+    `ConvNextModel` state dict -> this model's flat parameters."""
     if 'downsample_layers.0.0.weight' in arrays:
         arrays = {_timm_key(k): v for k, v in arrays.items()}
+    if any(k.endswith('embeddings.patch_embeddings.weight') for k in arrays):
+        arrays = weights.rename(arrays, _HF_TO_TIMM)
     if 'stem.0.weight' not in arrays:
         return None
     out = {}
@@ -215,6 +230,17 @@ def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
     return out
 
 
+def _hf_options(config: dict, names: frozenset[str]) -> dict:
+    """`ConvNeXt` options of a Hugging Face ConvNeXt `config.json`."""
+    classify = 'classifier.weight' in names
+    return dict(img_size=config.get('image_size', 224), patch_size=config.get('patch_size', 4),
+                in_chans=config.get('num_channels', 3), depths=tuple(config['depths']),
+                dims=tuple(config['hidden_sizes']),
+                num_classes=len(config.get('id2label') or {}) if classify else 0)
+
+
 weights.register_mapping(
     ConvNeXt, _from_timm,
-    layouts='timm ConvNeXt state dicts and the original facebookresearch/ConvNeXt checkpoints')
+    layouts='timm ConvNeXt state dicts, the original facebookresearch/ConvNeXt checkpoints and '
+            'Hugging Face ConvNextForImageClassification state dicts')
+weights.register_hf('convnext', ConvNeXt, _hf_options)

@@ -233,6 +233,9 @@ class DHVT(nn.Module, contract.Family):
     # The authors' normalisation for every dataset (CIFAR at 32 px uncropped: crop_pct 1).
     stem_layers = r'(patch_embed|cls|pos_embed)(/|$)'
     block_layers = ((r'blocks_(\d+)/', ()),)
+    feature_modules = r'blocks_\d+'
+    num_prefix_tokens = 1
+    feature_norm = 'norm'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 

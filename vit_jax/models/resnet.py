@@ -154,6 +154,7 @@ class ResNetV2(nn.Module, contract.Family):
 
     stem_layers = r'(conv_root|gn_root)/'
     block_layers = ((r'block(\d+)/unit(\d+)/', ()),)
+    feature_modules = r'block\d+'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bilinear', **NORMALIZATIONS['imagenet'])
 

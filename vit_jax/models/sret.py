@@ -231,6 +231,8 @@ class SReT(nn.Module, contract.Family):
     dtype: str = 'float32'
 
     rng_streams = ('dropout', 'permute')
+    feature_modules = r'stage_\d+/nll_\d+'
+    feature_norm = 'norm'
     # DeiT evaluation: resize to size / 0.875, centre crop, ImageNet mean and std, bicubic.
     # A recursive block and the projection of the same index share a depth; pooling follows
     # its stage.

@@ -239,6 +239,8 @@ class SwinTransformer(nn.Module, contract.Family):
 
     stem_layers = r'(patch_embed|patch_norm)/'
     block_layers = ((r'layers_(\d+)/downsample/', (0,)), (r'layers_(\d+)/blocks_(\d+)/', ()))
+    feature_modules = r'layers_\d+'
+    feature_norm = 'norm'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.9, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
 
@@ -370,6 +372,44 @@ def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | N
     return out
 
 
+# Hugging Face Swin names (hub files and transformers 5's in-memory ones) -> the original
+# Microsoft layout (patch merging at the end of a stage), which `_from_timm` reads.
+_HF_TO_MICROSOFT = (
+    (r'^swin\.', ''), (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
+    (r'^embeddings\.norm\.', 'patch_embed.norm.'), (r'^encoder\.layers\.', 'layers.'),
+    (r'\.attention\.(self\.query|q_proj)\.', '.attn.q.'),
+    (r'\.attention\.(self\.key|k_proj)\.', '.attn.k.'),
+    (r'\.attention\.(self\.value|v_proj)\.', '.attn.v.'),
+    (r'\.attention\.(output\.dense|o_proj)\.', '.attn.proj.'),
+    (r'\.attention\.(self|relative_position_bias)\.relative_position_bias_table$',
+     '.attn.relative_position_bias_table'),
+    (r'\.(intermediate\.dense|mlp\.fc1)\.', '.mlp.fc1.'),
+    (r'\.(output\.dense|mlp\.fc2)\.', '.mlp.fc2.'),
+    (r'\.layernorm_before\.', '.norm1.'), (r'\.layernorm_after\.', '.norm2.'),
+    (r'^layernorm\.', 'norm.'), (r'^classifier\.', 'head.'),
+)
+
+
+def _convert(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
+    """timm, original Microsoft or Hugging Face `SwinForImageClassification` / `SwinModel`."""
+    if any(k.endswith('embeddings.patch_embeddings.projection.weight') for k in arrays):
+        arrays = weights.fuse_qkv(weights.rename(arrays, _HF_TO_MICROSOFT))
+    return _from_timm(arrays, model)
+
+
+def _hf_options(config: dict, names: frozenset[str]) -> dict:
+    """`SwinTransformer` options of a Hugging Face Swin `config.json`."""
+    if config.get('use_absolute_embeddings') or not config.get('qkv_bias', True):
+        raise ModelError('a Hugging Face Swin with absolute position embeddings or without qkv '
+                         'biases has no vit_jax equivalent')
+    classify = 'classifier.weight' in names
+    return dict(img_size=config['image_size'], patch_size=config['patch_size'],
+                in_chans=config.get('num_channels', 3), embed_dim=config['embed_dim'],
+                depths=tuple(config['depths']), num_heads=tuple(config['num_heads']),
+                window_size=config['window_size'], mlp_ratio=config.get('mlp_ratio', 4.0),
+                num_classes=len(config.get('id2label') or {}) if classify else 0)
+
+
 def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
             model: SwinTransformer) -> np.ndarray | None:
     """A relative position bias table `[(2 * window - 1)**2, heads]` for another window (another
@@ -385,6 +425,7 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
 
 
 weights.register_mapping(
-    SwinTransformer, _from_timm, resize=_resize,
-    layouts='timm SwinTransformer state dicts and the original microsoft/Swin-Transformer '
-            'checkpoints')
+    SwinTransformer, _convert, resize=_resize,
+    layouts='timm SwinTransformer state dicts, the original microsoft/Swin-Transformer '
+            'checkpoints and Hugging Face SwinForImageClassification state dicts')
+weights.register_hf('swin', SwinTransformer, _hf_options)

@@ -38,19 +38,20 @@ class EncoderBlock(nn.Module):
     act_layer: str = 'gelu_tanh'
     attn_impl: str = 'fused'
     dtype: str = 'float32'
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool,
                  drop_path_rate: jax.Array | None = None) -> jax.Array:
         """`drop_path_rate` (traced, when scanned over layers) overrides the field."""
         drop_path = functools.partial(layers.DropPath(self.drop_path_rate), rate=drop_path_rate)
-        y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
+        y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         y = layers.MultiHeadAttention(
             self.num_heads, dropout_rate=self.attn_dropout_rate, impl=self.attn_impl,
             dtype=self.dtype, name='MultiHeadDotProductAttention_1')(y, deterministic=deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x = x + drop_path(y, deterministic=deterministic)
-        y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
+        y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='LayerNorm_2')(x)
         y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, act_layer=self.act_layer,
                             dtype=self.dtype, name='MlpBlock_3')(y, deterministic=deterministic)
         return nn.with_logical_constraint(x + drop_path(y, deterministic=deterministic),
@@ -88,6 +89,7 @@ class Encoder(nn.Module):
     act_layer: str = 'gelu_tanh'
     attn_impl: str = 'fused'
     dtype: str = 'float32'
+    norm_eps: float = 1e-6
     remat: bool = False
     scan_layers: bool = False
 
@@ -106,7 +108,8 @@ class Encoder(nn.Module):
         block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
         rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
         options = dict(dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
-                       act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype)
+                       act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
+                       norm_eps=self.norm_eps)
         if self.scan_layers:
             # One block traced once; its parameters (and sown attention weights) get a leading
             # layer axis; each layer draws its own dropout keys and reads its drop-path rate.
@@ -119,7 +122,7 @@ class Encoder(nn.Module):
             for i, rate in enumerate(rates):
                 x = block(self.num_heads, self.mlp_dim, drop_path_rate=rate, **options,
                           name=f'encoderblock_{i}')(x, not train)
-        return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+        return nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
 
 
 class VisionTransformer(nn.Module, contract.Family):
@@ -129,14 +132,14 @@ class VisionTransformer(nn.Module, contract.Family):
     patches overlap. `resnet_layers` (units per stage; `()` for the root alone) puts the hybrid's
     ResNet (`resnet.hybrid_stem`, `resnet_width` times 64 root channels) before the patch
     embedding, whose patches are then taken from the ResNet's feature map. `dtype` is the
-    compute dtype; parameters stay float32. `num_classes=0` returns the pooled features
-    `[batch, embed_dim or representation_size]`. `remat=True` recomputes each block's
-    activations in the backward pass (less memory, ~1/3 more compute). `scan_layers=True` runs
-    the blocks as one `nn.scan` (compiled once, not `depth` times): their parameters are stacked
-    `[depth, ...]` under `Transformer/encoderblock` (big_vision's layout); `vit_jax.weights`
-    loads and saves either way. Activations carry logical
-    axis names (`batch`, `tokens`, `embed`, ...) that the trainer maps onto the device mesh
-    (`vit_jax.train.sharding`).
+    compute dtype; parameters stay float32. `norm_eps` is every LayerNorm's epsilon (1e-6 as the
+    original; Hugging Face's ViT uses 1e-12 with `act_layer='gelu'`). `num_classes=0` returns
+    the pooled features `[batch, embed_dim or representation_size]`. `remat=True` recomputes
+    each block's activations in the backward pass (less memory, ~1/3 more compute).
+    `scan_layers=True` runs the blocks as one `nn.scan` (compiled once, not `depth` times): their
+    parameters are stacked `[depth, ...]` under `Transformer/encoderblock` (big_vision's layout);
+    `vit_jax.weights` loads and saves either way. Activations carry logical axis names (`batch`,
+    `tokens`, `embed`, ...) that the trainer maps onto the device mesh (`vit_jax.train.sharding`).
 
     `distilled=True` is DeiT's distilled ViT (timm's `VisionTransformerDistilled`): a
     distillation token `dist` after the class token, read by its own head `head_dist`; in
@@ -165,6 +168,7 @@ class VisionTransformer(nn.Module, contract.Family):
     dtype: str = 'float32'
     in_chans: int = 3
     head_bias_init: float = 0.0
+    norm_eps: float = 1e-6
     resnet_layers: tuple[int, ...] | None = None
     resnet_width: float = 1.0
     remat: bool = False
@@ -172,8 +176,11 @@ class VisionTransformer(nn.Module, contract.Family):
     distilled: bool = False
 
     stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
-    stem_layers = r'(cls|dist|embedding|conv_root|gn_root|block\d+|Transformer/posembed_input)(/|$)'
+    stem_layers = (r'(cls|dist|embedding|conv_root|gn_root|block\d+|Transformer/posembed_input)'
+                   r'(/|$)')
     block_layers = ((r'Transformer/encoderblock_(\d+)/', ()),)
+    feature_modules = rf'Transformer/{SCANNED_BLOCKS}(_\d+)?'
+    feature_norm = 'Transformer/encoder_norm'
 
     def __post_init__(self) -> None:
         contract.check_choices((
@@ -249,7 +256,8 @@ class VisionTransformer(nn.Module, contract.Family):
             num_prefix_tokens=prefix, pos_embed=self.pos_embed, dropout_rate=self.drop_rate,
             attn_dropout_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
             act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
-            remat=self.remat, scan_layers=self.scan_layers, name='Transformer')(x, train=train)
+            norm_eps=self.norm_eps, remat=self.remat, scan_layers=self.scan_layers,
+            name='Transformer')(x, train=train)
         if self.distilled:
             return self._distilled_heads(x[:, 0], x[:, 1], train)
         x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
@@ -307,6 +315,8 @@ def _register_zoo() -> None:
             embed_dim=width, depth=depth, num_heads=heads, act_layer='gelu', distilled=True)
     register('testing', VisionTransformer, patch_size=16, embed_dim=10, depth=1, num_heads=2,
              mlp_ratio=1.0, drop_rate=0.1)
+    register('ViT-digits', VisionTransformer, img_size=16, patch_size=4, embed_dim=64, depth=4,
+             num_heads=4, mlp_ratio=2.0, classifier='gap')
 
 
 _register_zoo()
@@ -374,9 +384,113 @@ def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
     return {k: v for k, v in out.items() if v is not None}
 
 
+# Hugging Face ViT and DeiT names -> timm's: the hub files' names and the ones transformers 5
+# uses in memory (`layers.N.attention.q_proj`, `layers.N.mlp.fc1`); ViTModel has no `vit.`.
+_HF_TO_TIMM = (
+    (r'^(vit|deit)\.', ''), (r'^embeddings\.cls_token$', 'cls_token'),
+    (r'^embeddings\.distillation_token$', 'dist_token'),
+    (r'^embeddings\.position_embeddings$', 'pos_embed'),
+    (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
+    (r'^(encoder\.layer|layers)\.(\d+)\.', r'blocks.\2.'),
+    (r'\.attention\.(attention\.query|q_proj)\.', '.attn.q.'),
+    (r'\.attention\.(attention\.key|k_proj)\.', '.attn.k.'),
+    (r'\.attention\.(attention\.value|v_proj)\.', '.attn.v.'),
+    (r'\.attention\.(output\.dense|o_proj)\.', '.attn.proj.'),
+    (r'\.(intermediate\.dense|mlp\.fc1)\.', '.mlp.fc1.'),
+    (r'\.(output\.dense|mlp\.fc2)\.', '.mlp.fc2.'),
+    (r'\.layernorm_before\.', '.norm1.'), (r'\.layernorm_after\.', '.norm2.'),
+    (r'^layernorm\.', 'norm.'), (r'^(classifier|cls_classifier)\.', 'head.'),
+    (r'^distillation_classifier\.', 'head_dist.'), (r'^pooler\.dense\.', 'pre_logits.'),
+)
+
+
+def _from_hf(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat:
+    """Hugging Face `ViTModel` (with or without its pooler, our `pre_logits`) and
+    `ViTForImageClassification` state dicts, in either spelling."""
+    sd = weights.fuse_qkv(weights.rename(ckpt, _HF_TO_TIMM))
+    out = _from_timm(sd, model)
+    if 'pre_logits.weight' in sd:
+        out['params/pre_logits/kernel'] = weights.linear(sd['pre_logits.weight'])
+        out['params/pre_logits/bias'] = sd['pre_logits.bias']
+    return out
+
+
+def _hf_options(config: dict, names: frozenset[str]) -> dict:
+    """`VisionTransformer` options of a Hugging Face ViT `config.json`."""
+    act = config.get('hidden_act', 'gelu')
+    if not config.get('qkv_bias', True) or act not in layers.ACTIVATIONS:
+        raise ModelError(f'a Hugging Face ViT with qkv_bias={config.get("qkv_bias")} and '
+                         f'hidden_act={config.get("hidden_act")!r} has no vit_jax equivalent')
+    classify = 'classifier.weight' in names
+    pooler = any(n.endswith('pooler.dense.weight') for n in names)
+    return dict(
+        img_size=config['image_size'], patch_size=config['patch_size'],
+        in_chans=config.get('num_channels', 3), embed_dim=config['hidden_size'],
+        depth=config['num_hidden_layers'], num_heads=config['num_attention_heads'],
+        mlp_ratio=config['intermediate_size'] / config['hidden_size'],
+        act_layer=act, norm_eps=config.get('layer_norm_eps', 1e-12),
+        num_classes=len(config.get('id2label') or {}) if classify else 0,
+        representation_size=config.get('pooler_output_size', config['hidden_size'])
+        if pooler and not classify else None)
+
+
+def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.Flat]:
+    """`config.json` and hub-named arrays of a `ViTForImageClassification` (a `ViTModel` with
+    its pooler when the model has `pre_logits` and no head)."""
+    if (model.classifier != 'token' or model.pos_embed != 'learned' or model.resnet_layers
+            is not None or model.patch_kernel_size not in (None, model.patch_size)
+            or model.act_layer not in ('gelu', 'gelu_tanh')
+            or (model.representation_size and model.num_classes)):
+        raise ModelError('Hugging Face ViT has a class token, learned position embeddings, plain '
+                         'patches, GELU and no pre-logits before a head; this model differs')
+    p = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
+    classify = bool(model.num_classes)
+    root = 'vit.' if classify else ''
+    out = {f'{root}embeddings.cls_token': p['cls'],
+           f'{root}embeddings.position_embeddings': p['Transformer/posembed_input/pos_embedding'],
+           f'{root}embeddings.patch_embeddings.projection.weight':
+               p['embedding/kernel'].transpose(3, 2, 0, 1),
+           f'{root}embeddings.patch_embeddings.projection.bias': p['embedding/bias'],
+           f'{root}layernorm.weight': p['Transformer/encoder_norm/scale'],
+           f'{root}layernorm.bias': p['Transformer/encoder_norm/bias']}
+    dim = model.embed_dim
+    for i in range(model.depth):
+        t, b = f'Transformer/encoderblock_{i}/', f'{root}encoder.layer.{i}.'
+        attn = t + 'MultiHeadDotProductAttention_1/'
+        for name in ('query', 'key', 'value'):
+            q = f'{b}attention.attention.{name}.'
+            out[q + 'weight'] = p[f'{attn}{name}/kernel'].reshape(dim, -1).T
+            out[q + 'bias'] = p[f'{attn}{name}/bias'].reshape(-1)
+        out[f'{b}attention.output.dense.weight'] = p[attn + 'out/kernel'].reshape(-1, dim).T
+        out[f'{b}attention.output.dense.bias'] = p[attn + 'out/bias']
+        for src, dst in (('LayerNorm_0', 'layernorm_before'), ('LayerNorm_2', 'layernorm_after')):
+            out[f'{b}{dst}.weight'] = p[f'{t}{src}/scale']
+            out[f'{b}{dst}.bias'] = p[f'{t}{src}/bias']
+        for src, dst in (('Dense_0', 'intermediate'), ('Dense_1', 'output')):
+            out[f'{b}{dst}.dense.weight'] = p[f'{t}MlpBlock_3/{src}/kernel'].T
+            out[f'{b}{dst}.dense.bias'] = p[f'{t}MlpBlock_3/{src}/bias']
+    if classify:
+        out['classifier.weight'], out['classifier.bias'] = p['head/kernel'].T, p['head/bias']
+    elif model.representation_size:
+        out['pooler.dense.weight'] = p['pre_logits/kernel'].T
+        out['pooler.dense.bias'] = p['pre_logits/bias']
+    config = dict(
+        architectures=['ViTForImageClassification' if classify else 'ViTModel'], model_type='vit',
+        image_size=model.img_size, patch_size=model.patch_size, num_channels=model.in_chans,
+        hidden_size=dim, num_hidden_layers=model.depth, num_attention_heads=model.num_heads,
+        intermediate_size=int(dim * model.mlp_ratio),
+        hidden_act='gelu' if model.act_layer == 'gelu' else 'gelu_pytorch_tanh',
+        layer_norm_eps=model.norm_eps, qkv_bias=True, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, pooler_output_size=model.representation_size or dim,
+        pooler_act='tanh', id2label={str(i): f'LABEL_{i}' for i in range(model.num_classes)})
+    return config, out
+
+
 def _convert(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat | None:
     if 'patch_embed.proj.weight' in ckpt:
         return _from_timm(ckpt, model)
+    if any(k.endswith('embeddings.patch_embeddings.projection.weight') for k in ckpt):
+        return _from_hf(ckpt, model)
     if any(k.removeprefix('params/') == 'pos_embedding' or '/MultiHeadDotProductAttention_0/' in k
            for k in ckpt):
         return _from_big_vision(ckpt)
@@ -396,4 +510,6 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
 weights.register_mapping(
     VisionTransformer, _convert, resize=_resize,
     layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
-            'timm VisionTransformer state dicts')
+            'timm VisionTransformer and Hugging Face ViTModel / ViTForImageClassification state '
+            'dicts')
+weights.register_hf('vit', VisionTransformer, _hf_options, export=_to_hf)

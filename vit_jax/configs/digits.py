@@ -5,16 +5,17 @@
 1,797 real 8x8 digits from scikit-learn (offline); 1,437 train / 360 held-out test.
 """
 
+import ml_collections
+
 from vit_jax.config import base_config, model_config
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     c = base_config()
     c.dataset = 'digits'
-    c.model_name = 'ViT-Ti_16'
     # 16x16 input (the 8x8 digits upsampled), 4x4 patches: 16 tokens of width 64.
-    c.model = model_config('ViT-Ti_16', patch_size=4, embed_dim=64, depth=4, num_heads=4,
-                           mlp_ratio=2.0, classifier='gap')
+    c.model_name = 'ViT-digits'
+    c.model = model_config(c.model_name)
     c.pp.crop = 16
     c.pp.augment = 'pad_crop'
     c.pp.pad = 2

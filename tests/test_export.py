@@ -1,0 +1,156 @@
+"""`vit_jax.export`: each format reloaded in its own runtime (TensorFlow, TensorFlow Lite,
+`jax.export.deserialize`) gives the logits of JAX for pixels 0..255 with the model's mean and
+std applied; the command line; every family exports (slow)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vit_jax
+from vit_jax import export, tree, weights
+from vit_jax.errors import ModelError
+
+TOL = 1e-4
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def random_variables(model, seed=0):
+    """Variables with every array random (a zero-initialised head would hide a wrong export)."""
+    x = jnp.zeros((1, model.img_size, model.img_size, model.in_chans))
+    flat = tree.flatten(jax.jit(lambda x: model.init(jax.random.key(seed), x))(x))
+    rng = np.random.default_rng(seed)
+    return tree.unflatten({k: np.asarray(v) + rng.normal(0, 0.05, v.shape).astype(v.dtype)
+                           for k, v in flat.items()})
+
+
+def pixels(model, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, *export.input_shape(model))).astype(np.uint8)
+
+
+def expected(model, variables, x):
+    return np.asarray(export.serving_function(model, variables, MEAN, STD)(jnp.asarray(x)))
+
+
+def savedmodel_logits(path, x, signature):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(path).signatures[signature]
+    dtype = tf.uint8 if signature == 'serving_default' else tf.float32
+    return next(iter(fn(pixels=tf.constant(x, dtype)).values())).numpy()
+
+
+def tflite_logits(path, x):
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in x.astype(np.float32):
+        interpreter.set_tensor(inp['index'], image[None])
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out['index'])[0])
+    return np.stack(rows)
+
+
+def stablehlo_logits(path, x):
+    with open(path, 'rb') as f:
+        return np.asarray(jax.export.deserialize(f.read()).call(x.astype(np.float32)))
+
+
+def check_formats(model, variables, tmp_path, formats=export.FORMATS):
+    """Exports `model` in `formats`; returns {format: (max abs logit difference, bytes)}."""
+    serve = export.serving_function(model, variables, MEAN, STD)
+    shape, out = export.input_shape(model), {}
+    x = pixels(model, 3)
+    want = expected(model, variables, x)
+    for fmt in formats:
+        path = str(tmp_path / f'model.{fmt}')
+        export.export(serve, shape, fmt, path)
+        if fmt == 'stablehlo':
+            got = [stablehlo_logits(path, x), stablehlo_logits(path, x[:2])]
+            wants = [want, want[:2]]  # the batch size is symbolic
+        elif fmt == 'savedmodel':
+            got = [savedmodel_logits(path, x, s) for s in ('serving_default', 'serving_float')]
+            wants = [want, want]
+        else:
+            got, wants = [tflite_logits(path, x)], [want]
+        diff = max(float(np.abs(g - w).max()) for g, w in zip(got, wants, strict=True))
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)
+                   for f in fs) if os.path.isdir(path) else os.path.getsize(path)
+        out[fmt] = diff, size
+        # float32 round-off grows with the logits' scale (a random 50-layer BiT: |logits| ~ 1e2)
+        assert diff <= TOL * max(1.0, float(np.abs(want).max())), (fmt, diff)
+    return out
+
+
+@pytest.fixture(scope='module')
+def vit():
+    model = vit_jax.create_model('ViT-Ti_16', num_classes=7, img_size=32, patch_size=8, depth=2)
+    return model, random_variables(model)
+
+
+@pytest.mark.parametrize('fmt', export.FORMATS)
+def test_each_format_reloads_to_the_same_logits(vit, tmp_path, fmt):
+    check_formats(*vit, tmp_path, formats=(fmt,))
+
+
+def test_int8_tflite_is_smaller_and_close(vit, tmp_path):
+    model, variables = vit
+    serve = export.serving_function(model, variables, MEAN, STD)
+    for int8 in (False, True):
+        export.export(serve, export.input_shape(model), 'tflite', str(tmp_path / f'{int8}'), int8)
+    assert os.path.getsize(tmp_path / 'True') < 0.5 * os.path.getsize(tmp_path / 'False')
+    x = pixels(model, 4, seed=1)
+    got, want = tflite_logits(str(tmp_path / 'True'), x), expected(model, variables, x)
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_command_line_exports_a_weights_file(vit, tmp_path, capsys):
+    model, variables = vit
+    weights.save_npz(variables, tmp_path / 'w.npz')
+    out = tmp_path / 'vit.stablehlo'
+    assert export.main(['--model=ViT-Ti_16', f'--weights={tmp_path / "w.npz"}',
+                        '--format=stablehlo', f'--out={out}']) == 2  # img_size 224 != 32 px
+    assert 'error:' in capsys.readouterr().err
+    small = vit_jax.create_model('ViT-Ti_16', num_classes=7)
+    weights.save_npz(random_variables(small), tmp_path / 'w.npz')
+    assert export.main(['--model=ViT-Ti_16', f'--weights={tmp_path / "w.npz"}',
+                        '--format=stablehlo', f'--out={out}']) == 0
+    x = pixels(small, 2)
+    variables = weights.load(small, tmp_path / 'w.npz', strict=True)
+    want = export.serving_function(small, variables, (0.5,) * 3, (0.5,) * 3)(jnp.asarray(x))
+    np.testing.assert_allclose(stablehlo_logits(str(out), x), want, atol=TOL, rtol=0)
+
+
+def test_bad_options_say_what_to_do(vit, tmp_path, capsys):
+    model, variables = vit
+    serve = export.serving_function(model, variables, MEAN, STD)
+    with pytest.raises(ModelError, match='--int8 quantises TensorFlow Lite exports only'):
+        export.export(serve, export.input_shape(model), 'stablehlo', str(tmp_path / 'x'), True)
+    assert export.main(['--format=stablehlo', f'--out={tmp_path / "x"}']) == 2
+    assert 'give --model and --weights' in capsys.readouterr().err
+
+
+# One small variant per family (the hybrid too).
+FAMILIES = {
+    'R+ViT-Ti_16': dict(img_size=64, depth=1),
+    'BiT-R50x1': dict(img_size=64),
+    'swin_tiny_patch4_window7_224': dict(img_size=64, window_size=4, depths=(1, 1, 1, 1)),
+    'convnext_tiny': dict(img_size=64, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
+    'dhvt_tiny_cifar_patch4': dict(depth=2),
+    'SReT_T': dict(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(FAMILIES))
+def test_every_family_exports(name, tmp_path):
+    model = vit_jax.create_model(name, num_classes=5, **FAMILIES[name])
+    results = check_formats(model, random_variables(model), tmp_path)
+    print(name, {fmt: f'{diff:.1e}, {size / 1e6:.2f} MB' for fmt, (diff, size) in
+                 results.items()})

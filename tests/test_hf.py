@@ -1,0 +1,155 @@
+"""Hugging Face `transformers` checkpoints: ViT (with and without pooler), Swin and ConvNeXt state
+dicts in both spellings (the hub files' and transformers 5's in-memory names), as a state dict,
+`.bin`, `.safetensors` or a `save_pretrained` directory whose config picks the model, give the
+logits of `transformers`; `save_hf` writes a ViT that `transformers` reads back."""
+
+import numpy as np
+import pytest
+import torch
+import torch_reference
+
+from vit_jax import weights
+from vit_jax.errors import ModelError
+from vit_jax.models import convnext, swin, vit
+
+TOL = 1e-4
+SIZE = 32
+
+
+def reduced(transformers, kind, head=True):
+    """A reduced `transformers` model of `kind` with random weights (every constant perturbed)."""
+    t = transformers
+    torch.manual_seed(0)
+    if kind == 'vit':
+        config = t.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, image_size=SIZE, patch_size=8, num_labels=5)
+        model = t.ViTForImageClassification(config) if head else t.ViTModel(config)
+    elif kind == 'vit_nopool':
+        config = t.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, image_size=SIZE, patch_size=8)
+        model = t.ViTModel(config, add_pooling_layer=False)
+    elif kind == 'swin':
+        config = t.SwinConfig(image_size=SIZE, patch_size=2, embed_dim=8, depths=[2, 2, 1],
+                              num_heads=[2, 2, 4], window_size=4, num_labels=5)
+        model = t.SwinForImageClassification(config) if head else t.SwinModel(config)
+    else:
+        config = t.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 2],
+                                  image_size=SIZE, num_labels=5)
+        model = t.ConvNextForImageClassification(config) if head else t.ConvNextModel(config)
+    torch_reference.randomize(model, scale=0.2)
+    return model.eval()
+
+
+def images(seed=0):
+    return np.random.default_rng(seed).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def hf_outputs(model, x):
+    """Logits of a `*ForImageClassification`, the pooled output of a base model (the class
+    token's final state when it has no pooler)."""
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    if hasattr(out, 'logits'):
+        return out.logits.numpy()
+    if out.pooler_output is not None:
+        return out.pooler_output.reshape(len(x), -1).numpy()
+    return out.last_hidden_state[:, 0].numpy()
+
+
+def ours(model, variables, x):
+    return np.asarray(model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize('kind,head', [('vit', True), ('vit', False), ('vit_nopool', False),
+                                       ('swin', True), ('swin', False), ('convnext', True)])
+def test_directory_picks_the_model_and_gives_transformers_outputs(transformers, tmp_path, kind,
+                                                                   head):
+    reference = reduced(transformers, kind, head)
+    reference.save_pretrained(tmp_path)  # the hub's array names
+    model = weights.hf_model(tmp_path)
+    variables = weights.load(model, tmp_path, strict=True)
+    x = images()
+    np.testing.assert_allclose(ours(model, variables, x), hf_outputs(reference, x), atol=TOL,
+                               rtol=0)
+
+
+def test_hf_model_carries_the_vit_options(transformers, tmp_path):
+    reduced(transformers, 'vit').save_pretrained(tmp_path)
+    model = weights.hf_model(tmp_path)
+    assert isinstance(model, vit.VisionTransformer)
+    assert (model.norm_eps, model.act_layer, model.num_classes, model.representation_size) == (
+        1e-12, 'gelu', 5, None)
+    reduced(transformers, 'vit', head=False).save_pretrained(tmp_path)
+    assert weights.hf_model(tmp_path).representation_size == 32
+    assert weights.hf_model(tmp_path).num_classes == 0
+
+
+@pytest.mark.parametrize('kind,family', [('vit', 'ViT-B_16'), ('swin', None),
+                                         ('convnext', None)])
+def test_in_memory_names_load(transformers, tmp_path, kind, family):
+    """transformers 5's own parameter names (`vit.layers.N.attention.q_proj`) load too."""
+    reference = reduced(transformers, kind)
+    reference.save_pretrained(tmp_path)
+    model = weights.hf_model(tmp_path)
+    state = torch_reference.state_dict(reference)
+    if kind != 'convnext':  # ConvNeXt's names are the same in memory and on the hub
+        assert not (state.keys() & weights.read(tmp_path).keys()) >= state.keys()
+    variables = weights.load(model, state, strict=True)
+    x = images(1)
+    np.testing.assert_allclose(ours(model, variables, x), hf_outputs(reference, x), atol=TOL,
+                               rtol=0)
+
+
+@pytest.mark.parametrize('fmt', ['bin', 'safetensors'])
+def test_weight_files_load(transformers, tmp_path, fmt):
+    """The weights file alone, and a directory with `pytorch_model.bin` (older hub repos)."""
+    reference = reduced(transformers, 'vit')
+    reference.save_pretrained(tmp_path)
+    model = weights.hf_model(tmp_path)
+    name = 'model.safetensors'
+    if fmt == 'bin':  # transformers 5 writes only safetensors; the hub names, as torch.save
+        name = 'pytorch_model.bin'
+        torch.save({k: torch.from_numpy(v) for k, v in weights.read(tmp_path).items()},
+                   tmp_path / name)
+        (tmp_path / 'model.safetensors').unlink()
+    x = images()
+    for source in (tmp_path / name, tmp_path):
+        variables = weights.load(model, source, strict=True)
+        np.testing.assert_allclose(ours(model, variables, x), hf_outputs(reference, x), atol=TOL,
+                                   rtol=0)
+
+
+def test_families_register_their_model_types(transformers, tmp_path):
+    for kind, module in (('swin', swin.SwinTransformer), ('convnext', convnext.ConvNeXt)):
+        reduced(transformers, kind).save_pretrained(tmp_path / kind)
+        assert type(weights.hf_model(tmp_path / kind)) is module
+
+
+@pytest.mark.parametrize('head', [True, False])
+def test_save_hf_is_read_back_by_transformers(transformers, tmp_path, head):
+    reference = reduced(transformers, 'vit', head)
+    reference.save_pretrained(tmp_path / 'src')
+    model = weights.hf_model(tmp_path / 'src')
+    variables = weights.load(model, tmp_path / 'src', strict=True)
+    weights.save_hf(model, variables, tmp_path / 'out')
+    cls = transformers.ViTForImageClassification if head else transformers.ViTModel
+    back = cls.from_pretrained(tmp_path / 'out').eval()
+    x = images(2)
+    np.testing.assert_allclose(hf_outputs(back, x), ours(model, variables, x), atol=TOL, rtol=0)
+    # and the written directory loads into the same variables
+    again = weights.load(weights.hf_model(tmp_path / 'out'), tmp_path / 'out', strict=True)
+    np.testing.assert_array_equal(again['params']['cls'], variables['params']['cls'])
+
+
+def test_errors_name_what_is_wrong(transformers, tmp_path):
+    with pytest.raises(ModelError, match='has no config.json'):
+        weights.hf_model(tmp_path)
+    with pytest.raises(ModelError, match='without Hugging Face weights'):
+        weights.read(tmp_path)
+    (tmp_path / 'config.json').write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelError, match="'bert' model; vit_jax builds convnext, swin, vit"):
+        weights.hf_model(tmp_path)
+    swin_model = swin.SwinTransformer(img_size=32, window_size=4, embed_dim=8, depths=(1, 1),
+                                      num_heads=(2, 2), num_classes=5)
+    with pytest.raises(ModelError, match='has no Hugging Face export'):
+        weights.save_hf(swin_model, {}, tmp_path / 'out')

@@ -1,0 +1,1 @@
+"""Ablation studies for `python -m vit_jax.ablate --config=configs/ablations/NAME.py`."""

@@ -1,0 +1,154 @@
+r"""Command line: a model with its weights as a file that runs without JAX (or without Python).
+
+    python -m vit_jax.export --model=ViT-B_16 --weights=ViT-B_16.npz --format=savedmodel --out=vit
+    python -m vit_jax.export --workdir=runs/digits --format=tflite --int8 --out=digits.tflite
+    python -m vit_jax.export --weights=hf_dir --format=stablehlo --out=vit.stablehlo
+
+Every format takes pixels 0..255 `[batch, img_size, img_size, channels]` (already resized and
+cropped to the model's input size) and applies the model's mean and std itself; it returns
+logits `[batch, num_classes]`.
+- `savedmodel` (TensorFlow, through jax2tf): signature `serving_default` takes uint8 pixels,
+  `serving_float` float32 ones; any batch size.
+- `tflite` (TensorFlow Lite from the same converted function): float32 pixels, batch 1;
+  `--int8` quantises the weights to int8 (dynamic range).
+- `stablehlo` (`jax.export`, serialised): float32 pixels, any batch size; read back with
+  `jax.export.deserialize(open(path, 'rb').read()).call(pixels)`.
+`--weights` takes any file `vit_jax.weights.load` reads with `--model`, or a Hugging Face
+directory alone (its `config.json` picks the model).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from vit_jax import cli, models, predict, weights
+from vit_jax.errors import ModelError, VitJaxError
+from vit_jax.normalization import NORMALIZATIONS, normalize
+from vit_jax.workdir import load_run
+
+FORMATS = ('savedmodel', 'tflite', 'stablehlo')
+Serve = Callable[[jax.Array], jax.Array]
+
+
+def serving_function(model: Any, variables: Mapping[str, Any], mean: Sequence[float],
+                     std: Sequence[float]) -> Serve:
+    """Pixels 0..255 `[batch, size, size, channels]` (any dtype) -> logits, eval mode."""
+    def serve(pixels: jax.Array) -> jax.Array:
+        x = normalize(pixels.astype(jnp.float32), tuple(mean), tuple(std))
+        return model.apply(variables, x, train=False)
+    return serve
+
+
+def input_shape(model: Any) -> tuple[int, int, int]:
+    """`(height, width, channels)` of the model's input."""
+    return model.img_size, model.img_size, model.in_chans
+
+
+def to_stablehlo(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
+    """Writes `serve` as serialised StableHLO (`jax.export`) with a symbolic batch size."""
+    batch, = jax.export.symbolic_shape('batch')
+    spec = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
+    exported = jax.export.export(jax.jit(serve))(spec)
+    _write(path, exported.serialize())
+
+
+def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
+    """Writes a TensorFlow SavedModel with signatures for uint8 (`serving_default`) and float32
+    (`serving_float`) pixels, any batch size."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    converted = jax2tf.convert(serve, polymorphic_shapes=['(b, ...)'], with_gradient=False)
+    module = tf.Module()
+    module.serve = tf.function(converted, autograph=False)
+    signatures = {
+        name: module.serve.get_concrete_function(tf.TensorSpec((None, *shape), dtype,
+                                                               name='pixels'))
+        for name, dtype in (('serving_default', tf.uint8), ('serving_float', tf.float32))}
+    tf.saved_model.save(module, path, signatures=signatures)
+
+
+def to_tflite(serve: Serve, shape: tuple[int, int, int], path: str, int8: bool = False) -> None:
+    """Writes TensorFlow Lite float32 (or, with `int8`, dynamic-range int8 weights), batch 1.
+
+    The converter cannot take the SavedModel's symbolic batch (a class token's gather becomes
+    a dynamic gather TFLite lacks), so the function is converted at batch 1."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    module = tf.Module()
+    module.serve = tf.function(jax2tf.convert(serve, with_gradient=False), autograph=False)
+    concrete = module.serve.get_concrete_function(tf.TensorSpec((1, *shape), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    if int8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    _write(path, converter.convert())
+
+
+def export(serve: Serve, shape: tuple[int, int, int], fmt: str, path: str,
+           int8: bool = False) -> None:
+    """Writes `serve` (`serving_function`) in format `fmt` (one of `FORMATS`) to `path`."""
+    if fmt not in FORMATS:
+        raise ModelError(f'--format={fmt!r} is not supported; choose one of {FORMATS}')
+    if int8 and fmt != 'tflite':
+        raise ModelError('--int8 quantises TensorFlow Lite exports only; add --format=tflite')
+    if fmt == 'stablehlo':
+        to_stablehlo(serve, shape, path)
+    elif fmt == 'savedmodel':
+        to_savedmodel(serve, shape, path)
+    else:
+        to_tflite(serve, shape, path, int8)
+
+
+def _write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _load(args: Any) -> tuple[Any, dict, dict]:
+    """`(model, variables, preprocessing mean/std)` from the command line's source."""
+    if args.workdir:
+        model, variables, config, _ = load_run(args.workdir)
+        return model, variables, NORMALIZATIONS[config.pp.normalize]
+    if args.weights and os.path.isdir(args.weights) and not args.model:
+        model = weights.hf_model(args.weights)
+        cfg = type(model).default_preprocessing
+        return model, weights.load(model, args.weights, strict=True), cfg
+    if not (args.model and args.weights):
+        raise ModelError('give --model and --weights, --weights=HF_DIRECTORY, or --workdir')
+    model, variables, _ = predict.load_model(args.model, args.weights)
+    return model, variables, models.get_spec(args.model).pretrained_cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.make_parser('vit_jax.export', __doc__)
+    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
+    parser.add_argument('--weights', help='weights file, or a Hugging Face directory')
+    parser.add_argument('--workdir', help='a training run of vit_jax.main')
+    parser.add_argument('--format', required=True, choices=FORMATS)
+    parser.add_argument('--int8', action='store_true', help='tflite: int8 weights')
+    parser.add_argument('--out', required=True, help='file (tflite, stablehlo) or directory')
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        model, variables, cfg = _load(args)
+        serve = serving_function(model, variables, cfg['mean'], cfg['std'])
+        export(serve, input_shape(model), args.format, args.out, args.int8)
+    except VitJaxError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.out} ({args.format}{", int8" if args.int8 else ""}) for '
+          f'{type(model).__name__}, input {input_shape(model)} pixels 0..255')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
