@@ -27,6 +27,7 @@ from ml_collections.config_dict import FieldReference
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
+from vit_jax.train import distill
 from vit_jax.train.step import LOSSES
 
 # The config files shipped with the package: `--config=configs/NAME.py` names them.
@@ -257,6 +258,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.fewshot_every = 0
     c.fewshot_shots = (1, 5, 10, 25)
     c.fewshot_train = placeholder(str)
+    # DeiT's distillation (vit_jax/train/distill.py): `type` 'hard' | 'soft' | 'none' (off),
+    # `alpha` the distillation term's weight, `tau` the soft temperature; the teacher is a
+    # registered model with the weights file `teacher.weights` (frozen, evaluation mode), fed
+    # the student's images resized to `teacher.img_size` (default: its registered size).
+    c.distill = ml_collections.ConfigDict(dict(type='none', alpha=0.5, tau=1.0))
+    c.teacher = ml_collections.ConfigDict(dict(model=placeholder(str), weights=placeholder(str),
+                                               img_size=placeholder(int)))
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     return c
@@ -347,6 +355,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.pretrained == '':
         raise ConfigError('this config fine-tunes loaded weights: pass --config.pretrained=PATH '
                           '(an original or big_vision .npz, a timm .pth/.bin/.safetensors)')
+    distill.check_config(config)
     shots = tuple(config.fewshot_shots)
     if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
         raise ConfigError(f'--config.fewshot_shots must be positive integers (examples per '

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,7 +25,7 @@ from vit_jax import models, weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import TrainingError
-from vit_jax.train import fewshot, mix, sharding
+from vit_jax.train import distill, fewshot, mix, sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.optim import create_optimizer
@@ -67,6 +68,12 @@ class Setup:
     (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
     the state and `batch_sharding` (the batch split over every mesh axis) as input shardings, so
     `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
+
+    With DeiT distillation (`config.distill`), `distillation` holds the teacher and
+    `train_step(state, batch, teacher_variables)` takes the teacher's variables as a third
+    argument, placed as `abstract_teacher` says (the parameter sharding rules applied to the
+    teacher's names); they are not part of the state (`vit_jax.train.distill.load_teacher`
+    reads them from their weights file).
     """
 
     model: nn.Module
@@ -77,8 +84,10 @@ class Setup:
     abstract_state: TrainState
     batch_sharding: jax.sharding.NamedSharding
     init: Callable[[jax.Array], TrainState]
-    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    train_step: Callable[..., tuple[TrainState, dict]]
     eval_step: Callable[[TrainState, dict], dict]
+    distillation: distill.Distillation | None = None
+    abstract_teacher: Any = None
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -110,9 +119,15 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     batch_sharding = sharding.batch_sharding(mesh)
     options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
                           ema_decay=config.ema_decay, loss=config.loss)
+    distillation = distill.from_config(config, num_classes)
+    teacher_sharding, abstract_teacher = (), None
+    if distillation:
+        abstract_teacher = _abstract_variables(distillation.teacher, mesh, config)
+        teacher_sharding = (jax.tree.map(lambda s: s.sharding, abstract_teacher),)
     train_step = jax.jit(
-        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options), mesh),
-        in_shardings=(state_sharding, batch_sharding),
+        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation),
+                         mesh),
+        in_shardings=(state_sharding, batch_sharding, *teacher_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(sharding.on_mesh(make_eval_step(model, config.loss), mesh),
                         in_shardings=(state_sharding, batch_sharding),
@@ -121,7 +136,27 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                  state_sharding=state_sharding, abstract_state=abstract_state,
                  batch_sharding=batch_sharding,
                  init=jax.jit(init, out_shardings=state_sharding),
-                 train_step=train_step, eval_step=eval_step)
+                 train_step=train_step, eval_step=eval_step, distillation=distillation,
+                 abstract_teacher=abstract_teacher)
+
+
+def _abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
+                        config: ml_collections.ConfigDict) -> Any:
+    """`model`'s variables as `jax.ShapeDtypeStruct`s placed by `config.param_sharding` on
+    `mesh`, as the student's parameters are."""
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, model.img_size, model.img_size, model.in_chans))))
+    placement = sharding.state_shardings(dict(shapes), mesh, config.param_sharding,
+                                         config.fsdp_min_size)
+    return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
+                        dict(shapes), placement)
+
+
+def _with_teacher(run: Setup, teacher_variables: Any) -> Setup:
+    """`run` whose `train_step(state, batch)` passes `teacher_variables` along."""
+    step = run.train_step
+    return dataclasses.replace(run, train_step=lambda state, batch: step(state, batch,
+                                                                          teacher_variables))
 
 
 def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:
@@ -209,6 +244,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
                                 keep=config.keep_checkpoints)
     state, examples_seen, note = restore_or_init(config, run, checkpointer)
+    if run.distillation:  # the frozen teacher, read from its weights file (also on resume)
+        run = _with_teacher(run, distill.load_teacher(config, run.distillation.teacher,
+                                                      run.abstract_teacher))
     if is_main:
         _write_run_files(workdir, config, info)
     if note:
