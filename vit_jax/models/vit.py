@@ -4,7 +4,7 @@ Parameter names are those of google-research/vision_transformer's published `.np
 `embedding`, `cls`, `Transformer/posembed_input/pos_embedding`,
 `Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
 MlpBlock_3}`, `Transformer/encoder_norm`, `pre_logits`, `head` (and DeiT's distillation
-token and head, `dist` and `head_dist`, in the distilled variants). They are given explicitly:
+token and head, `dist_token` and `head_dist`, in the distilled variants). They are given explicitly:
 flax numbers auto-named modules per type, which would no longer match those files.
 """
 
@@ -142,7 +142,7 @@ class VisionTransformer(nn.Module, contract.Family):
     `tokens`, `embed`, ...) that the trainer maps onto the device mesh (`vit_jax.train.sharding`).
 
     `distilled=True` is DeiT's distilled ViT (timm's `VisionTransformerDistilled`): a
-    distillation token `dist` after the class token, read by its own head `head_dist`; in
+    distillation token `dist_token` after the class token, read by its own head `head_dist`; in
     training (`train=True`) the model returns both heads' logits `(head, head_dist)`, each
     `[batch, num_classes]` (the second learns from a teacher, `vit_jax.train.distill`), in
     evaluation their average; `num_classes=0` returns the average of the two tokens' features.
@@ -176,8 +176,8 @@ class VisionTransformer(nn.Module, contract.Family):
     distilled: bool = False
 
     stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
-    stem_layers = (r'(cls|dist|embedding|conv_root|gn_root|block\d+|Transformer/posembed_input)'
-                   r'(/|$)')
+    stem_layers = (r'(cls|dist_token|embedding|conv_root|gn_root|block\d+|'
+                   r'Transformer/posembed_input)(/|$)')
     block_layers = ((r'Transformer/encoderblock_(\d+)/', ()),)
     feature_modules = rf'Transformer/{SCANNED_BLOCKS}(_\d+)?'
     feature_norm = 'Transformer/encoder_norm'
@@ -247,7 +247,7 @@ class VisionTransformer(nn.Module, contract.Family):
         prefix = self.num_prefix_tokens
         tokens = [self.param('cls', nn.initializers.zeros, (1, 1, dim))] if prefix else []
         if self.distilled:  # timm's init: the two tokens must differ for the heads to
-            tokens.append(self.param('dist', nn.initializers.normal(0.02), (1, 1, dim)))
+            tokens.append(self.param('dist_token', nn.initializers.normal(0.02), (1, 1, dim)))
         if tokens:
             x = jnp.concatenate([jnp.broadcast_to(t.astype(x.dtype), (batch, 1, dim))
                                  for t in tokens] + [x], 1)
@@ -350,7 +350,7 @@ def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
 def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
     """timm `VisionTransformer` (and hybrid) state dicts."""
     out = {'params/Transformer/posembed_input/pos_embedding': sd.get('pos_embed'),
-           'params/cls': sd.get('cls_token'), 'params/dist': sd.get('dist_token'),
+           'params/cls': sd.get('cls_token'), 'params/dist_token': sd.get('dist_token'),
            'params/embedding/kernel': weights.conv(sd['patch_embed.proj.weight']),
            'params/embedding/bias': sd.get('patch_embed.proj.bias'),
            'params/Transformer/encoder_norm/scale': sd.get('norm.weight'),
