@@ -158,3 +158,32 @@ def test_teacher_weights_that_do_not_fit_are_one_line_errors(tmp_path):
     like = jax.eval_shape(lambda: other.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
     with pytest.raises(ConfigError, match=r'does not load into testing \(5 classes, 16px\)'):
         distill.load_teacher(config, other, like)
+
+
+@pytest.mark.slow
+def test_a_distilled_student_beats_the_same_student_alone_on_digits(digits_config, tmp_path):
+    """The main job's ViT (98.3 % held out) teaches a distilled ViT-digits (class and
+    distillation tokens) for 200 steps; alone, the same student reaches 88.6 %, with the teacher
+    (hard distillation) 91.4 % (measured; one seed)."""
+    from vit_jax.train import loop
+
+    teacher_dir = str(tmp_path / 'teacher')
+    teacher = loop.train(digits_config(), teacher_dir)
+    student = [('total_steps', '200'), ('warmup_steps', '20'), ('eval_every', '200'),
+               ('checkpoint_every', '200'), ('model.distilled', 'True'),
+               ('model.classifier', 'token')]
+    alone = loop.train(digits_config(*student), str(tmp_path / 'alone'))
+    taught = loop.train(digits_config(
+        *student, ('distill.type', 'hard'), ('teacher.model', 'ViT-digits'),
+        ('teacher.weights', f'{teacher_dir}/weights.npz')), str(tmp_path / 'taught'))
+    assert teacher['accuracy'] > 0.97
+    assert taught['accuracy'] >= alone['accuracy'] + 0.02, (alone, taught)
+
+
+def test_a_distilled_vit_needs_a_class_token():
+    from vit_jax.errors import ModelError
+
+    for options in ({'classifier': 'gap'}, {'representation_size': 8}):
+        with pytest.raises(ModelError, match="distilled=True \\(DeiT\\) reads a class and a "
+                                             "distillation token: use classifier='token'"):
+            vit_jax.create_model('testing', distilled=True, **options)

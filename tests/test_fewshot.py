@@ -156,3 +156,14 @@ def test_cli_usage_errors(capsys):
             fewshot_cli.main(argv)
         assert exit_info.value.code == 2
     assert '--model needs --weights and --config' in capsys.readouterr().err
+
+
+def test_shots_must_be_positive_integers():
+    from vit_jax import config as config_lib
+    from vit_jax.errors import ConfigError
+
+    config = config_lib.apply_overrides(config_lib.base_config(), [('fewshot_shots', '(0,)')])
+    with pytest.raises(ConfigError, match=r'--config.fewshot_shots must be positive integers '
+                                          r'\(examples per class\), e.g. \(1, 5, 10, 25\); '
+                                          r'got \(0,\)'):
+        config_lib.validate(config)
