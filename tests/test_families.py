@@ -43,6 +43,9 @@ PARAM_COUNTS = {
     'ViT-e_14': 3_807_214_312,
     'testing': 21_390,  # the tiny test model (ours)
     'ViT-digits': 203_176,  # the main job's model (ours): 138,826 with its 10-class head
+    # DeiT's distilled ViTs: timm 1.0 (a distillation token and head more than DeiT's ViT).
+    'deit_tiny_distilled_patch16_224': 5_910_800, 'deit_small_distilled_patch16_224': 22_436_432,
+    'deit_base_distilled_patch16_224': 87_338_192,
     # Hybrids (the original configs).
     'R+ViT-Ti_16': 6_337_704, 'R26+ViT-S_32': 36_431_912, 'R26+ViT-B_32': 101_383_976,
     'R50+ViT-B_16': 98_659_112, 'R50+ViT-L_32': 328_994_856,
@@ -73,6 +76,7 @@ PARAM_COUNTS = {
 }
 # One small variant per family (and the hybrid stem, the '-gap-norep' head): the default run.
 FAST = ('testing', 'ViT-digits', 'ViT-Ti_16', 'ViT-Ti_16-gap-norep', 'R+ViT-Ti_16', 'BiT-R50x1',
+        'deit_tiny_distilled_patch16_224',
         'swin_tiny_patch4_window7_224', 'convnext_tiny', 'dhvt_tiny_cifar_patch4', 'SReT_T')
 NAMES = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
          for n in vit_jax.list_models()]
@@ -130,7 +134,7 @@ def test_parameter_count_and_head_names(name):
 @pytest.mark.parametrize('name', FAST)
 def test_applies_with_its_rng_streams_and_float32_logits(name):
     """Training needs exactly the declared RNG streams; a bfloat16 model gives float32 logits
-    `[batch, num_classes]`."""
+    `[batch, num_classes]` (one array per head of a distilled model)."""
     for dtype in ('bfloat16',):
         model = vit_jax.create_model(name, dtype=dtype)
         variables = jax.eval_shape(lambda x, m=model: m.init(jax.random.key(0), x), images(model))
@@ -139,7 +143,10 @@ def test_applies_with_its_rng_streams_and_float32_logits(name):
         logits, _ = jax.eval_shape(
             lambda v, x, r, m=model, c=mutable: m.apply(v, x, train=True, rngs=r, mutable=c),
             variables, images(model, 2), rngs)
-        assert (logits.shape, logits.dtype) == ((2, model.num_classes), jnp.float32), dtype
+        heads = logits if isinstance(logits, tuple) else (logits,)
+        assert len(heads) == len(model.head_names)
+        for head in heads:
+            assert (head.shape, head.dtype) == ((2, model.num_classes), jnp.float32), dtype
 
 
 @pytest.mark.parametrize('name', [n for n in FAST if 'scan_layers' in model_options(n)])

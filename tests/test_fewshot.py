@@ -58,3 +58,112 @@ def test_features_are_the_pre_logits_of_the_headless_model():
     head = variables['params']['head']
     np.testing.assert_allclose(feats @ head['kernel'] + head['bias'],
                                model.apply(variables, images), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- in the loop, CLI
+
+
+FEWSHOT_RUN = {'total_steps': 20, 'warmup_steps': 5, 'batch': 64, 'eval_every': 10,
+               'checkpoint_every': 10, 'progress_every': 10, 'fewshot_every': 10,
+               'fewshot_shots': (1, 5)}
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory, digits_config):
+    """A 20-step digits run logging few-shot accuracy at steps 10 and 20."""
+    from vit_jax.train import loop
+
+    workdir = str(tmp_path_factory.mktemp('fewshot_run'))
+    loop.train(digits_config(*((k, str(v)) for k, v in FEWSHOT_RUN.items())), workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_the_loop_logs_fewshot_accuracy_and_the_cli_gives_the_same(digits_run, capsys):
+    from vit_jax import data
+    from vit_jax import fewshot as fewshot_cli
+    from vit_jax.train.metrics import read_metrics
+    from vit_jax.workdir import load_run
+
+    logged = {r['step']: r for r in read_metrics(digits_run) if 'fewshot_k1' in r}
+    assert sorted(logged) == [10, 20]
+    assert fewshot_cli.main([f'--workdir={digits_run}']) == 0
+    printed = dict(line.split(' = ') for line in capsys.readouterr().out.splitlines())
+    assert sorted(printed) == ['fewshot_k1', 'fewshot_k5']
+    for key, value in printed.items():  # the loop's (sharded) features give the CLI's numbers
+        assert float(value) == pytest.approx(logged[20][key], abs=1e-6)
+    # ... and the function on the features of the whole splits, written out.
+    model, variables, config, _ = load_run(digits_run)
+    step = jax.jit(fewshot.feature_step(model, config.pp.normalize))
+    train = fewshot.collect_features(step, variables, data.create_datasets(
+        fewshot.train_split_config(config))[1]())
+    test = fewshot.collect_features(step, variables, data.create_datasets(config)[1]())
+    assert (len(train[1]), len(test[1])) == (1437, 360)
+    expected = fewshot.fewshot_accuracies(*train, *test, 10, (1, 5), config.seed)
+    assert float(printed['fewshot_k5']) == pytest.approx(expected[5], abs=1e-6)
+    assert float(printed['fewshot_k1']) == pytest.approx(expected[1], abs=1e-6)
+
+
+def test_fewshot_runs_after_the_steps_checkpoint(tmp_path, monkeypatch):
+    """An evaluator that fails at step 3 loses nothing: that step's checkpoint is saved."""
+    import scale_worker
+
+    from vit_jax.data.arrays import array_datasets
+    from vit_jax.train import loop
+    from vit_jax.train.checkpoint import Checkpointer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('evaluator failed')
+
+    monkeypatch.setattr(fewshot, 'evaluate', broken)
+    config = scale_worker.make_config([('fewshot_every', '3'), ('checkpoint_every', '3')])
+    with pytest.raises(RuntimeError, match='evaluator failed'):
+        loop.train(config, str(tmp_path), datasets=array_datasets(
+            *scale_worker.synthetic(), num_classes=scale_worker.NUM_CLASSES))
+    checkpointer = Checkpointer(str(tmp_path), every=0, keep=1, read_only=True)
+    assert checkpointer.latest_step() == 3
+    checkpointer.close()
+
+
+def one_line_error(argv, capsys):
+    from vit_jax import fewshot as fewshot_cli
+
+    assert fewshot_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1
+    return err
+
+
+def test_cli_bad_workdir_is_one_line(capsys):
+    assert 'holds no config.json; is it the --workdir of a run?' in one_line_error(
+        ['--workdir=/nonexistent/run'], capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('override, message', [
+    ('--config.pp.crop=32', 'takes 16px images; leave --config.pp.crop=16'),
+    ('--config.bacth=3', 'unknown config key --config.bacth'),
+])
+def test_cli_bad_overrides_are_one_line(digits_run, capsys, override, message):
+    assert message in one_line_error([f'--workdir={digits_run}', override], capsys)
+
+
+def test_cli_usage_errors(capsys):
+    from vit_jax import fewshot as fewshot_cli
+
+    for argv in ([], ['--workdir=x', '--model=ViT-Ti_16'], ['--model=ViT-Ti_16']):
+        with pytest.raises(SystemExit) as exit_info:
+            fewshot_cli.main(argv)
+        assert exit_info.value.code == 2
+    assert '--model needs --weights and --config' in capsys.readouterr().err
+
+
+def test_shots_must_be_positive_integers():
+    from vit_jax import config as config_lib
+    from vit_jax.errors import ConfigError
+
+    config = config_lib.apply_overrides(config_lib.base_config(), [('fewshot_shots', '(0,)')])
+    with pytest.raises(ConfigError, match=r'--config.fewshot_shots must be positive integers '
+                                          r'\(examples per class\), e.g. \(1, 5, 10, 25\); '
+                                          r'got \(0,\)'):
+        config_lib.validate(config)

@@ -29,6 +29,9 @@ def timm_case(timm, timm_name, our_name, size, **kwargs):
     torch.manual_seed(0)
     if 'bit' in timm_name:
         reference = timm.create_model(timm_name, pretrained=False, **kwargs)
+    elif 'deit' in timm_name:  # exact GELU, as DeiT
+        reference = timm.create_model(timm_name, pretrained=False, img_size=size, num_classes=1000,
+                                      **kwargs)
     else:  # the original ViT's tanh GELU
         reference = timm.create_model(timm_name, pretrained=False, img_size=size, num_classes=1000,
                                       act_layer='gelu_tanh', **kwargs)
@@ -45,6 +48,8 @@ CASES = {  # name: (timm name, our name, image size, overrides)
     'vit_small_patch32': ('vit_small_patch32_224', 'ViT-S_32', 224, {'depth': 3}),
     'r50_vit_base_patch16': ('vit_base_r50_s16_224', 'R50+ViT-B_16', 224, {'depth': 2}),
     'bit_r50x1': ('resnetv2_50x1_bit', 'BiT-R50x1', 128, {}),
+    'deit_tiny_distilled': ('deit_tiny_distilled_patch16_224', 'deit_tiny_distilled_patch16_224',
+                            224, {'depth': 2}),
 }
 
 
@@ -55,7 +60,7 @@ def loaded(timm):
 
 
 @pytest.mark.parametrize('case,scan', [(case, False) for case in sorted(CASES)] + [
-    ('vit_small_patch32', True), ('r50_vit_base_patch16', True)])
+    ('vit_small_patch32', True), ('r50_vit_base_patch16', True), ('deit_tiny_distilled', True)])
 def test_logits_equal_timm(loaded, case, scan):
     reference, model, variables = loaded[case]
     if scan:  # blocks as one nn.scan: the state dict loads into stacked parameters
@@ -68,6 +73,22 @@ def test_logits_equal_timm(loaded, case, scan):
     got = ours(model, variables, x)
     assert np.abs(expected).max() > 0.1  # random heads: the comparison is not of zeros
     assert np.abs(got - expected).max() <= TOL
+
+
+def test_distilled_heads_equal_timms_in_training(loaded):
+    """In training the distilled DeiT returns both heads' logits, as timm's with
+    `set_distilled_training(True)`; in evaluation (above) their average."""
+    reference, model, variables = loaded['deit_tiny_distilled']
+    x = images(224, seed=2)
+    reference.set_distilled_training(True)
+    reference.train()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    got = model.apply(variables, x, train=True)
+    assert len(got) == len(expected) == 2
+    for theirs, mine in zip(expected, got, strict=True):
+        np.testing.assert_allclose(np.asarray(mine), theirs.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(ours(model, variables, x), (got[0] + got[1]) / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize('case', ['vit_tiny_patch16', 'r50_vit_base_patch16'])

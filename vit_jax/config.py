@@ -28,6 +28,7 @@ from ml_collections.config_dict import FieldReference
 from vit_jax.errors import ConfigError, ModelError, VitJaxError
 from vit_jax.models import registry
 from vit_jax.normalization import NORMALIZATIONS
+from vit_jax.train import distill
 from vit_jax.train.step import LOSSES
 
 # The config files shipped with the package: `--config=configs/NAME.py` names them.
@@ -270,6 +271,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0
     c.progress_every = 10
     c.eval_every = 100
+    # Few-shot linear evaluation (big_vision's `fewshot`; vit_jax/train/fewshot.py) every
+    # `fewshot_every` steps and at the end (0 = off): a ridge regression on the pre-logit
+    # features of k training examples per class, for each k of `fewshot_shots`, drawn from the
+    # split `fewshot_train` (default `pp.train`; e.g. 'train[:10000]' for a large split) and
+    # scored on `pp.test`; logged as `fewshot_k{k}`.
+    c.fewshot_every = 0
+    c.fewshot_shots = (1, 5, 10, 25)
+    c.fewshot_train = placeholder(str)
+    # DeiT's distillation (vit_jax/train/distill.py): `type` 'hard' | 'soft' | 'none' (off),
+    # `alpha` the distillation term's weight, `tau` the soft temperature; the teacher is a
+    # registered model with the weights file `teacher.weights` (frozen, evaluation mode), fed
+    # the student's images resized to `teacher.img_size` (default: its registered size).
+    c.distill = ml_collections.ConfigDict(dict(type='none', alpha=0.5, tau=1.0))
+    c.teacher = ml_collections.ConfigDict(dict(model=placeholder(str), weights=placeholder(str),
+                                               img_size=placeholder(int)))
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     return c
@@ -309,7 +325,8 @@ _POSITIVE = ('batch', 'batch_eval', 'total_steps', 'accum_steps', 'pp.crop', 'ke
 _NON_NEGATIVE = ('base_lr', 'warmup_lr', 'min_lr', 'warmup_steps', 'weight_decay',
                  'label_smoothing', 'progress_every', 'eval_every', 'checkpoint_every',
                  'grad_norm_clip', 'pp.pad', 'fsdp_min_size', 'input_threads',
-                 'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha')
+                 'pp.randaug_layers', 'pp.randaug_magnitude_std', 'mixup_alpha', 'cutmix_alpha',
+                 'fewshot_every')
 # Inclusive ranges.
 _RANGES = {'pp.randaug_magnitude': (0, 10), 'pp.erase_prob': (0.0, 1.0),
            'pp.eval_crop_pct': (0.01, 1.0)}
@@ -359,4 +376,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.pretrained == '':
         raise ConfigError('this config fine-tunes loaded weights: pass --config.pretrained=PATH '
                           '(an original or big_vision .npz, a timm .pth/.bin/.safetensors)')
+    distill.check_config(config)
+    shots = tuple(config.fewshot_shots)
+    if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
+        raise ConfigError(f'--config.fewshot_shots must be positive integers (examples per '
+                          f'class), e.g. (1, 5, 10, 25); got {shots!r}')
     registry.get_spec(config.model_name)

@@ -27,7 +27,8 @@ def array_datasets(train_images: np.ndarray, train_labels: np.ndarray,
 
     The train stream starts after `start` examples (the resume position); its batches carry
     each example's key `seed` uint32 [rows, 2] = `(seed, position)`. Eval batches are padded,
-    with `mask` 0, so every example counts once. Uses `batch`, `batch_eval`, `seed`.
+    with `mask` 0, so every example counts once, and read the train arrays when `pp.test` names
+    the train split (`pp.train`). Uses `batch`, `batch_eval`, `seed`, `pp`.
     """
     info = DatasetInfo('arrays', num_classes, len(train_labels), len(eval_labels),
                        tuple(str(i) for i in range(num_classes)))
@@ -43,11 +44,14 @@ def array_datasets(train_images: np.ndarray, train_labels: np.ndarray,
                 yield {'image': train_images[index[rows]], 'label': train_labels[index[rows]],
                        'seed': seeds.astype(np.uint32)}
 
+        images, labels = ((train_images, train_labels) if config.pp.test == config.pp.train
+                          else (eval_images, eval_labels))
+
         def eval_iterator() -> Iterator[Batch]:
             eval_rows = _process_rows(config.batch_eval)
-            for first in range(0, len(eval_labels), config.batch_eval):
-                batch = pad_batch({'image': eval_images[first:first + config.batch_eval],
-                                   'label': eval_labels[first:first + config.batch_eval]},
+            for first in range(0, len(labels), config.batch_eval):
+                batch = pad_batch({'image': images[first:first + config.batch_eval],
+                                   'label': labels[first:first + config.batch_eval]},
                                   config.batch_eval)
                 yield {k: v[eval_rows] for k, v in batch.items()}
 

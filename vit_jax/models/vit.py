@@ -3,7 +3,8 @@
 Parameter names are those of google-research/vision_transformer's published `.npz` files:
 `embedding`, `cls`, `Transformer/posembed_input/pos_embedding`,
 `Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
-MlpBlock_3}`, `Transformer/encoder_norm`, `pre_logits`, `head`. They are given explicitly:
+MlpBlock_3}`, `Transformer/encoder_norm`, `pre_logits`, `head` (and DeiT's distillation
+token and head, `dist_token` and `head_dist`, in the distilled variants). They are given explicitly:
 flax numbers auto-named modules per type, which would no longer match those files.
 """
 
@@ -20,6 +21,7 @@ from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import contract, layers, resnet
 from vit_jax.models.registry import register
+from vit_jax.normalization import NORMALIZATIONS
 
 CLASSIFIERS = ('token', 'gap')
 POS_EMBEDS = ('learned', 'sincos1d', 'sincos2d', 'none')
@@ -138,6 +140,12 @@ class VisionTransformer(nn.Module, contract.Family):
     parameters are stacked `[depth, ...]` under `Transformer/encoderblock` (big_vision's layout);
     `vit_jax.weights` loads and saves either way. Activations carry logical axis names (`batch`,
     `tokens`, `embed`, ...) that the trainer maps onto the device mesh (`vit_jax.train.sharding`).
+
+    `distilled=True` is DeiT's distilled ViT (timm's `VisionTransformerDistilled`): a
+    distillation token `dist_token` after the class token, read by its own head `head_dist`; in
+    training (`train=True`) the model returns both heads' logits `(head, head_dist)`, each
+    `[batch, num_classes]` (the second learns from a teacher, `vit_jax.train.distill`), in
+    evaluation their average; `num_classes=0` returns the average of the two tokens' features.
     """
 
     num_classes: int = 1000
@@ -166,16 +174,14 @@ class VisionTransformer(nn.Module, contract.Family):
     resnet_width: float = 1.0
     remat: bool = False
     scan_layers: bool = False
+    distilled: bool = False
 
     stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
-    stem_layers = r'(cls|embedding|conv_root|gn_root|block\d+|Transformer/posembed_input)(/|$)'
+    stem_layers = (r'(cls|dist_token|embedding|conv_root|gn_root|block\d+|'
+                   r'Transformer/posembed_input)(/|$)')
     block_layers = ((r'Transformer/encoderblock_(\d+)/', ()),)
     feature_modules = rf'Transformer/{SCANNED_BLOCKS}(_\d+)?'
     feature_norm = 'Transformer/encoder_norm'
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 1 if self.classifier == 'token' else 0
 
     def __post_init__(self) -> None:
         contract.check_choices((
@@ -184,11 +190,25 @@ class VisionTransformer(nn.Module, contract.Family):
             ('act_layer', self.act_layer, layers.ACTIVATIONS),
             ('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
             ('dtype', self.dtype, contract.DTYPES)))
+        if self.distilled and (self.classifier != 'token' or self.representation_size):
+            raise ModelError('distilled=True (DeiT) reads a class and a distillation token: use '
+                             "classifier='token' and no representation_size")
         if self.embed_dim % self.num_heads:
             raise ModelError(f'embed_dim={self.embed_dim} is not divisible by '
                              f'num_heads={self.num_heads}')
         self.grid  # noqa: B018 -- validates img_size against the patch embedding
         super().__post_init__()
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The class head, and the distillation head of a distilled model."""
+        return ('head', 'head_dist') if self.distilled else ('head',)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token (`classifier='token'`), then DeiT's
+        distillation token (`distilled`)."""
+        return (self.classifier == 'token') + self.distilled
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -208,7 +228,8 @@ class VisionTransformer(nn.Module, contract.Family):
         return int(n), int(n)
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, images: jax.Array, *, train: bool = False,
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
         layers.check_images(images, self.in_chans)
         x = images
         if self.resnet_layers is not None:
@@ -224,10 +245,13 @@ class VisionTransformer(nn.Module, contract.Family):
                 f'{images.shape[2]}px; resize the images, or create the model with '
                 f'img_size={images.shape[1]} (and resize loaded weights with vit_jax.weights)')
         x = nn.with_logical_constraint(x.reshape(batch, h * w, dim), ('batch', 'tokens', 'embed'))
-        prefix = 1 if self.classifier == 'token' else 0
-        if prefix:
-            cls = self.param('cls', nn.initializers.zeros, (1, 1, dim))
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, dim)), x], 1)
+        prefix = self.num_prefix_tokens
+        tokens = [self.param('cls', nn.initializers.zeros, (1, 1, dim))] if prefix else []
+        if self.distilled:  # timm's init: the two tokens must differ for the heads to
+            tokens.append(self.param('dist_token', nn.initializers.normal(0.02), (1, 1, dim)))
+        if tokens:
+            x = jnp.concatenate([jnp.broadcast_to(t.astype(x.dtype), (batch, 1, dim))
+                                 for t in tokens] + [x], 1)
         x = Encoder(
             self.depth, self.num_heads, self.mlp_dim or int(self.embed_dim * self.mlp_ratio),
             grid=(h, w),
@@ -236,12 +260,26 @@ class VisionTransformer(nn.Module, contract.Family):
             act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
             norm_eps=self.norm_eps, remat=self.remat, scan_layers=self.scan_layers,
             name='Transformer')(x, train=train)
+        if self.distilled:
+            return self._distilled_heads(x[:, 0], x[:, 1], train)
         x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                   name='pre_logits')(x))
         return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
                                       bias_init=nn.initializers.constant(self.head_bias_init))
+
+    def _distilled_heads(self, x: jax.Array, x_dist: jax.Array, train: bool,
+                         ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """DeiT's two heads on the class and distillation tokens `[batch, dim]`."""
+        if not self.num_classes:
+            return ((x + x_dist) / 2).astype(jnp.float32)
+        logits = [nn.with_logical_constraint(
+            nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                     bias_init=nn.initializers.constant(self.head_bias_init), name=name)(t)
+            .astype(jnp.float32), ('batch', 'classes'))
+            for name, t in (('head', x), ('head_dist', x_dist))]
+        return tuple(logits) if train else (logits[0] + logits[1]) / 2
 
 
 # The original model zoo: (width, depth, heads) per size, and dropout as the original configs set.
@@ -275,6 +313,13 @@ def _register_zoo() -> None:
         width, depth, heads = _SIZES[size]
         register(name, VisionTransformer, resnet_layers=layers_, patch_size=patch, embed_dim=width,
                  depth=depth, num_heads=heads)
+    # DeiT's distilled ViTs (timm's `deit_*_distilled_patch16_224`): exact GELU, DeiT's
+    # evaluation preprocessing.
+    for size, (width, depth, heads) in (('tiny', _SIZES['Ti']), ('small', _SIZES['S']),
+                                        ('base', _SIZES['B'])):
+        register(f'deit_{size}_distilled_patch16_224', VisionTransformer, pretrained_cfg=dict(
+            crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet']),
+            embed_dim=width, depth=depth, num_heads=heads, act_layer='gelu', distilled=True)
     register('testing', VisionTransformer, patch_size=16, embed_dim=10, depth=1, num_heads=2,
              mlp_ratio=1.0, drop_rate=0.1)
     register('ViT-digits', VisionTransformer, img_size=16, patch_size=4, embed_dim=64, depth=4,
@@ -312,13 +357,16 @@ def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
 def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
     """timm `VisionTransformer` (and hybrid) state dicts."""
     out = {'params/Transformer/posembed_input/pos_embedding': sd.get('pos_embed'),
-           'params/cls': sd.get('cls_token'),
+           'params/cls': sd.get('cls_token'), 'params/dist_token': sd.get('dist_token'),
            'params/embedding/kernel': weights.conv(sd['patch_embed.proj.weight']),
            'params/embedding/bias': sd.get('patch_embed.proj.bias'),
            'params/Transformer/encoder_norm/scale': sd.get('norm.weight'),
            'params/Transformer/encoder_norm/bias': sd.get('norm.bias'),
            'params/head/kernel': weights.linear(sd['head.weight']) if 'head.weight' in sd else None,
-           'params/head/bias': sd.get('head.bias')}
+           'params/head/bias': sd.get('head.bias'),
+           'params/head_dist/kernel': weights.linear(sd['head_dist.weight'])
+           if 'head_dist.weight' in sd else None,
+           'params/head_dist/bias': sd.get('head_dist.bias')}
     for i in range(model.depth):
         b, t = f'blocks.{i}.', f'params/Transformer/encoderblock_{i}/'
         if b + 'attn.qkv.weight' not in sd:
@@ -463,8 +511,7 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
     original fine-tuning code does."""
     if not key.endswith('posembed_input/pos_embedding') or value.shape[-1] != shape[-1]:
         return None
-    prefix = 1 if model.classifier == 'token' else 0
-    return layers.resample_pos_embed(value, model.grid, prefix, 'zoom_linear')
+    return layers.resample_pos_embed(value, model.grid, model.num_prefix_tokens, 'zoom_linear')
 
 
 weights.register_mapping(

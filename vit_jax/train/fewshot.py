@@ -1,17 +1,21 @@
 """Few-shot linear evaluation as big_vision's `fewshot` evaluator: pre-logit features of `k`
 training examples per class, a closed-form ridge regression onto ±1 targets, accuracy on the
-whole test split. Pure functions of features; no data loading."""
+whole test split. The data come from the caller (`vit_jax.train.loop` during training,
+`python -m vit_jax.fewshot` on a run or a weights file)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vit_jax.data.device import model_inputs
+
+Batch = dict[str, jax.Array]
 
 # Shots per class (big_vision's default).
 SHOTS = (1, 5, 10, 25)
@@ -83,16 +87,50 @@ def fewshot_accuracies(train_x: np.ndarray, train_labels: np.ndarray, test_x: np
     return out
 
 
-def collect_features(model: nn.Module, variables: dict, batches: Iterable[dict],
-                     normalize: str = 'minus_one_one') -> tuple[np.ndarray, np.ndarray]:
-    """`(features [n, dim], labels [n])` of every unmasked example of `batches` (`image`,
-    `label`, optional `mask`); uint8 images are normalised as `normalize`
-    (`vit_jax.data.device.model_inputs`)."""
-    apply = jax.jit(lambda v, images: features(model, v, model_inputs({'image': images},
-                                                                      normalize)))
+def feature_step(model: nn.Module, normalize: str = 'minus_one_one'
+                 ) -> Callable[[dict, Batch], Batch]:
+    """`step(variables, batch) -> {'features' [batch, dim], 'label', 'mask'}` of an eval batch
+    (`image`, `label`, optional `mask`; 1 where none; uint8 images normalised as `normalize`,
+    `vit_jax.data.device.model_inputs`): pure, for `jax.jit` with shardings."""
+
+    def step(variables: dict, batch: Batch) -> Batch:
+        mask = batch['mask'] if 'mask' in batch else jnp.ones(batch['label'].shape, jnp.float32)
+        return {'features': features(model, variables, model_inputs(batch, normalize)),
+                'label': batch['label'], 'mask': mask}
+
+    return step
+
+
+def collect_features(step: Callable[[dict, Batch], Batch], variables: dict,
+                     batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+    """`(features [n, dim], labels [n])` of every unmasked example of `batches`, through
+    `step` (a jitted `feature_step`, whose outputs every process can read)."""
     feats, labels = [], []
     for batch in batches:
-        keep = np.asarray(batch.get('mask', np.ones(len(batch['label'])))) > 0
-        feats.append(np.asarray(apply(variables, batch['image']))[keep])
-        labels.append(np.asarray(batch['label'])[keep])
+        out = jax.device_get(step(variables, batch))
+        keep = out['mask'] > 0
+        feats.append(out['features'][keep])
+        labels.append(out['label'][keep])
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def evaluate(step: Callable[[dict, Batch], Batch], variables: dict,
+             train_batches: Iterable[Batch], test_batches: Iterable[Batch], num_classes: int,
+             shots: Sequence[int] = SHOTS, seed: int = 0) -> dict[str, float]:
+    """`{'fewshot_k{k}': accuracy}`: the ridge classifier on `k` examples per class of
+    `train_batches`, scored on every example of `test_batches`; what the trainer logs and
+    `python -m vit_jax.fewshot` prints."""
+    train_x, train_labels = collect_features(step, variables, train_batches)
+    test_x, test_labels = collect_features(step, variables, test_batches)
+    accuracies = fewshot_accuracies(train_x, train_labels, test_x, test_labels, num_classes,
+                                    shots, seed)
+    return {f'fewshot_k{k}': accuracy for k, accuracy in accuracies.items()}
+
+
+def train_split_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose evaluation split (`pp.test`) is the split the few-shot
+    examples come from (`fewshot_train`, default `pp.train`): its eval iterator reads that split
+    as evaluation does (no augmentation, every example once)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.pp.test = config.get('fewshot_train') or config.pp.train
+    return copy

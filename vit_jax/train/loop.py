@@ -26,7 +26,7 @@ from vit_jax import models, tree, weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import ConfigError, TrainingError
-from vit_jax.train import mix, record, sharding
+from vit_jax.train import distill, fewshot, mix, record, sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.lock import WorkdirLock
 from vit_jax.train.metrics import MetricWriter, Progress
@@ -70,6 +70,12 @@ class Setup:
     (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
     the state and `batch_sharding` (the batch split over every mesh axis) as input shardings, so
     `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
+
+    With DeiT distillation (`config.distill`), `distillation` holds the teacher and
+    `train_step(state, batch, teacher_variables)` takes the teacher's variables as a third
+    argument, placed as `abstract_teacher` says (the parameter sharding rules applied to the
+    teacher's names); they are not part of the state (`vit_jax.train.distill.load_teacher`
+    reads them from their weights file).
     """
 
     model: nn.Module
@@ -80,8 +86,10 @@ class Setup:
     abstract_state: TrainState
     batch_sharding: jax.sharding.NamedSharding
     init: Callable[[jax.Array], TrainState]
-    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    train_step: Callable[..., tuple[TrainState, dict]]
     eval_step: Callable[[TrainState, dict], dict]
+    distillation: distill.Distillation | None = None
+    abstract_teacher: Any = None
 
 
 def make_mesh(config: ml_collections.ConfigDict,
@@ -115,19 +123,44 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
                           ema_decay=config.ema_decay, loss=config.loss,
                           normalize=config.pp.normalize, erase_prob=config.pp.erase_prob)
+    distillation = distill.from_config(config, num_classes)
+    teacher_sharding, abstract_teacher = (), None
+    if distillation:
+        abstract_teacher = _abstract_variables(distillation.teacher, mesh, config)
+        teacher_sharding = (jax.tree.map(lambda s: s.sharding, abstract_teacher),)
     train_step = jax.jit(
-        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options), mesh),
-        in_shardings=(state_sharding, batch_sharding),
+        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation),
+                         mesh),
+        in_shardings=(state_sharding, batch_sharding, *teacher_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(
         sharding.on_mesh(make_eval_step(model, config.loss, config.pp.normalize), mesh),
-                        in_shardings=(state_sharding, batch_sharding),
-                        out_shardings=sharding.replicated(mesh))
+        in_shardings=(state_sharding, batch_sharding), out_shardings=sharding.replicated(mesh))
     return Setup(model=model, tx=tx, schedule=schedule, mesh=mesh,
                  state_sharding=state_sharding, abstract_state=abstract_state,
                  batch_sharding=batch_sharding,
                  init=jax.jit(init, out_shardings=state_sharding),
-                 train_step=train_step, eval_step=eval_step)
+                 train_step=train_step, eval_step=eval_step, distillation=distillation,
+                 abstract_teacher=abstract_teacher)
+
+
+def _abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
+                        config: ml_collections.ConfigDict) -> Any:
+    """`model`'s variables as `jax.ShapeDtypeStruct`s placed by `config.param_sharding` on
+    `mesh`, as the student's parameters are."""
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, model.img_size, model.img_size, model.in_chans))))
+    placement = sharding.state_shardings(dict(shapes), mesh, config.param_sharding,
+                                         config.fsdp_min_size)
+    return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
+                        dict(shapes), placement)
+
+
+def _with_teacher(run: Setup, teacher_variables: Any) -> Setup:
+    """`run` whose `train_step(state, batch)` passes `teacher_variables` along."""
+    step = run.train_step
+    return dataclasses.replace(run, train_step=lambda state, batch: step(state, batch,
+                                                                          teacher_variables))
 
 
 def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:
@@ -270,6 +303,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
                                 keep=config.keep_checkpoints)
     state, examples_seen, note = restore_or_init(config, run, checkpointer)
+    if run.distillation:  # the frozen teacher, read from its weights file (also on resume)
+        run = _with_teacher(run, distill.load_teacher(config, run.distillation.teacher,
+                                                      run.abstract_teacher))
     writer = MetricWriter(workdir, enabled=is_main)
     if is_main:
         record.write_record(workdir, config, info.class_names)
@@ -286,13 +322,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                    f'mesh {dict(run.mesh.shape)} over {jax.process_count()} process(es).')
     datasets = datasets or _create_datasets
     train_iter, make_eval_iter, _ = datasets(config, examples_seen)
+    fewshot_eval = _fewshot_evaluation(config, run, datasets, make_eval_iter, info)
     start = time.perf_counter()
     # Closing waits for the checkpoint being written, also when the run stops with an error.
     with PreemptionWatch() as preemption, contextlib.closing(checkpointer), \
             contextlib.closing(writer):
         state, final, preempted_at = _loop(config, run, state, examples_seen, train_iter,
                                            make_eval_iter, checkpointer, writer, progress,
-                                           preemption)
+                                           preemption, fewshot_eval)
     if preempted_at is not None:
         progress.print(f'Preempted: saved step {preempted_at} in {checkpointer.directory}; run '
                        f'the same command to resume.')
@@ -343,10 +380,14 @@ def _create_datasets(config: ml_collections.ConfigDict, start: int) -> Datasets:
 def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, examples_seen: int,
           train_iter: Iterator[dict], make_eval_iter: Callable[[], Iterable[dict]],
           checkpointer: Checkpointer, writer: MetricWriter, progress: Progress,
-          preemption: PreemptionWatch) -> tuple[TrainState, dict[str, float], int | None]:
+          preemption: PreemptionWatch,
+          fewshot_eval: Callable[[TrainState], dict[str, float]] | None = None,
+          ) -> tuple[TrainState, dict[str, float], int | None]:
     """Steps from `state.step` to `config.total_steps`, logging, evaluating and saving on the
-    way. Returns `(state, final eval, None)`, or `(state, {}, step)` when SIGTERM stopped the
-    run after saving `step`; the final eval is `{}` when no step was left to take."""
+    way; `fewshot_eval(state)` every `config.fewshot_every` steps and at the end, after that
+    step's checkpoint is saved (an evaluator that fails loses no step). Returns `(state, final
+    eval, None)`, or `(state, {}, step)` when SIGTERM stopped the run after saving `step`; the
+    final eval is `{}` when no step was left to take."""
     first = int(state.step)
     final: dict[str, float] = {}
     previous = None
@@ -377,6 +418,8 @@ def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, exam
         if evaluating:  # after the save: an evaluation that fails loses no step
             final = evaluate(run.eval_step, state, make_eval_iter(), run.batch_sharding)
             _log_eval(step, final, writer, progress)
+        if fewshot_eval and (step % config.fewshot_every == 0 or step == config.total_steps):
+            _log_fewshot(step, fewshot_eval(state), writer, progress)
         if preempted:
             return state, {}, step
     return state, final, None
@@ -397,6 +440,41 @@ def _log_eval(step: int, result: dict[str, float], writer: MetricWriter,
     progress.print(f'step {step}: eval accuracy {result["accuracy"]:.4f}, loss '
                    f'{result["loss"]:.4f}{_ema_text(result)} over {result["count"]} examples')
     writer.write(step, {f'eval_{k}': v for k, v in result.items()})
+
+
+def _fewshot_evaluation(config: ml_collections.ConfigDict, run: Setup,
+                        datasets: Callable[[ml_collections.ConfigDict, int], Datasets],
+                        make_eval_iter: Callable[[], Iterable[dict]], info: DatasetInfo,
+                        ) -> Callable[[TrainState], dict[str, float]] | None:
+    """`evaluate(state) -> {'fewshot_k{k}': accuracy}` of the state's parameters
+    (`vit_jax.train.fewshot.evaluate`: examples of `config.fewshot_train`, scored on the eval
+    split), its features computed on the mesh and gathered on every process; None when
+    `config.fewshot_every` is 0."""
+    if not config.fewshot_every:
+        return None
+    make_train_iter = datasets(fewshot.train_split_config(config), 0)[1]
+    placement = {'params': run.state_sharding.params, **run.state_sharding.model_state}
+    step = jax.jit(sharding.on_mesh(fewshot.feature_step(run.model, config.pp.normalize), run.mesh),
+                   in_shardings=(placement, run.batch_sharding),
+                   out_shardings=sharding.replicated(run.mesh))
+
+    def placed(batches: Iterable[dict]) -> Iterator[dict]:
+        return (sharding.to_global(batch, run.batch_sharding) for batch in batches)
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        return fewshot.evaluate(step, {'params': state.params, **state.model_state},
+                                placed(make_train_iter()), placed(make_eval_iter()),
+                                info.num_classes, tuple(config.fewshot_shots), config.seed)
+
+    return evaluate
+
+
+def _log_fewshot(step: int, result: dict[str, float], writer: MetricWriter,
+                 progress: Progress) -> None:
+    """Prints and writes one few-shot evaluation."""
+    progress.print(f'step {step}: few-shot accuracy ' + ', '.join(
+        f'{key.removeprefix("fewshot_k")}-shot {value:.4f}' for key, value in result.items()))
+    writer.write(step, result)
 
 
 def export(workdir: str, state: TrainState, final: dict[str, float]) -> None:

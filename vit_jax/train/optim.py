@@ -29,7 +29,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 # Parameters with more than one axis that are no weights to decay (as timm's no_weight_decay).
-NO_DECAY = ('pos_embedding', 'cls', 'relative_position_bias_table')
+NO_DECAY = ('pos_embedding', 'cls', 'dist_token', 'relative_position_bias_table')
 
 
 def _decay_mask(params):

@@ -15,6 +15,7 @@ from flax import struct
 
 from vit_jax.data.device import model_inputs
 from vit_jax.errors import ModelError
+from vit_jax.train import distill
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -142,8 +143,9 @@ MixFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mix_fn: MixFn | None = None, options: StepOptions = StepOptions(),
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Returns `train_step(state, batch) -> (state, metrics)`.
+                    distillation: distill.Distillation | None = None,
+                    ) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Returns `train_step(state, batch, teacher_variables=None) -> (state, metrics)`.
 
     `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}` (and `seed` [batch, 2] when
     erasing), uint8 pixels or float model inputs (`vit_jax.data.device.model_inputs`). With
@@ -164,6 +166,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     updated after each optimizer step: `ema = decay * ema + (1 - decay) * (params, model_state)`.
     `metrics['finite']` is 1 when the loss, every gradient and every updated parameter (and
     moving average) are finite.
+
+    With `distillation`, the frozen teacher (`teacher_variables`, no gradient, no optimizer
+    state) scores the (mixed) images and the loss is DeiT's (`vit_jax.train.distill`). A model
+    returning two heads in training (DeiT's `distilled=True`) puts the distillation loss on the
+    second; without a teacher both heads learn the targets (the mean of their losses). The
+    training accuracy is that of the heads' average, as evaluation predicts.
     """
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
@@ -179,25 +187,34 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return mix_fn(jax.random.fold_in(rng, MIX_STREAM), images, labels, model.num_classes,
                       label_smoothing=label_smoothing)
 
-    def loss_fn(params, model_state, images, labels, rng):
+    def loss_fn(params, model_state, images, labels, rng, teacher_variables):
         images, targets = mixed_inputs(images, labels, rng)
         variables = {'params': params, **model_state}
-        logits, new_state = model.apply(variables, images, train=True,
-                                        rngs=rng_streams(model, rng), mutable=list(model_state))
+        outputs, new_state = model.apply(variables, images, train=True,
+                                         rngs=rng_streams(model, rng), mutable=list(model_state))
         mixing = mix_fn is not None
-        loss = loss_of(logits, targets, 0.0 if mixing else label_smoothing).mean()
+        logits, kd_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        loss = loss_of(logits, targets, 0.0 if mixing else label_smoothing)
+        if distillation is not None:
+            teacher = distill.teacher_logits(distillation.teacher, teacher_variables, images)
+            loss = (1 - distillation.alpha) * loss + distillation.alpha * \
+                distill.distillation_loss(kd_logits, teacher, distillation.type, distillation.tau)
+        elif isinstance(outputs, tuple):
+            loss = (loss + loss_of(kd_logits, targets, 0.0 if mixing else label_smoothing)) / 2
         dominant = targets.argmax(-1) if mixing else targets
-        correct = (logits.argmax(-1) == dominant).mean()
-        return loss, (correct, new_state)
+        correct = (((logits + kd_logits) / 2).argmax(-1) == dominant).mean()
+        return loss.mean(), (correct, new_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def train_step(state: TrainState, batch: Batch, teacher_variables: Any = None,
+                   ) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
         batch = {**batch, 'image': model_inputs(batch, options.normalize, options.erase_prob)}
         if accum_steps == 1:
             (loss, (accuracy, model_state)), grads = grad_fn(
-                state.params, state.model_state, batch['image'], batch['label'], rng)
+                state.params, state.model_state, batch['image'], batch['label'], rng,
+                teacher_variables)
         else:
             micro = jax.tree.map(functools.partial(split_micro_batches, steps=accum_steps), batch)
 
@@ -205,7 +222,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                 grads, loss, accuracy, model_state = carry
                 i, mb = inputs
                 (mb_loss, (mb_accuracy, model_state)), mb_grads = grad_fn(
-                    state.params, model_state, mb['image'], mb['label'], jax.random.fold_in(rng, i))
+                    state.params, model_state, mb['image'], mb['label'], jax.random.fold_in(rng, i),
+                    teacher_variables)
                 return (jax.tree.map(jnp.add, grads, mb_grads), loss + mb_loss,
                         accuracy + mb_accuracy, model_state), None
 
