@@ -58,6 +58,18 @@ def test_plan_of_the_tiny_model_with_fsdp_splits_the_state(v5e):
     assert abs(fsdp.model_flops_per_step - replicated.model_flops_per_step) < 1
 
 
+
+def test_a_distilled_run_plans_with_its_teacher(v5e):
+    # The train step of a distilled run also takes the frozen teacher's variables.
+    config = tiny(('mesh', "[('data', 4)]"), ('distill.type', 'hard'),
+                  ('teacher.model', 'testing'), ('teacher.weights', 'unread.npz'),
+                  ('teacher.img_size', '32'))
+    student = plan.plan(tiny(('mesh', "[('data', 4)]")), 'v5e:2x2', 4, v5e)
+    distilled = plan.plan(config, 'v5e:2x2', 4, v5e)
+    assert distilled.fits
+    assert distilled.argument_bytes_per_chip > student.argument_bytes_per_chip
+    assert distilled.flops_per_step_per_chip > student.flops_per_step_per_chip
+
 @pytest.fixture(scope='module')
 def too_big(v5e):
     """The tiny model data-parallel, and a chip with 60 % of the memory its train step needs."""

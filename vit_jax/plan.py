@@ -173,8 +173,10 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     seconds, compiled = {}, {}
     for name, step, eval_ in (('train', run.train_step, False), ('eval', run.eval_step, True)):
         batch = abstract_batch(config, run.model.in_chans, run.batch_sharding, eval=eval_)
+        # A distilled run's train step also takes the frozen teacher's variables.
+        teacher = (run.abstract_teacher,) if run.distillation and not eval_ else ()
         start = time.perf_counter()
-        compiled[name] = step.lower(run.abstract_state, batch).compile()
+        compiled[name] = step.lower(run.abstract_state, batch, *teacher).compile()
         seconds[name] = round(time.perf_counter() - start, 1)
     memory = compiled['train'].memory_analysis()
     train_bytes = xla_costs.footprint(compiled['train']) * per_chip
