@@ -50,7 +50,7 @@ def test_plan_of_the_tiny_model_with_fsdp_splits_the_state(v5e):
         assert result.fits and result.chips == 4 and result.hbm_bytes_per_chip == 16 * 2 ** 30
         assert result.train_bytes_per_chip >= result.argument_bytes_per_chip > 0
         assert result.flops_per_step_per_chip > 0 and result.model_flops_per_step > 0
-    assert fsdp.mesh == {'data': 1, 'fsdp': 4}
+    assert fsdp.mesh == {'data': 1, 'fsdp': 4, 'model': 1}
     # Every array but the small ones (< fsdp_min_size = 0 here: all) splits 4 ways.
     ratio = fsdp.state_bytes_per_chip / replicated.state_bytes_per_chip
     assert 0.25 <= ratio < 0.3, ratio
@@ -69,6 +69,27 @@ def test_a_distilled_run_plans_with_its_teacher(v5e):
     assert distilled.fits
     assert distilled.argument_bytes_per_chip > student.argument_bytes_per_chip
     assert distilled.flops_per_step_per_chip > student.flops_per_step_per_chip
+
+
+def test_plan_with_a_model_axis_compiles_and_splits_attention_and_mlp(v5e):
+    config = tiny(('mesh', "[('data', 1), ('fsdp', 2), ('model', 2)]"))
+    result = plan.plan(config, 'v5e:2x2', 4, v5e)
+    assert result.fits and result.mesh == {'data': 1, 'fsdp': 2, 'model': 2}
+    # Attention and MLP arrays split 4 ways (fsdp x model), the others 2 ways (fsdp).
+    replicated = plan.state_bytes(loop.setup(tiny(('mesh', "[('data', 4)]")), 4, loop.make_mesh(
+        tiny(('mesh', "[('data', 4)]")), v5e)).abstract_state)
+    ratio = result.state_bytes_per_chip / replicated
+    assert 0.25 < ratio < 0.5, ratio
+
+
+def test_the_search_tries_model_axes_beside_fsdp():
+    config = tiny(('mesh', "[('data', 4)]"), ('batch', '256'))
+    found = plan.layouts(config, 8)
+    assert {layout.model for layout in found} == {1, 2, 4}
+    layout = next(x for x in found if x.model == 2 and x.fsdp == 2)
+    assert dict(layout.flags(config, 8))['mesh'] == "[('data', 2), ('fsdp', 2), ('model', 2)]"
+    assert all(config.batch % (x.accum_steps * 8 // x.model) == 0 for x in found)
+
 
 @pytest.fixture(scope='module')
 def too_big(v5e):

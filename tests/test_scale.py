@@ -1,6 +1,7 @@
-"""Scale-out and never losing work: placement rules, 1 vs 8 devices vs 4x2 data x FSDP (also
-with the layers scanned) vs accumulation, 1 vs 2 processes, bit-exact resume after SIGKILL and
-SIGTERM, corrupt checkpoints, non-finite stops, the data position, and eval counts.
+"""Scale-out and never losing work: placement rules, 1 vs 8 devices vs 4x2 data x FSDP vs
+2x2x2 data x FSDP x model (also with the layers scanned) vs accumulation, 1 vs 2 processes,
+bit-exact resume after SIGKILL (also on 2x2x2) and SIGTERM, corrupt checkpoints, non-finite
+stops, the data position, and eval counts.
 
 Runs with several devices or processes happen in subprocesses (`scale_worker.py`) with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N`; 1-device baselines run in this process.
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -79,13 +81,17 @@ def baseline(tmp_path_factory):
 
 
 def test_mesh_sizes_and_errors():
-    assert sharding._axis_sizes([('data', -1)], 8) == {'data': 8, 'fsdp': 1}
-    assert sharding._axis_sizes([('data', 4), ('fsdp', 2)], 8) == {'data': 4, 'fsdp': 2}
-    assert sharding._axis_sizes([('fsdp', -1), ('data', 2)], 8) == {'data': 2, 'fsdp': 4}
+    assert sharding._axis_sizes([('data', -1)], 8) == {'data': 8, 'fsdp': 1, 'model': 1}
+    assert sharding._axis_sizes([('data', 4), ('fsdp', 2)], 8) == {'data': 4, 'fsdp': 2,
+                                                                    'model': 1}
+    assert sharding._axis_sizes([('fsdp', -1), ('data', 2)], 8) == {'data': 2, 'fsdp': 4,
+                                                                    'model': 1}
+    assert sharding._axis_sizes([('model', 2), ('data', -1), ('fsdp', 2)], 8) == {
+        'data': 2, 'fsdp': 2, 'model': 2}
     for spec, message in [
             ([('data', 4), ('fsdp', 4)], 'needs 16 devices but there are 8'),
             ([('data', -1), ('fsdp', 3)], '8 is not divisible by 3'),
-            ([('model', 2)], "axes must be distinct names out of \\('data', 'fsdp'\\)"),
+            ([('tensor', 2)], "axes must be distinct names out of \\('data', 'fsdp', 'model'\\)"),
             ([('data', -1), ('fsdp', -1)], 'at most one -1'),
             (['data'], 'is not a list of \\(axis, size\\) pairs')]:
         with pytest.raises(ConfigError, match=message):
@@ -122,6 +128,48 @@ def test_placement_rules_cover_params_and_their_optimizer_state():
         sharding.check_rules([('.*', 'shard')])
 
 
+def test_model_axis_splits_heads_and_mlp_hidden_beside_fsdp():
+    rules = [('.*', 'fsdp')]
+    tx = optim.create_optimizer(scale_worker.make_config())[0]
+    for scanned in (False, True):  # a stacked layer axis leads; the rules count after it
+        model = vit_jax.create_model('testing', num_classes=4, img_size=8, patch_size=4,
+                                     embed_dim=16, num_heads=2, scan_layers=scanned)
+        shapes = jax.eval_shape(lambda r, m=model: step.create_train_state(m, tx, r, (1, 8, 8, 3)),
+                                jax.random.PRNGKey(0))
+        placed = sharding.state_specs(shapes, 2, rules, 0, model_size=2)
+        specs = tree.flatten(placed.params)
+        moments = {tree.array_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(
+            placed.opt_state, is_leaf=lambda x: isinstance(x, P))}
+        block = 'Transformer/encoderblock' + ('' if scanned else '_0')
+        layer = (None,) if scanned else ()
+        expected = {  # Megatron: heads of q, k, v and out; MLP hidden of Dense_0 and Dense_1
+            'MultiHeadDotProductAttention_1/query/kernel': P(*layer, 'fsdp', 'model', None),
+            'MultiHeadDotProductAttention_1/value/bias': P(*layer, 'model', 'fsdp'),
+            'MultiHeadDotProductAttention_1/out/kernel': P(*layer, 'model', None, 'fsdp'),
+            'MlpBlock_3/Dense_0/kernel': P(*layer, 'fsdp', 'model'),
+            'MlpBlock_3/Dense_0/bias': P(*layer, 'model'),
+            'MlpBlock_3/Dense_1/kernel': P(*layer, 'model', 'fsdp'),
+            'MlpBlock_3/Dense_1/bias': P(*layer, 'fsdp')}
+        for name, spec in expected.items():
+            assert specs[f'{block}/{name}'] == spec, (name, specs[f'{block}/{name}'])
+            momentum = [s for n, s in moments.items() if n.endswith(f'{block}/{name}')]
+            assert momentum == [spec], name
+        assert specs['head/kernel'] == P('fsdp', None)  # not an attention or MLP array
+    with pytest.raises(ConfigError, match=r"model axis \(4\) does not divide the heads \(2\) "
+                                          r"of params/Transformer/encoderblock/.*/key/bias "
+                                          r"\(1, 2, 8\); use a model size that divides"):
+        sharding.state_specs(shapes, 1, rules, 0, model_size=4)
+
+
+def test_a_model_axis_across_processes_is_refused():
+    hosts = np.array([types.SimpleNamespace(process_index=i // 4) for i in range(8)])
+    sharding.check_input_split(hosts.reshape(2, 2, 2))  # each model pair within one process
+    sharding.check_input_split(hosts.reshape(1, 2, 4))
+    with pytest.raises(ConfigError, match=r'model axis \(8 devices\) spans processes of 4 '
+                                          r'devices each; use a model size that divides 4'):
+        sharding.check_input_split(hosts.reshape(1, 1, 8))
+
+
 @pytest.mark.slow
 def test_remat_gives_the_same_gradients():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
@@ -142,6 +190,7 @@ def test_remat_gives_the_same_gradients():
 # Mixup / CutMix (batch mixed with its reverse: rows cross devices) and the EMA of the weights.
 MIX_EMA = [('mixup_alpha', '0.8'), ('cutmix_alpha', '1.0'), ('label_smoothing', '0.1'),
            ('ema_decay', '0.9')]
+TENSOR_PARALLEL = ('mesh', "[('data', 2), ('fsdp', 2), ('model', 2)]")
 
 
 def test_one_vs_eight_devices_vs_fsdp_vs_accumulation(baseline, tmp_path):
@@ -150,7 +199,9 @@ def test_one_vs_eight_devices_vs_fsdp_vs_accumulation(baseline, tmp_path):
             '4x2 data x fsdp': [fsdp],
             '4x2 + 4 micro-batches': [fsdp, ('accum_steps', '4')],
             '4x2 + mixup/cutmix + EMA': [fsdp, *MIX_EMA],
-            '4x2 scanned layers': [fsdp, ('model.scan_layers', 'True')]}
+            '4x2 scanned layers': [fsdp, ('model.scan_layers', 'True')],
+            '2x2x2 data x fsdp x model': [TENSOR_PARALLEL],
+            '2x2x2 scanned layers': [TENSOR_PARALLEL, ('model.scan_layers', 'True')]}
     jobs = [{'workdir': str(tmp_path / str(i)), 'overrides': o,
              'params_out': str(tmp_path / f'{i}.npz')} for i, o in enumerate(runs.values())]
     results = run_worker({'jobs': jobs}, devices=8)
@@ -321,6 +372,25 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(tmp_path):
            max_diff(reference, params))
     assert max_diff(reference, params) == 0.0
     assert result['count'] == 37
+
+
+@pytest.mark.slow
+def test_sigkill_on_2x2x2_data_fsdp_model_then_resume_is_bit_identical(tmp_path):
+    overrides = [TENSOR_PARALLEL, ('total_steps', '10'), ('checkpoint_every', '1'),
+                 ('model.drop_rate', '0.1'), *MIX_EMA]
+    kill = random.Random(3).randrange(2, 9)
+    worker = Worker({'workdir': str(tmp_path / 'run'), 'overrides': overrides}, devices=8)
+    worker.wait_for_step(kill)
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.finish()
+    jobs = [{'workdir': str(tmp_path / name), 'overrides': overrides,
+             'params_out': str(tmp_path / f'{name}.npz')} for name in ('reference', 'run')]
+    results = run_worker({'jobs': jobs}, devices=8)
+    assert [r['count'] for r in results] == [37, 37]
+    diff = max_diff(dict(np.load(tmp_path / 'reference.npz')), dict(np.load(tmp_path / 'run.npz')))
+    record(f'2x2x2 data x fsdp x model, SIGKILL at step {kill} then resume: max abs param diff '
+           f'vs uninterrupted', diff)
+    assert diff == 0.0
 
 
 def largest_file(directory):

@@ -226,11 +226,12 @@ def base_config() -> ml_collections.ConfigDict:
         # Evaluation: 1 resizes the whole image to `crop`; below 1 (DeiT: 0.875) resizes the
         # shorter side to crop / eval_crop_pct, then cuts out the centre crop.
         eval_crop_pct=1.0))
-    c.batch = 512  # global: split over devices and accumulation steps
+    c.batch = 512  # global: split over the data x fsdp devices and accumulation steps
     c.batch_eval = 512
-    # Device mesh [(axis, size)] over 'data' and 'fsdp' (-1: the devices left over); parameters
-    # and optimizer state go by the first (regex, 'replicate' | 'fsdp') rule their name matches,
-    # arrays below fsdp_min_size elements stay replicated. See vit_jax/train/sharding.py.
+    # Device mesh [(axis, size)] over 'data', 'fsdp' and 'model' (tensor parallelism; -1: the
+    # devices left over); parameters and optimizer state go by the first (regex, 'replicate' |
+    # 'fsdp') rule their name matches, arrays below fsdp_min_size elements stay replicated;
+    # attention and MLP arrays split over 'model' by name. See vit_jax/train/sharding.py.
     c.mesh = [('data', -1), ('fsdp', 1)]
     c.param_sharding = [('.*', 'fsdp')]
     c.fsdp_min_size = 2 ** 14

@@ -14,7 +14,8 @@ Per chip it prints the parameters and optimizer state, the temporaries (activati
 total against the chip's HBM (`HBM_GIB`), whether it fits and the headroom, the compiler's
 FLOPs per step beside the model's (3 x the forward pass, the usual count of forward and
 backward: remat's recomputation shows as the difference), and the compile times. `--search`
-tries the trainer's layouts (`search`) and prints those that fit, each as the flags to add.
+tries the trainer's layouts (`search`: FSDP and `model` axis sizes, remat, micro-batches,
+bfloat16 optimizer state) and prints those that fit, each as the flags to add.
 Topology names are JAX's: `v4:2x2x1`, `v5e:4x4`, `v5p:2x2x2`, `v6e:8x8`, ...
 """
 
@@ -41,7 +42,7 @@ import numpy as np
 
 from vit_jax import cli
 from vit_jax import config as config_lib
-from vit_jax.errors import PlanError, VitJaxError
+from vit_jax.errors import ConfigError, PlanError, VitJaxError
 from vit_jax.train import loop, xla_costs
 
 GIB = 2 ** 30
@@ -57,6 +58,8 @@ KNOWN_CLASS_COUNTS = {'imagenet2012': 1000, 'imagenet21k': 21843, 'imagenet_v2':
                       'cifar10': 10, 'cifar100': 100, 'oxford_iiit_pet': 37,
                       'oxford_flowers102': 102, 'caltech101': 102, 'food101': 101,
                       'sun397': 397, 'mnist': 10, 'digits': 10}
+# Sizes of the `model` (tensor-parallel) mesh axis that `--search` tries.
+MODEL_SIZES = (1, 2, 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,17 +201,21 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """One way to lay a run out: FSDP size (the rest of the chips data-parallel), `remat`
-    (with `scan_layers`, where the model has them), micro-batches, bfloat16 optimizer state."""
+    """One way to lay a run out: FSDP size, tensor-parallel (`model` axis) size, the rest of
+    the devices data-parallel; `remat` (with `scan_layers`, where the model has them),
+    micro-batches, bfloat16 optimizer state."""
 
     fsdp: int
+    model: int
     remat: bool
     accum_steps: int
     bfloat16_optimizer: bool
 
     def flags(self, config: ml_collections.ConfigDict, devices: int) -> list[tuple[str, str]]:
         """The `--config.KEY=VALUE` overrides of this layout for `config`."""
-        flags = [('mesh', f"[('data', {devices // self.fsdp}), ('fsdp', {self.fsdp})]"),
+        model = f", ('model', {self.model})" if self.model > 1 else ''
+        data = devices // (self.fsdp * self.model)
+        flags = [('mesh', f"[('data', {data}), ('fsdp', {self.fsdp}){model}]"),
                  ('accum_steps', str(self.accum_steps)),
                  ('optim_dtype', 'bfloat16' if self.bfloat16_optimizer else config.optim_dtype)]
         for key in ('remat', 'scan_layers'):
@@ -218,25 +225,31 @@ class Layout:
 
     def cost(self) -> float:
         """Recomputation and communication, roughly as a fraction of a step: remat recomputes
-        the forward pass (1/3), each doubling of micro-batches or FSDP adds gathers."""
+        the forward pass (1/3), each doubling of micro-batches or FSDP adds gathers, of the
+        model axis all-reduces of activations in every layer."""
         return (self.remat / 3 + 0.1 * math.log2(self.accum_steps) + 0.05 * math.log2(self.fsdp)
-                + 0.01 * self.bfloat16_optimizer)
+                + 0.1 * math.log2(self.model) + 0.01 * self.bfloat16_optimizer)
 
     def saves_less_than(self, other: Layout) -> bool:
         """Whether every memory-saving choice of this layout is at most `other`'s."""
-        return (self.fsdp <= other.fsdp and self.remat <= other.remat
+        return (self.fsdp <= other.fsdp and self.model <= other.model
+                and self.remat <= other.remat
                 and self.accum_steps <= other.accum_steps
                 and self.bfloat16_optimizer <= other.bfloat16_optimizer)
 
 
 def layouts(config: ml_collections.ConfigDict, devices: int) -> list[Layout]:
-    """The layouts the trainer has for `config` on `devices`, cheapest first: FSDP sizes and
-    micro-batch counts of powers of 2 that split the batch, remat where the model has it."""
+    """The layouts the trainer has for `config` on `devices`, cheapest first: FSDP sizes of
+    powers of 2, model axes of `MODEL_SIZES`, micro-batch counts that split the batch over the
+    data x fsdp devices, remat where the model has it."""
     powers = [2 ** i for i in range(int(math.log2(devices)) + 1) if devices % 2 ** i == 0]
-    accums = [a for a in (1, 2, 4, 8, 16) if config.batch % (a * devices) == 0]
     remats = (False, True) if 'remat' in config.model else (False,)
     bf16 = (False, True) if config.optim_dtype != 'bfloat16' else (True,)
-    found = [Layout(*c) for c in itertools.product(powers, remats, accums, bf16)]
+    found = [Layout(fsdp, model, remat, accum, bf)
+             for fsdp, model, remat, accum, bf in itertools.product(
+                 powers, MODEL_SIZES, remats, (1, 2, 4, 8, 16), bf16)
+             if devices % (fsdp * model) == 0
+             and config.batch % (accum * devices // model) == 0]
     return sorted(found, key=Layout.cost)
 
 
@@ -247,8 +260,9 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
            ) -> list[tuple[list[tuple[str, str]], Plan]]:
     """Up to `limit` layouts of `config` that fit `topology`, cheapest first, each as
     `(overrides, plan)`: `config` with `overrides` applied as text (as on the command line) is
-    what was compiled. Layouts whose state alone exceeds HBM, or that save less memory on
-    every count than one that did not fit, are not compiled."""
+    what was compiled. Layouts the trainer refuses (a model axis that does not divide the
+    heads), whose state alone exceeds HBM, or that save less memory on every count than one
+    that did not fit, are not compiled."""
     devices = topology_devices(topology) if devices is None else devices
     per_chip = len(devices) // chip_count(devices)
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
@@ -260,7 +274,11 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
             continue
         overrides = layout.flags(config, len(devices))
         candidate = config_lib.apply_overrides(copy.deepcopy(config), overrides)
-        run = loop.setup(candidate, num_classes, loop.make_mesh(candidate, devices))
+        try:
+            run = loop.setup(candidate, num_classes, loop.make_mesh(candidate, devices))
+        except ConfigError as e:
+            log(f'refused ({e}): {command_flags(overrides)}')
+            continue
         if state_bytes(run.abstract_state) * per_chip > hbm:
             failed.append(layout)
             continue

@@ -25,6 +25,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     'silu': nn.silu,
 }
 ATTENTION_IMPLS = ('fused', 'explicit')
+HEADS_AXES = ('batch', 'tokens', 'heads', None)  # logical axes of [batch, tokens, heads, head_dim]
 
 
 # timm's and the DeiT-family authors' weight init for linear and conv layers.
@@ -82,7 +83,8 @@ class DropPath(nn.Module):
 class MlpBlock(nn.Module):
     """Transformer feed-forward block: Dense_0 -> activation -> dropout -> Dense_1 -> dropout.
 
-    `[..., dim] -> [..., out_dim or dim]`.
+    `[batch, ..., dim] -> [batch, ..., out_dim or dim]`; the hidden units carry the logical
+    axis 'mlp' (split over the mesh's `model` axis).
     """
 
     hidden_dim: int
@@ -100,6 +102,7 @@ class MlpBlock(nn.Module):
             features, dtype=self.dtype, kernel_init=self.kernel_init,
             bias_init=self.bias_init, name=name)
         x = dense(self.hidden_dim, 'Dense_0')(x)
+        x = nn.with_logical_constraint(x, ('batch', *[None] * (x.ndim - 2), 'mlp'))
         x = get_activation(self.act_layer)(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, 'Dense_1')(x)
@@ -132,7 +135,8 @@ class MultiHeadAttention(nn.Module):
     `[batch, heads, tokens, tokens]` in the 'intermediates' collection under
     'attention_weights' (read them with `apply(..., mutable=['intermediates'])`). Both give the
     same numbers. Attention dropout needs the weights, so while it is active the explicit path
-    is used.
+    is used. Queries, keys, values and the heads' outputs `[batch, tokens, heads, head_dim]`
+    carry the logical axis 'heads' (split over the mesh's `model` axis).
     """
 
     num_heads: int
@@ -153,8 +157,9 @@ class MultiHeadAttention(nn.Module):
         head_dim = dim // self.num_heads
 
         def proj(name: str) -> Array:  # [batch, tokens, heads, head_dim]
-            return nn.DenseGeneral((self.num_heads, head_dim), use_bias=self.qkv_bias,
-                                   dtype=self.dtype, kernel_init=self.kernel_init, name=name)(x)
+            y = nn.DenseGeneral((self.num_heads, head_dim), use_bias=self.qkv_bias,
+                                dtype=self.dtype, kernel_init=self.kernel_init, name=name)(x)
+            return nn.with_logical_constraint(y, HEADS_AXES)
 
         q, k, v = proj('query'), proj('key'), proj('value')
         dropping = self.dropout_rate > 0.0 and not deterministic
@@ -168,6 +173,7 @@ class MultiHeadAttention(nn.Module):
             weights = nn.Dropout(self.dropout_rate, broadcast_dims=())(
                 weights, deterministic=deterministic)
             y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+        y = nn.with_logical_constraint(y, HEADS_AXES)
         return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
                                kernel_init=self.kernel_init, name='out')(y)
 

@@ -68,7 +68,7 @@ class Setup:
     `abstract_state` is the `TrainState` as `jax.ShapeDtypeStruct`s carrying `state_sharding`;
     `init(rng)` allocates the initial state so placed. `train_step(state, batch) ->
     (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
-    the state and `batch_sharding` (the batch split over every mesh axis) as input shardings, so
+    the state and `batch_sharding` (the batch split over `data` x `fsdp`) as input shardings, so
     `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
 
     With DeiT distillation (`config.distill`), `distillation` holds the teacher and
@@ -104,8 +104,9 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     abstract TPU ones included), after checking that the batches split over it. Reads no data
     and allocates no state."""
     sharding.check_rules(config.param_sharding)
-    sharding.check_batch_size('batch', config.batch, mesh.size, config.accum_steps)
-    sharding.check_batch_size('batch_eval', config.batch_eval, mesh.size)
+    devices = sharding.batch_devices(mesh)
+    sharding.check_batch_size('batch', config.batch, devices, config.accum_steps)
+    sharding.check_batch_size('batch_eval', config.batch_eval, devices)
     model = models.create_model(config.model_name, **config_lib.model_overrides(config),
                                 num_classes=num_classes, img_size=config.pp.crop)
     tx, schedule = create_optimizer(config)
@@ -297,6 +298,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     info = _dataset_info(config, datasets)
     record.check_classes(workdir, info.class_names)
     run = setup(config, info.num_classes, make_mesh(config))
+    sharding.check_input_split(run.mesh.devices)
     is_main = jax.process_index() == 0
     progress = Progress(config.total_steps, config.batch,
                         stream=None if is_main else open(os.devnull, 'w'))

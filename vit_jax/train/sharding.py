@@ -1,10 +1,13 @@
 """The device mesh and how arrays are placed on it.
 
-The mesh has two axes: `data` (each device group sees other examples, parameters replicated)
-and `fsdp` (fully sharded data parallel: more examples, and each large parameter and its
-optimizer state split across the group instead of copied). `config.mesh` names their sizes,
-e.g. `[('data', -1)]` (every device data-parallel) or `[('data', 4), ('fsdp', 2)]`; -1 takes
-the devices left over. The batch is split over both axes, so `batch` is always global.
+The mesh has three axes: `data` (each device group sees other examples, parameters replicated),
+`fsdp` (fully sharded data parallel: more examples, and each large parameter and its optimizer
+state split across the group instead of copied) and `model` (tensor parallelism: the devices
+of a group see the same examples and each computes a share of every layer's attention heads and
+MLP hidden units). `config.mesh` names their sizes, e.g. `[('data', -1)]` (every device
+data-parallel), `[('data', 4), ('fsdp', 2)]` or `[('data', 2), ('fsdp', 2), ('model', 2)]`;
+-1 takes the devices left over. The batch is split over `data` and `fsdp`, so `batch` is always
+global.
 
 Parameters and optimizer state are placed by `config.param_sharding`, rules `(regex, how)`
 tried in order on each array's name (`params/Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`,
@@ -16,6 +19,12 @@ A model scanned over its layers (`scan_layers`) stacks block parameters `[layers
 the others, so that each step of the scan gathers one layer's slices (true FSDP: one layer
 whole at a time) rather than every layer's (a split layer axis makes the per-layer slice a
 gather of the whole stack, or a layer that lives on one device).
+
+The `model` axis splits the arrays of `layers.MultiHeadAttention` and `layers.MlpBlock` (every
+family's attention and MLP) as Megatron-LM does, by the names in `MODEL_RULES`: `query`, `key`,
+`value` on their heads, `out` on its input heads, the MLP's `Dense_0` on its output and
+`Dense_1` on its input. Such an array may be split on `model` and `fsdp` at once (on two other
+dimensions).
 
 Activations carry logical axis names (`nn.with_logical_constraint(x, ('batch', 'tokens',
 'embed'))`); `ACTIVATION_RULES` maps them onto the mesh while the steps are traced.
@@ -39,12 +48,25 @@ from vit_jax.errors import ConfigError
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
-AXES = (DATA_AXIS, FSDP_AXIS)
-BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch is split over every device
+MODEL_AXIS = 'model'
+AXES = (DATA_AXIS, FSDP_AXIS, MODEL_AXIS)
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch is split over data x fsdp devices
 STRATEGIES = ('replicate', 'fsdp')
-# Logical activation axes -> mesh axes. Only the batch is split; the rest stay whole.
+# Logical activation axes -> mesh axes: the batch over data x fsdp, attention heads and MLP
+# hidden units over model; the rest stay whole.
 ACTIVATION_RULES = (('batch', BATCH_AXES), ('tokens', None), ('height', None), ('width', None),
-                    ('embed', None), ('heads', None), ('mlp', None), ('classes', None))
+                    ('embed', None), ('heads', MODEL_AXIS), ('mlp', MODEL_AXIS),
+                    ('classes', None))
+# Tensor-parallel splits (Megatron-LM): (regex on the array's name, its rank per layer, the
+# dimension split over `model`, what that dimension is).
+MODEL_RULES = (
+    (r'/(query|key|value)/kernel$', 3, 1, 'heads'),  # [dim, heads, head_dim]
+    (r'/(query|key|value)/bias$', 2, 0, 'heads'),  # [heads, head_dim]
+    (r'/out/kernel$', 3, 0, 'heads'),  # [heads, head_dim, dim]
+    (r'/(MlpBlock_\d+|mlp)/Dense_0/kernel$', 2, 1, 'MLP width'),  # [dim, hidden]
+    (r'/(MlpBlock_\d+|mlp)/Dense_0/bias$', 1, 0, 'MLP width'),  # [hidden]
+    (r'/(MlpBlock_\d+|mlp)/Dense_1/kernel$', 2, 0, 'MLP width'),  # [hidden, out]
+)
 
 
 def make_mesh(spec: Sequence[Sequence[Any]] = ((DATA_AXIS, -1),),
@@ -87,13 +109,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """The leading (batch) axis is split over every device (`data` and `fsdp`)."""
+    """The leading (batch) axis is split over `data` x `fsdp` (each `model` group of devices
+    holds the same rows)."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def batch_devices(mesh: Mesh) -> int:
+    """How many ways the batch is split: the `data` x `fsdp` devices."""
+    return mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS]
 
 
 def check_batch_size(name: str, size: int, devices: int, accum_steps: int = 1) -> None:
     """A global batch, and each of its `accum_steps` micro-batches, must split evenly over
-    the devices."""
+    the `devices` (`batch_devices`)."""
     if (size // accum_steps) % devices:
         micro = (f' / --config.accum_steps={accum_steps} = {size // accum_steps} per '
                  f'micro-batch' if accum_steps > 1 else '')
@@ -101,14 +129,46 @@ def check_batch_size(name: str, size: int, devices: int, accum_steps: int = 1) -
                           f'devices; use a multiple of {devices * accum_steps}')
 
 
-def fsdp_spec(shape: Sequence[int], fsdp_size: int, layer_axes: int = 0) -> PartitionSpec:
-    """Splits the largest dimension divisible by `fsdp_size` over `fsdp` (or none), leaving the
-    first `layer_axes` (stacked layers) whole."""
+def check_input_split(devices: np.ndarray) -> None:
+    """Raises a `ConfigError` unless each `model` group of the mesh's `devices` `[data, fsdp,
+    model]` lies in one process: the input pipeline gives each process rows of its own, so two
+    processes cannot hold the same rows."""
+    processes = np.vectorize(lambda d: d.process_index)(devices)
+    groups = processes.reshape(-1, processes.shape[-1])
+    if (groups != groups[:, :1]).any():
+        local = int((processes == processes.flat[0]).sum())
+        raise ConfigError(f'--config.mesh: the model axis ({processes.shape[-1]} devices) spans '
+                          f'processes of {local} devices each; use a model size that divides '
+                          f'{local}')
+
+
+def fsdp_dim(shape: Sequence[int], fsdp_size: int, layer_axes: int = 0,
+             taken: int | None = None) -> int | None:
+    """The largest dimension divisible by `fsdp_size` (or none), leaving the first `layer_axes`
+    (stacked layers) and dimension `taken` (split over `model`) whole."""
     if fsdp_size > 1:
         for dim in sorted(range(layer_axes, len(shape)), key=lambda d: -shape[d]):
-            if shape[dim] % fsdp_size == 0:
-                return PartitionSpec(*[FSDP_AXIS if d == dim else None for d in range(len(shape))])
-    return PartitionSpec()
+            if dim != taken and shape[dim] % fsdp_size == 0:
+                return dim
+    return None
+
+
+def model_dim(name: str, shape: Sequence[int], model_size: int, layer_axes: int = 0
+              ) -> int | None:
+    """The dimension of array `name` that `MODEL_RULES` split over `model` (or none); raises a
+    `ConfigError` when `model_size` does not divide it."""
+    if model_size == 1:
+        return None
+    for pattern, rank, dim, what in MODEL_RULES:
+        if len(shape) - layer_axes == rank and re.search(pattern, name):
+            size = shape[layer_axes + dim]
+            if size % model_size:
+                raise ConfigError(
+                    f'--config.mesh: the model axis ({model_size}) does not divide the {what} '
+                    f'({size}) of {name} {tuple(shape)}; use a model size that divides every '
+                    f"layer's heads and MLP width")
+            return layer_axes + dim
+    return None
 
 
 def check_rules(rules: Sequence[Sequence[str]]) -> None:
@@ -125,23 +185,26 @@ def check_rules(rules: Sequence[Sequence[str]]) -> None:
 
 
 def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[Sequence[str]],
-               min_size: int) -> PartitionSpec:
-    """The placement of array `name` by the first rule whose regex it contains (the size is
-    judged per layer for stacked layers, as the unscanned model's arrays are)."""
+               min_size: int, model_size: int = 1) -> PartitionSpec:
+    """The placement of array `name`: over `model` by `MODEL_RULES`, and over `fsdp` by the
+    first rule whose regex it contains (the size is judged per layer for stacked layers, as the
+    unscanned model's arrays are)."""
     layer_axes = tree.layer_axes(name)
-    if len(shape) <= layer_axes or int(np.prod(shape[layer_axes:])) < max(min_size, 1):
-        return PartitionSpec()
-    for pattern, how in rules:
-        if re.search(pattern, name):
-            if how == 'replicate':
-                return PartitionSpec()
-            return fsdp_spec(shape, fsdp_size, layer_axes)
-    return PartitionSpec()
+    spec = [None] * len(shape)
+    split = model_dim(name, shape, model_size, layer_axes)
+    if split is not None:
+        spec[split] = MODEL_AXIS
+    if len(shape) > layer_axes and int(np.prod(shape[layer_axes:])) >= max(min_size, 1):
+        how = next((how for pattern, how in rules if re.search(pattern, name)), 'replicate')
+        dim = fsdp_dim(shape, fsdp_size, layer_axes, split) if how == 'fsdp' else None
+        if dim is not None:
+            spec[dim] = FSDP_AXIS
+    return PartitionSpec(*spec) if any(spec) else PartitionSpec()
 
 
 def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
-                min_size: int) -> Any:
-    """`PartitionSpec`s for a train state (arrays or shapes): the rules place `params` and
+                min_size: int, model_size: int = 1) -> Any:
+    """`PartitionSpec`s for a train state (arrays or shapes): `param_spec` places `params` and
     `opt_state`, and the moving average's parameters (`ema/params/...`) as the parameters they
     average; the step, RNG key and mutable model state (BatchNorm) are replicated."""
 
@@ -149,7 +212,7 @@ def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
         name = tree.array_name(path).removeprefix('ema/')
         if name.split('/')[0] not in ('params', 'opt_state'):
             return PartitionSpec()
-        return param_spec(name, leaf.shape, fsdp_size, rules, min_size)
+        return param_spec(name, leaf.shape, fsdp_size, rules, min_size, model_size)
 
     return jax.tree_util.tree_map_with_path(place, state)
 
@@ -157,7 +220,7 @@ def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[Sequence[str]],
                     min_size: int) -> Any:
     """`NamedSharding`s on `mesh` by `state_specs`."""
-    specs = state_specs(state, mesh.shape[FSDP_AXIS], rules, min_size)
+    specs = state_specs(state, mesh.shape[FSDP_AXIS], rules, min_size, mesh.shape[MODEL_AXIS])
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
