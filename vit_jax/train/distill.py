@@ -13,16 +13,18 @@ plain ones) takes both on its one head.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from vit_jax import models, weights
 from vit_jax.errors import ConfigError, VitJaxError
+
+if TYPE_CHECKING:  # the train step imports this module, and runs without ml_collections
+    import ml_collections
 
 TYPES = ('none', 'hard', 'soft')
 
