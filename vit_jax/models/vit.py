@@ -94,7 +94,7 @@ class Encoder(nn.Module):
     scan_layers: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         if self.pos_embed == 'learned':
             x = layers.LearnedPositionEmbedding(name='posembed_input')(x)
         elif self.pos_embed in ('sincos1d', 'sincos2d'):
@@ -103,7 +103,7 @@ class Encoder(nn.Module):
                 layers.sincos_2d(h, w, dim)
             pe = np.pad(pe, ((0, 0), (self.num_prefix_tokens, 0), (0, 0)))
             x = x + jnp.asarray(pe, x.dtype)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         # Remat keeps only each block's input for the backward pass and recomputes the rest.
         block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
         rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
@@ -117,11 +117,12 @@ class Encoder(nn.Module):
                            split_rngs={'params': True, 'dropout': True}, in_axes=(0, nn.broadcast),
                            length=self.depth)
             blocks = block(self.num_heads, self.mlp_dim, **options, name=SCANNED_BLOCKS)
-            x, _ = scan(blocks, x, jnp.asarray(rates) if self.drop_path_rate else None, not train)
+            x, _ = scan(blocks, x, jnp.asarray(rates) if self.drop_path_rate else None,
+                        deterministic)
         else:
             for i, rate in enumerate(rates):
                 x = block(self.num_heads, self.mlp_dim, drop_path_rate=rate, **options,
-                          name=f'encoderblock_{i}')(x, not train)
+                          name=f'encoderblock_{i}')(x, deterministic)
         return nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
 
 
@@ -259,7 +260,7 @@ class VisionTransformer(nn.Module, contract.Family):
             attn_dropout_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
             act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
             norm_eps=self.norm_eps, remat=self.remat, scan_layers=self.scan_layers,
-            name='Transformer')(x, train=train)
+            name='Transformer')(x, deterministic=not train)
         if self.distilled:
             return self._distilled_heads(x[:, 0], x[:, 1], train)
         x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
