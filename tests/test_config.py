@@ -7,6 +7,8 @@ import sys
 import pytest
 
 from vit_jax import config as config_lib
+from vit_jax import list_models
+from vit_jax.configs import common
 from vit_jax import main as cli
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.train import train
@@ -166,12 +168,20 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, repo, config_spec, spec, ar
     ('sret.py:light_tiny_wo_slice,cifar100', 'sret.py:model=SReT_LT_wo_slice,dataset=cifar100',
      'SReT_LT_wo_slice'),
     ('sret.py:small_distill', 'sret.py:model=SReT_S_distill', 'SReT_S_distill'),
+    ('vit.py:g14,imagenet2012', 'vit.py:model=ViT-g_14,dataset=imagenet2012', 'ViT-g_14'),
+    ('vit.py:G14,imagenet2012', 'vit.py:model=ViT-G_14,dataset=imagenet2012', 'ViT-G_14'),
 ])
 def test_config_arguments_by_place_by_key_and_by_registered_name_agree(load_config, positional,
                                                                         keywords, name):
     by_place, by_key = load_config(positional), load_config(keywords)
     assert by_place.model_name == name
     assert by_place.to_json() == by_key.to_json()
+
+
+@pytest.mark.parametrize('family', sorted(common.FAMILIES))
+def test_every_registered_model_has_its_own_short_name(family):
+    names = [n for p in common.FAMILIES[family].patterns for n in list_models(p)]
+    assert sorted(common.short_names(family).values()) == sorted(set(names))
 
 
 @pytest.mark.parametrize('spec, message', [

@@ -62,13 +62,19 @@ class Family:
     short: Callable[[str], str]
 
 
+def _vit_short(name: str) -> str:
+    """Lower case without `ViT-` and the size's `_` (`ViT-B_16` -> `b16`); the G of ViT-G keeps
+    its case, as big_vision's g/14 and G/14 are two sizes."""
+    short = name.replace('ViT-', '').replace('+', '_')
+    return re.sub(r'([a-zA-Z])_(\d)', r'\1\2', short if short.startswith('G_') else short.lower())
+
+
 FAMILIES = types.MappingProxyType({
-    # ViT-B_16 -> b16, ViT-Ti_16-gap-norep -> ti16-gap-norep, R50+ViT-B_16 -> r50_b16; the BiT
+    # ViT-B_16 -> b16, ViT-Ti_16-gap-norep -> ti16-gap-norep, R50+ViT-B_16 -> r50_b16,
+    # ViT-g_14 -> g14 and ViT-G_14 -> G14 (big_vision's two giants); the BiT
     # ResNets and `testing` keep their registered names.
     'vit': Family('ViT', ('ViT-*', 'R*+ViT-*', 'BiT-*', 'testing'),
-                  lambda n: re.sub(r'([a-z])_(\d)', r'\1\2',
-                                   n.lower().replace('vit-', '').replace('+', '_'))
-                  if 'ViT-' in n else n),
+                  lambda n: _vit_short(n) if 'ViT-' in n else n),
     # swin_tiny_patch4_window7_224 -> tiny, swin_base_patch4_window12_384 -> base384.
     'swin': Family('Swin', ('swin_*',),
                    lambda n: n.split('_')[1] + n.split('_')[-1].replace('224', '')),

@@ -4,7 +4,8 @@
 
 The argument is `MODEL,DATASET` (or `model=MODEL,dataset=DATASET`; default b16,cifar10): MODEL
 is a short name (ti16, s16, s32, b8, b16, b32, l16, l32, h14, optionally with `-gap-norep`;
-r_ti16, r26_s32, r26_b32, r50_b16, r50_l32 for the hybrids) or a registered name; DATASET one of
+big_vision's so400m14, g14, G14, e14; r_ti16, r26_s32, r26_b32, r50_b16, r50_l32 for the
+hybrids) or a registered name; DATASET one of
 `common.DATASETS`, a tfds name or a folder `root/<split>/<class>/*.jpg`.
 
 Hyper-parameters as google-research/vision_transformer: batch 512 (8 accumulation steps), SGD
