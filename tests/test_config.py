@@ -8,8 +8,8 @@ import pytest
 
 from vit_jax import config as config_lib
 from vit_jax import list_models
-from vit_jax.configs import common
 from vit_jax import main as cli
+from vit_jax.configs import common
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.train import train
 

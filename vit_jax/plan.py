@@ -13,7 +13,8 @@ count `--num_classes`, else `KNOWN_CLASS_COUNTS[config.dataset]`, else the datas
 Per chip it prints the parameters and optimizer state, the temporaries (activations), their
 total against the chip's HBM (`HBM_GIB`), whether it fits and the headroom, the compiler's
 FLOPs per step beside the model's (3 x the forward pass, the usual count of forward and
-backward: remat's recomputation shows as the difference), and the compile times. `--search`
+backward: remat's recomputation shows as the difference; a scanned model's are extrapolated
+from two shallow compiles, `scanned_flops`), and the compile times. `--search`
 tries the trainer's layouts (`search`: FSDP and `model` axis sizes, remat, micro-batches,
 bfloat16 optimizer state) and prints those that fit, each as the flags to add.
 Topology names are JAX's: `v4:2x2x1`, `v5e:4x4`, `v5p:2x2x2`, `v6e:8x8`, ...
@@ -165,22 +166,27 @@ def model_flops(model: Any, image_shape: tuple[int, int, int]) -> float:
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
-         devices: Sequence[jax.Device] | None = None, hbm_bytes: int | None = None) -> Plan:
+         devices: Sequence[jax.Device] | None = None, hbm_bytes: int | None = None,
+         count_flops: bool = True) -> Plan:
     """Compiles `config`'s train and eval steps for `topology` (its `devices`, when already
-    made) and measures them per chip, against `hbm_bytes` per chip (default: `HBM_GIB`)."""
+    made) and measures them per chip, against `hbm_bytes` per chip (default: `HBM_GIB`).
+    The compiler's FLOPs of a scanned model are `scanned_flops` (two more compiles; 0 when
+    not `count_flops`)."""
     config_lib.validate(config)
     devices = topology_devices(topology) if devices is None else devices
     run = loop.setup(config, num_classes, loop.make_mesh(config, devices))
     chips = chip_count(devices)
     per_chip = len(devices) // chips
     seconds, compiled = {}, {}
-    for name, step, eval_ in (('train', run.train_step, False), ('eval', run.eval_step, True)):
-        batch = abstract_batch(config, run.model.in_chans, run.batch_sharding, eval=eval_)
-        # A distilled run's train step also takes the frozen teacher's variables.
-        teacher = (run.abstract_teacher,) if run.distillation and not eval_ else ()
+    for name, eval_ in (('train', False), ('eval', True)):
         start = time.perf_counter()
-        compiled[name] = step.lower(run.abstract_state, batch, *teacher).compile()
+        compiled[name] = compile_step(run, config, eval=eval_)
         seconds[name] = round(time.perf_counter() - start, 1)
+    flops = xla_costs.flops(compiled['train'])
+    if getattr(run.model, 'scan_layers', False):
+        start = time.perf_counter()
+        flops = scanned_flops(config, num_classes, devices, run.model.depth) if count_flops else 0
+        seconds['flops'] = round(time.perf_counter() - start, 1)
     memory = compiled['train'].memory_analysis()
     train_bytes = xla_costs.footprint(compiled['train']) * per_chip
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
@@ -194,9 +200,33 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         train_bytes_per_chip=train_bytes,
         eval_bytes_per_chip=xla_costs.footprint(compiled['eval']) * per_chip,
         fits=train_bytes <= hbm, headroom_bytes_per_chip=hbm - train_bytes,
-        flops_per_step_per_chip=xla_costs.flops(compiled['train']) * per_chip,
+        flops_per_step_per_chip=flops * per_chip,
         model_flops_per_step=3 * model_flops(run.model, image) * config.batch,
         compile_seconds=seconds)
+
+
+def compile_step(run: loop.Setup, config: ml_collections.ConfigDict, *, eval: bool = False
+                 ) -> jax.stages.Compiled:
+    """`run`'s train (or eval) step compiled for the batch `config` feeds it."""
+    batch = abstract_batch(config, run.model.in_chans, run.batch_sharding, eval=eval)
+    # A distilled run's train step also takes the frozen teacher's variables.
+    teacher = (run.abstract_teacher,) if run.distillation and not eval else ()
+    step = run.eval_step if eval else run.train_step
+    return step.lower(run.abstract_state, batch, *teacher).compile()
+
+
+def scanned_flops(config: ml_collections.ConfigDict, num_classes: int,
+                  devices: Sequence[jax.Device], depth: int) -> float:
+    """The compiler's FLOPs per device of a scanned model's train step. XLA counts a loop's body
+    once, so the step is compiled unscanned at depth 1 and 2, same layout, and the count
+    extrapolated to `depth` blocks: F(1) + (depth - 1) (F(2) - F(1))."""
+    counts = []
+    for shallow_depth in (1, 2):
+        shallow = config_lib.apply_overrides(copy.deepcopy(config), [
+            ('model.depth', str(shallow_depth)), ('model.scan_layers', 'False')])
+        run = loop.setup(shallow, num_classes, loop.make_mesh(shallow, devices))
+        counts.append(xla_costs.flops(compile_step(run, shallow)))
+    return counts[0] + (depth - 1) * (counts[1] - counts[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +292,7 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     `(overrides, plan)`: `config` with `overrides` applied as text (as on the command line) is
     what was compiled. Layouts the trainer refuses (a model axis that does not divide the
     heads), whose state alone exceeds HBM, or that save less memory on every count than one
-    that did not fit, are not compiled."""
+    that did not fit, are not compiled; a scanned model's FLOPs are counted for those that fit."""
     devices = topology_devices(topology) if devices is None else devices
     per_chip = len(devices) // chip_count(devices)
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
@@ -282,9 +312,12 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         if state_bytes(run.abstract_state) * per_chip > hbm:
             failed.append(layout)
             continue
-        result = plan(candidate, topology, num_classes, devices, hbm)
+        result = plan(candidate, topology, num_classes, devices, hbm, count_flops=False)
         log(f'{"fits" if result.fits else "does not fit"}: {command_flags(overrides)}')
         if result.fits:
+            if getattr(run.model, 'scan_layers', False):
+                flops = scanned_flops(candidate, num_classes, devices, run.model.depth)
+                result = dataclasses.replace(result, flops_per_step_per_chip=flops * per_chip)
             found.append((overrides, result))
         else:
             failed.append(layout)
@@ -315,7 +348,9 @@ def report(result: Plan) -> str:
         f'{model_per_chip:.4g} (3 x forward; ratio '
         f'{result.flops_per_step_per_chip / max(model_per_chip, 1):.2f})',
         f'compile: train {result.compile_seconds["train"]} s, eval '
-        f'{result.compile_seconds["eval"]} s']
+        f'{result.compile_seconds["eval"]} s'
+        + (f', FLOPs of the scanned layers {result.compile_seconds["flops"]} s'
+           if 'flops' in result.compile_seconds else '')]
     return '\n'.join(lines)
 
 
