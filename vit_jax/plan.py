@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -84,6 +85,7 @@ class Plan:
     flops_per_step_per_chip: float
     model_flops_per_step: float
     compile_seconds: dict[str, float]
+    overflow: str = ''  # the TPU compiler's reason when it refused a step for want of HBM
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,32 +179,73 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     run = loop.setup(config, num_classes, loop.make_mesh(config, devices))
     chips = chip_count(devices)
     per_chip = len(devices) // chips
-    seconds, compiled = {}, {}
+    seconds, compiled, memory = {}, {}, {}
     for name, eval_ in (('train', False), ('eval', True)):
         start = time.perf_counter()
-        compiled[name] = compile_step(run, config, eval=eval_)
+        compiled[name], memory[name] = compile_and_measure(run, config, eval=eval_)
         seconds[name] = round(time.perf_counter() - start, 1)
-    flops = xla_costs.flops(compiled['train'])
-    if getattr(run.model, 'scan_layers', False):
+    flops = xla_costs.flops(compiled['train']) if compiled['train'] else 0.0
+    if compiled['train'] and getattr(run.model, 'scan_layers', False):
         start = time.perf_counter()
         flops = scanned_flops(config, num_classes, devices, run.model.depth) if count_flops else 0
         seconds['flops'] = round(time.perf_counter() - start, 1)
-    memory = compiled['train'].memory_analysis()
-    train_bytes = xla_costs.footprint(compiled['train']) * per_chip
+    train = memory['train']
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
     image = (config.pp.crop, config.pp.crop, run.model.in_chans)
     return Plan(
         topology=topology, chips=chips, devices=len(devices), mesh=dict(run.mesh.shape),
         parameters=sum(x.size for x in jax.tree.leaves(run.abstract_state.params)),
         hbm_bytes_per_chip=hbm, state_bytes_per_chip=state_bytes(run.abstract_state) * per_chip,
-        argument_bytes_per_chip=int(memory.argument_size_in_bytes) * per_chip,
-        temp_bytes_per_chip=int(memory.temp_size_in_bytes) * per_chip,
-        train_bytes_per_chip=train_bytes,
-        eval_bytes_per_chip=xla_costs.footprint(compiled['eval']) * per_chip,
-        fits=train_bytes <= hbm, headroom_bytes_per_chip=hbm - train_bytes,
+        argument_bytes_per_chip=train.argument * per_chip,
+        temp_bytes_per_chip=train.temp * per_chip,
+        train_bytes_per_chip=train.total * per_chip,
+        eval_bytes_per_chip=memory['eval'].total * per_chip,
+        fits=max(train.total, memory['eval'].total) * per_chip <= hbm and not (
+            train.overflow or memory['eval'].overflow),
+        headroom_bytes_per_chip=hbm - max(train.total, memory['eval'].total) * per_chip,
         flops_per_step_per_chip=flops * per_chip,
         model_flops_per_step=3 * model_flops(run.model, image) * config.batch,
+        overflow=train.overflow or memory['eval'].overflow,
         compile_seconds=seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """Bytes of one step per device: its arguments, temporaries, and all it occupies
+    (arguments + outputs + temporaries - donated). `overflow` is the TPU compiler's reason when
+    it refused the step for want of HBM (the bytes are then its count of what was needed)."""
+
+    argument: int
+    temp: int
+    total: int
+    overflow: str = ''
+
+
+# What XLA's TPU compiler says when a program does not fit: the temporaries it needs, or all.
+_OVERFLOW = (re.compile(r'required for HLO temporaries \(([\d.]+)([KMGT])\)'),
+             re.compile(r'Used ([\d.]+)([KMGT]) of'))
+
+
+def compile_and_measure(run: loop.Setup, config: ml_collections.ConfigDict, *,
+                        eval: bool = False) -> tuple[jax.stages.Compiled | None, StepMemory]:
+    """`compile_step` and its `StepMemory`; `(None, overflow)` when the TPU compiler refuses
+    the step for want of HBM, with the arguments counted from their shapes."""
+    try:
+        compiled = compile_step(run, config, eval=eval)
+    except jax.errors.JaxRuntimeError as e:
+        reason = str(e).strip().splitlines()[0]
+        found = [(i, m) for i, p in enumerate(_OVERFLOW) if (m := p.search(reason))]
+        if 'RESOURCE_EXHAUSTED' not in reason or not found:
+            raise
+        kind, match = found[0]
+        needed = int(float(match.group(1)) * 1024 ** 'KMGT'.index(match.group(2)) * 1024)
+        batch = abstract_batch(config, run.model.in_chans, run.batch_sharding, eval=eval)
+        arguments = state_bytes(run.abstract_state) + state_bytes(batch)
+        temp = needed if kind == 0 else max(needed - arguments, 0)
+        return None, StepMemory(arguments, temp, arguments + temp, reason)
+    memory = compiled.memory_analysis()
+    return compiled, StepMemory(int(memory.argument_size_in_bytes),
+                                int(memory.temp_size_in_bytes), xla_costs.footprint(compiled))
 
 
 def compile_step(run: loop.Setup, config: ml_collections.ConfigDict, *, eval: bool = False
@@ -232,8 +275,9 @@ def scanned_flops(config: ml_collections.ConfigDict, num_classes: int,
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """One way to lay a run out: FSDP size, tensor-parallel (`model` axis) size, the rest of
-    the devices data-parallel; `remat` (with `scan_layers`, where the model has them),
-    micro-batches, bfloat16 optimizer state."""
+    the devices data-parallel; `remat` (where the model has it), micro-batches, bfloat16
+    optimizer state. Layers are scanned where the model can (`scan_layers`: the block is
+    compiled once, which keeps big models' compiles short)."""
 
     fsdp: int
     model: int
@@ -248,9 +292,10 @@ class Layout:
         flags = [('mesh', f"[('data', {data}), ('fsdp', {self.fsdp}){model}]"),
                  ('accum_steps', str(self.accum_steps)),
                  ('optim_dtype', 'bfloat16' if self.bfloat16_optimizer else config.optim_dtype)]
-        for key in ('remat', 'scan_layers'):
-            if key in config.model:
-                flags.append((f'model.{key}', str(self.remat)))
+        if 'scan_layers' in config.model:
+            flags.append(('model.scan_layers', 'True'))
+        if 'remat' in config.model:
+            flags.append(('model.remat', str(self.remat)))
         return flags
 
     def cost(self) -> float:
@@ -344,6 +389,7 @@ def report(result: Plan) -> str:
         + (f'fits, {gib(result.headroom_bytes_per_chip)} headroom' if result.fits else
            f'does NOT fit, {gib(-result.headroom_bytes_per_chip)} over (try --search)'),
         f'per chip: eval step {gib(result.eval_bytes_per_chip)}',
+        *([f"XLA's TPU compiler: {result.overflow}"] if result.overflow else []),
         f'FLOPs per step per chip: compiler {result.flops_per_step_per_chip:.4g}, model '
         f'{model_per_chip:.4g} (3 x forward; ratio '
         f'{result.flops_per_step_per_chip / max(model_per_chip, 1):.2f})',
