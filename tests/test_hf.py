@@ -4,11 +4,13 @@ in-memory names), as a state dict, `.bin`, `.safetensors` or a `save_pretrained`
 config picks the model, give the logits of `transformers`; `save_hf` writes ViT, DeiT, Swin and
 ConvNeXt directories that `transformers` reads back."""
 
+import jax
 import numpy as np
 import pytest
 import torch
 import torch_reference
 
+import vit_jax
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import convnext, swin, vit
@@ -155,7 +157,10 @@ def test_families_register_their_model_types(transformers, tmp_path):
 
 SAVED_CLASSES = {('vit', True): 'ViTForImageClassification', ('vit', False): 'ViTModel',
                  ('deit', True): 'DeiTForImageClassification', ('deit', False): 'DeiTModel',
-                 ('deit_teacher', True): 'DeiTForImageClassificationWithTeacher'}
+                 ('deit_teacher', True): 'DeiTForImageClassificationWithTeacher',
+                 ('swin', True): 'SwinForImageClassification', ('swin', False): 'SwinModel',
+                 ('convnext', True): 'ConvNextForImageClassification',
+                 ('convnext', False): 'ConvNextModel'}
 
 
 @pytest.mark.parametrize('kind,head', list(SAVED_CLASSES))
@@ -165,13 +170,16 @@ def test_save_hf_is_read_back_by_transformers(transformers, tmp_path, kind, head
     model = weights.hf_model(tmp_path / 'src')
     variables = weights.load(model, tmp_path / 'src', strict=True)
     weights.save_hf(model, variables, tmp_path / 'out')
-    back = getattr(transformers, SAVED_CLASSES[kind, head]).from_pretrained(
-        tmp_path / 'out').eval()
+    back, info = getattr(transformers, SAVED_CLASSES[kind, head]).from_pretrained(
+        tmp_path / 'out', output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched arrays
     x = images(2)
-    np.testing.assert_allclose(hf_outputs(back, x), ours(model, variables, x), atol=TOL, rtol=0)
-    # and the written directory loads into the same variables
-    again = weights.load(weights.hf_model(tmp_path / 'out'), tmp_path / 'out', strict=True)
-    np.testing.assert_array_equal(again['params']['cls'], variables['params']['cls'])
+    np.testing.assert_allclose(hf_outputs(back.eval(), x), ours(model, variables, x), atol=TOL,
+                               rtol=0)
+    # and the written directory builds the same model and loads the same variables
+    assert weights.hf_model(tmp_path / 'out') == model
+    again = weights.load(model, tmp_path / 'out', strict=True)
+    jax.tree.map(np.testing.assert_array_equal, again, variables)
 
 
 def test_errors_name_what_is_wrong(transformers, tmp_path):
@@ -182,10 +190,12 @@ def test_errors_name_what_is_wrong(transformers, tmp_path):
     (tmp_path / 'config.json').write_text('{"model_type": "bert"}')
     with pytest.raises(ModelError, match="'bert' model; vit_jax builds convnext, deit, swin, vit"):
         weights.hf_model(tmp_path)
-    swin_model = swin.SwinTransformer(img_size=32, window_size=4, embed_dim=8, depths=(1, 1),
-                                      num_heads=(2, 2), num_classes=5)
-    with pytest.raises(ModelError, match='has no Hugging Face export'):
-        weights.save_hf(swin_model, {}, tmp_path / 'out')
+    with pytest.raises(ModelError, match='ResNetV2 has no Hugging Face export; families with one: '
+                                         'ConvNeXt, SwinTransformer, VisionTransformer$'):
+        weights.save_hf(vit_jax.create_model('BiT-R50x1'), {}, tmp_path / 'out')
+    wide = convnext.ConvNeXt(img_size=SIZE, depths=(1, 1), dims=(8, 16), kernel_size=5)
+    with pytest.raises(ModelError, match="Hugging Face's ConvNeXt has 7x7 depthwise convolutions"):
+        weights.save_hf(wide, {}, tmp_path / 'out')
 
 
 def test_a_deit_checkpoint_needs_a_distilled_model(transformers, tmp_path):

@@ -517,7 +517,7 @@ def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.
         hidden_act='gelu' if model.act_layer == 'gelu' else 'gelu_pytorch_tanh',
         layer_norm_eps=model.norm_eps, qkv_bias=True, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, pooler_output_size=model.representation_size or dim,
-        pooler_act='tanh', id2label={str(i): f'LABEL_{i}' for i in range(model.num_classes)})
+        pooler_act='tanh')
     return config, out
 
 
