@@ -108,10 +108,11 @@ def test_in_memory_names_load(transformers, tmp_path, kind):
                                rtol=0)
 
 
+@pytest.mark.parametrize('kind', ['vit', 'deit_teacher'])
 @pytest.mark.parametrize('fmt', ['bin', 'safetensors'])
-def test_weight_files_load(transformers, tmp_path, fmt):
+def test_weight_files_load(transformers, tmp_path, fmt, kind):
     """The weights file alone, and a directory with `pytorch_model.bin` (older hub repos)."""
-    reference = reduced(transformers, 'vit')
+    reference = reduced(transformers, kind)
     reference.save_pretrained(tmp_path)
     model = weights.hf_model(tmp_path)
     name = 'model.safetensors'
@@ -208,3 +209,15 @@ def test_a_deit_checkpoint_needs_a_distilled_model(transformers, tmp_path):
     averaging = plain.clone(num_classes=0, distilled=True)
     with pytest.raises(ModelError, match="DeiTModel returns the class token alone"):
         weights.save_hf(averaging, weights.load(averaging, tmp_path), tmp_path / 'out')
+
+
+def test_invert_undoes_reading_rules():
+    rules = ((r'^encoder\.(layer|layers)\.(\d+)\.', r'blocks.\2.'), (r'\.fc(\d)$', r'.mlp\1'))
+    names = {'encoder.layer.3.fc2': 0, 'encoder.layers.0.fc1': 1}
+    read = weights.rename(names, rules)
+    assert read == {'blocks.3.mlp2': 0, 'blocks.0.mlp1': 1}
+    assert weights.rename(read, weights.invert(rules)) == {'encoder.layer.3.fc2': 0,
+                                                           'encoder.layer.0.fc1': 1}
+    for rule in ((r'a.*', 'b'), (r'a(\d)', 'b')):  # a wildcard; a group the replacement drops
+        with pytest.raises(ValueError, match='cannot invert the rule'):
+            weights.invert((rule,))

@@ -452,7 +452,7 @@ def to_torch(params: Flat) -> Flat:
         elif leaf == 'bias' and value.ndim == 2:
             value = value.reshape(-1)
         leaf = 'weight' if leaf in ('kernel', 'scale') else leaf
-        out[f'{module.replace("/", ".")}.{leaf}'] = value
+        out[f'{module.replace("/", ".")}.{leaf}' if module else leaf] = value
     return out
 
 

@@ -404,7 +404,7 @@ def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
 # Hugging Face ViT and DeiT names -> timm's: the hub files' names and the ones transformers 5
 # uses in memory (`layers.N.attention.q_proj`, `layers.N.mlp.fc1`); ViTModel has no `vit.`.
 _HF_TO_TIMM = (
-    (r'^(vit|deit)\.', ''), (r'^embeddings\.cls_token$', 'cls_token'),
+    (r'^embeddings\.cls_token$', 'cls_token'),
     (r'^embeddings\.distillation_token$', 'dist_token'),
     (r'^embeddings\.position_embeddings$', 'pos_embed'),
     (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
@@ -425,7 +425,7 @@ def _from_hf(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat:
     """Hugging Face `ViTModel` / `DeiTModel` (with or without its pooler, our `pre_logits`),
     `ViTForImageClassification`, `DeiTForImageClassification` and
     `DeiTForImageClassificationWithTeacher` state dicts, in either spelling."""
-    sd = weights.fuse_qkv(weights.rename(ckpt, _HF_TO_TIMM))
+    sd = weights.fuse_qkv(weights.rename(ckpt, ((r'^(vit|deit)\.', ''), *_HF_TO_TIMM)))
     out = _from_timm(sd, model)
     if 'pre_logits.weight' in sd:
         out['params/pre_logits/kernel'] = weights.linear(sd['pre_logits.weight'])
@@ -456,6 +456,20 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
         distilled=config['model_type'] == 'deit', dist_head=dist_head)
 
 
+# This model's names, as `weights.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
+_OWN_TO_TIMM = (
+    (r'^cls$', 'cls_token'), (r'^Transformer\.posembed_input\.pos_embedding$', 'pos_embed'),
+    (r'^embedding\.', 'patch_embed.proj.'), (r'^Transformer\.encoder_norm\.', 'norm.'),
+    (r'^Transformer\.encoderblock_(\d+)\.', r'blocks.\1.'),
+    (r'\.MultiHeadDotProductAttention_1\.query\.', '.attn.q.'),
+    (r'\.MultiHeadDotProductAttention_1\.key\.', '.attn.k.'),
+    (r'\.MultiHeadDotProductAttention_1\.value\.', '.attn.v.'),
+    (r'\.MultiHeadDotProductAttention_1\.out\.', '.attn.proj.'),
+    (r'\.LayerNorm_0\.', '.norm1.'), (r'\.LayerNorm_2\.', '.norm2.'),
+    (r'\.MlpBlock_3\.Dense_0\.', '.mlp.fc1.'), (r'\.MlpBlock_3\.Dense_1\.', '.mlp.fc2.'),
+)
+
+
 def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.Flat]:
     """`config.json` and hub-named arrays of a `ViTForImageClassification` (a `ViTModel` with
     its pooler when the model has `pre_logits` and no head); of a distilled model, the DeiT
@@ -469,54 +483,26 @@ def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.
     if model.distilled and model.dist_head and not model.num_classes:
         raise ModelError("Hugging Face's DeiTModel returns the class token alone, this model the "
                          'average of both tokens; save it with dist_head=False')
-    p = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
-    classify = bool(model.num_classes)
+    params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
+    arrays = weights.rename(weights.to_torch(params), _OWN_TO_TIMM)
+    classify, two_heads = bool(model.num_classes), len(model.head_names) == 2
     kind = 'deit' if model.distilled else 'vit'
-    root = f'{kind}.' if classify else ''
-    out = {f'{root}embeddings.cls_token': p['cls'],
-           f'{root}embeddings.position_embeddings': p['Transformer/posembed_input/pos_embedding'],
-           f'{root}embeddings.patch_embeddings.projection.weight':
-               p['embedding/kernel'].transpose(3, 2, 0, 1),
-           f'{root}embeddings.patch_embeddings.projection.bias': p['embedding/bias'],
-           f'{root}layernorm.weight': p['Transformer/encoder_norm/scale'],
-           f'{root}layernorm.bias': p['Transformer/encoder_norm/bias']}
-    dim = model.embed_dim
-    for i in range(model.depth):
-        t, b = f'Transformer/encoderblock_{i}/', f'{root}encoder.layer.{i}.'
-        attn = t + 'MultiHeadDotProductAttention_1/'
-        for name in ('query', 'key', 'value'):
-            q = f'{b}attention.attention.{name}.'
-            out[q + 'weight'] = p[f'{attn}{name}/kernel'].reshape(dim, -1).T
-            out[q + 'bias'] = p[f'{attn}{name}/bias'].reshape(-1)
-        out[f'{b}attention.output.dense.weight'] = p[attn + 'out/kernel'].reshape(-1, dim).T
-        out[f'{b}attention.output.dense.bias'] = p[attn + 'out/bias']
-        for src, dst in (('LayerNorm_0', 'layernorm_before'), ('LayerNorm_2', 'layernorm_after')):
-            out[f'{b}{dst}.weight'] = p[f'{t}{src}/scale']
-            out[f'{b}{dst}.bias'] = p[f'{t}{src}/bias']
-        for src, dst in (('Dense_0', 'intermediate'), ('Dense_1', 'output')):
-            out[f'{b}{dst}.dense.weight'] = p[f'{t}MlpBlock_3/{src}/kernel'].T
-            out[f'{b}{dst}.dense.bias'] = p[f'{t}MlpBlock_3/{src}/bias']
-    if model.distilled:
-        out[f'{root}embeddings.distillation_token'] = p['dist_token']
-    heads = (('head', 'cls_classifier'), ('head_dist', 'distillation_classifier')) if len(
-        model.head_names) == 2 else (('head', 'classifier'),)
-    if classify:
-        for src, dst in heads:
-            out[f'{dst}.weight'], out[f'{dst}.bias'] = p[f'{src}/kernel'].T, p[f'{src}/bias']
-    elif model.representation_size:
-        out['pooler.dense.weight'] = p['pre_logits/kernel'].T
-        out['pooler.dense.bias'] = p['pre_logits/bias']
+    out = weights.hf_names(arrays, _HF_TO_TIMM, f'{kind}.' if classify else '')
+    if two_heads:  # the class head of DeiTForImageClassificationWithTeacher
+        out = {f'cls_{k}' if k.startswith('classifier.') else k: v for k, v in out.items()}
     name = 'DeiT' if model.distilled else 'ViT'
-    architecture = (('DeiTForImageClassificationWithTeacher' if len(heads) == 2 else
+    architecture = (('DeiTForImageClassificationWithTeacher' if two_heads else
                      f'{name}ForImageClassification') if classify else f'{name}Model')
     config = dict(
         architectures=[architecture], model_type=kind,
         image_size=model.img_size, patch_size=model.patch_size, num_channels=model.in_chans,
-        hidden_size=dim, num_hidden_layers=model.depth, num_attention_heads=model.num_heads,
-        intermediate_size=int(dim * model.mlp_ratio),
+        hidden_size=model.embed_dim, num_hidden_layers=model.depth,
+        num_attention_heads=model.num_heads,
+        intermediate_size=model.mlp_dim or int(model.embed_dim * model.mlp_ratio),
         hidden_act='gelu' if model.act_layer == 'gelu' else 'gelu_pytorch_tanh',
         layer_norm_eps=model.norm_eps, qkv_bias=True, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, pooler_output_size=model.representation_size or dim,
+        attention_probs_dropout_prob=0.0,
+        pooler_output_size=model.representation_size or model.embed_dim,
         pooler_act='tanh')
     return config, out
 
