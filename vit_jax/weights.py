@@ -47,6 +47,8 @@ TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 NESTING_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
 # Weight files of a Hugging Face directory, in the order they are looked for (one file, or the
 # index of a sharded one).
+# `layers.MultiHeadAttention`'s projections -> timm's names (with `q`, `k`, `v` unfused).
+TIMM_ATTENTION = {'query': 'q', 'key': 'k', 'value': 'v', 'out': 'proj'}
 HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
               'pytorch_model.bin.index.json')
 
@@ -438,14 +440,18 @@ def conv(weight: np.ndarray) -> np.ndarray:
 
 def to_torch(params: Flat) -> Flat:
     """Parameters keyed `module/.../leaf` (no collection prefix) -> PyTorch arrays keyed
-    `module.....leaf`: the inverse of `linear`, `conv` and `attention` (with separate query, key
-    and value projections `[heads * head_dim, dim]`, as Hugging Face keeps them); LayerNorm
-    `scale` and every `kernel` become `weight`, other arrays keep their names."""
+    `module.....leaf`: the inverse of `linear`, `conv` and `attention`, whose `query`, `key`,
+    `value` and `out` become timm's `q`, `k`, `v` (separate projections `[heads * head_dim,
+    dim]`, as Hugging Face keeps them) and `proj`; LayerNorm `scale` and every `kernel` become
+    `weight`, other arrays keep their names."""
     out = {}
     for key, value in params.items():
         module, _, leaf = key.rpartition('/')
+        parent, _, name = module.rpartition('/')
+        if name in TIMM_ATTENTION:
+            module = f'{parent}/{TIMM_ATTENTION[name]}'
         if leaf == 'kernel' and value.ndim == 3:  # layers.MultiHeadAttention
-            value = (value.reshape(-1, value.shape[-1]) if module.endswith('/out') else
+            value = (value.reshape(-1, value.shape[-1]) if name == 'out' else
                      value.reshape(value.shape[0], -1)).T
         elif leaf == 'kernel':
             value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T

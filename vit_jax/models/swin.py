@@ -414,8 +414,7 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
 _OWN_TO_MICROSOFT = (
     (r'^patch_embed\.', 'patch_embed.proj.'), (r'^patch_norm\.', 'patch_embed.norm.'),
     (r'\.mlp\.Dense_0\.', '.mlp.fc1.'), (r'\.mlp\.Dense_1\.', '.mlp.fc2.'),
-    (r'\.attention\.query\.', '.q.'), (r'\.attention\.key\.', '.k.'),
-    (r'\.attention\.value\.', '.v.'), (r'\.attention\.out\.', '.proj.'), (r'_(\d+)\.', r'.\1.'),
+    (r'\.attn\.attention\.', '.attn.'), (r'_(\d+)\.', r'.\1.'),
 )
 
 

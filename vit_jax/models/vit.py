@@ -461,10 +461,7 @@ _OWN_TO_TIMM = (
     (r'^cls$', 'cls_token'), (r'^Transformer\.posembed_input\.pos_embedding$', 'pos_embed'),
     (r'^embedding\.', 'patch_embed.proj.'), (r'^Transformer\.encoder_norm\.', 'norm.'),
     (r'^Transformer\.encoderblock_(\d+)\.', r'blocks.\1.'),
-    (r'\.MultiHeadDotProductAttention_1\.query\.', '.attn.q.'),
-    (r'\.MultiHeadDotProductAttention_1\.key\.', '.attn.k.'),
-    (r'\.MultiHeadDotProductAttention_1\.value\.', '.attn.v.'),
-    (r'\.MultiHeadDotProductAttention_1\.out\.', '.attn.proj.'),
+    (r'\.MultiHeadDotProductAttention_1\.', '.attn.'),
     (r'\.LayerNorm_0\.', '.norm1.'), (r'\.LayerNorm_2\.', '.norm2.'),
     (r'\.MlpBlock_3\.Dense_0\.', '.mlp.fc1.'), (r'\.MlpBlock_3\.Dense_1\.', '.mlp.fc2.'),
 )
