@@ -38,6 +38,7 @@ from vit_jax.errors import ModelError
 log = logging.getLogger(__name__)
 
 Flat = dict[str, np.ndarray]
+Rules = tuple[tuple[str, str], ...]  # regular expression substitutions, applied in order
 Converter = Callable[[Flat, nn.Module], 'Flat | None']
 Resizer = Callable[[str, np.ndarray, tuple[int, ...], nn.Module], 'np.ndarray | None']
 COLLECTIONS = ('params', 'batch_stats')
@@ -46,6 +47,8 @@ TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 NESTING_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
 # Weight files of a Hugging Face directory, in the order they are looked for (one file, or the
 # index of a sharded one).
+# `layers.MultiHeadAttention`'s projections -> timm's names (with `q`, `k`, `v` unfused).
+TIMM_ATTENTION = {'query': 'q', 'key': 'k', 'value': 'v', 'out': 'proj'}
 HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
               'pytorch_model.bin.index.json')
 
@@ -326,7 +329,7 @@ def hf_config(directory: str | os.PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
-def rename(arrays: Flat, rules: tuple[tuple[str, str], ...]) -> Flat:
+def rename(arrays: Flat, rules: Rules) -> Flat:
     """Renames every key by the regular expression substitutions `rules`, applied in order."""
     out = {}
     for key, value in arrays.items():
@@ -334,6 +337,14 @@ def rename(arrays: Flat, rules: tuple[tuple[str, str], ...]) -> Flat:
             key = re.sub(pattern, new, key)
         out[key] = value
     return out
+
+
+def hf_names(arrays: Flat, rules: Rules, root: str) -> Flat:
+    """Arrays under the names a family's reading `rules` give (timm's, say) -> the Hugging Face
+    names they read (`invert(rules)`), all but the classifiers' (`classifier.weight`, ...) under
+    the model's `root` (`swin.`; '' for a base model)."""
+    named = rename(arrays, invert(rules))
+    return {k if re.match(r'\w*classifier\.', k) else root + k: v for k, v in named.items()}
 
 
 def fuse_qkv(arrays: Flat) -> Flat:
@@ -346,6 +357,53 @@ def fuse_qkv(arrays: Flat) -> Flat:
             parts = [out.pop(f'{match[1]}.{p}.{match[2]}') for p in 'qkv']
             out[f'{match[1]}.qkv.{match[2]}'] = np.concatenate(parts)
     return out
+
+
+_RULE_TOKEN = re.compile(r'\\([^\w])|\(([^()]*)\)|(\w)')  # escaped char, group, letter
+
+
+def invert(rules: Rules) -> Rules:
+    """The substitutions that undo `rules` (applied in reverse order): what writes a family's
+    foreign names back from the rules that read them.
+
+    A pattern may hold literal text (`\\.` escaped), a leading `^` and a trailing `$`, groups of
+    alternative spellings whose first is the one written back (`(self\\.query|q_proj)`), and
+    groups that its replacement takes over (`(\\d+)` and `\\1`); anything else is a
+    `ValueError`.
+    """
+    return tuple(_invert_rule(pattern, new) for pattern, new in reversed(rules))
+
+
+def _invert_rule(pattern: str, replacement: str) -> tuple[str, str]:
+    start, end = pattern.startswith('^'), pattern.endswith('$')
+    body = pattern[start:len(pattern) - end]
+    groups, written, pos = [], [], 0  # written: literal text, or the number of a taken group
+    while pos < len(body):
+        token = _RULE_TOKEN.match(body, pos)
+        if token is None:
+            raise ValueError(f'cannot invert the rule {pattern!r}: {body[pos:]!r}')
+        escaped, group, literal = token.groups()
+        if group is not None and '|' in group:
+            groups.append(None)
+            written.append(re.sub(r'\\(.)', r'\1', group.split('|')[0]))
+        elif group is not None:
+            groups.append(group)
+            written.append(len(groups))
+        else:
+            written.append(escaped or literal)
+        pos = token.end()
+    taken, new_pattern = {}, ''
+    for piece in re.split(r'(\\\d)', replacement):
+        if re.fullmatch(r'\\\d', piece):
+            number = int(piece[1])
+            taken[number] = len(taken) + 1
+            new_pattern += f'({groups[number - 1]})'
+        else:
+            new_pattern += re.escape(piece)
+    if any(isinstance(w, int) and w not in taken for w in written):
+        raise ValueError(f'cannot invert the rule {pattern!r}: a group its replacement drops')
+    new = ''.join(rf'\g<{taken[w]}>' if isinstance(w, int) else w for w in written)
+    return '^' * start + new_pattern + '$' * end, new
 
 
 # ----------------------------------------------------------------------------- writing
@@ -380,6 +438,30 @@ def conv(weight: np.ndarray) -> np.ndarray:
     return weight.transpose(2, 3, 1, 0)
 
 
+def to_torch(params: Flat) -> Flat:
+    """Parameters keyed `module/.../leaf` (no collection prefix) -> PyTorch arrays keyed
+    `module.....leaf`: the inverse of `linear`, `conv` and `attention`, whose `query`, `key`,
+    `value` and `out` become timm's `q`, `k`, `v` (separate projections `[heads * head_dim,
+    dim]`, as Hugging Face keeps them) and `proj`; LayerNorm `scale` and every `kernel` become
+    `weight`, other arrays keep their names."""
+    out = {}
+    for key, value in params.items():
+        module, _, leaf = key.rpartition('/')
+        parent, _, name = module.rpartition('/')
+        if name in TIMM_ATTENTION:
+            module = f'{parent}/{TIMM_ATTENTION[name]}'
+        if leaf == 'kernel' and value.ndim == 3:  # layers.MultiHeadAttention
+            value = (value.reshape(-1, value.shape[-1]) if name == 'out' else
+                     value.reshape(value.shape[0], -1)).T
+        elif leaf == 'kernel':
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        elif leaf == 'bias' and value.ndim == 2:
+            value = value.reshape(-1)
+        leaf = 'weight' if leaf in ('kernel', 'scale') else leaf
+        out[f'{module.replace("/", ".")}.{leaf}' if module else leaf] = value
+    return out
+
+
 def attention(prefix: str, qkv_weight: np.ndarray, qkv_bias: np.ndarray | None,
               proj_weight: np.ndarray, proj_bias: np.ndarray, num_heads: int) -> Flat:
     """A fused PyTorch `qkv` + `proj` attention -> `layers.MultiHeadAttention` arrays under
@@ -404,12 +486,14 @@ def save_hf(model: nn.Module, variables: Mapping[str, Any], directory: str | os.
     the hub's array names) that `transformers`' `from_pretrained` reads."""
     family = next((f for f in _HF.values() if f.module is type(model) and f.export), None)
     if family is None:
+        exporting = sorted({f.module.__name__ for f in _HF.values() if f.export})
         raise ModelError(f'{type(model).__name__} has no Hugging Face export; families with one: '
-                         f'{", ".join(f.module.__name__ for f in _HF.values() if f.export)}')
+                         f'{", ".join(exporting)}')
     from safetensors.numpy import save_file
 
     flat = tree.unstack_layers(tree.flatten(variables), model.stacked_layers)
     config, arrays = family.export(model, flat)
+    config.setdefault('id2label', {str(i): f'LABEL_{i}' for i in range(model.num_classes)})
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, 'config.json'), 'w') as f:

@@ -193,7 +193,7 @@ _NORMS = ('stem_norm', 'downsample_norm', 'norm', 'head_norm')
 
 # Hugging Face ConvNeXt names (the same in hub files and in transformers 5) -> timm's.
 _HF_TO_TIMM = (
-    (r'^convnext\.', ''), (r'^embeddings\.patch_embeddings\.', 'stem.0.'),
+    (r'^embeddings\.patch_embeddings\.', 'stem.0.'),
     (r'^embeddings\.layernorm\.', 'stem.1.'), (r'^encoder\.stages\.', 'stages.'),
     (r'\.downsampling_layer\.', '.downsample.'), (r'\.layers\.(\d+)\.', r'.blocks.\1.'),
     (r'\.dwconv\.', '.conv_dw.'), (r'\.pwconv(\d)\.', r'.mlp.fc\1.'),
@@ -208,7 +208,7 @@ def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
     if 'downsample_layers.0.0.weight' in arrays:
         arrays = {_timm_key(k): v for k, v in arrays.items()}
     if any(k.endswith('embeddings.patch_embeddings.weight') for k in arrays):
-        arrays = weights.rename(arrays, _HF_TO_TIMM)
+        arrays = weights.rename(arrays, ((r'^convnext\.', ''), *_HF_TO_TIMM))
     if 'stem.0.weight' not in arrays:
         return None
     out = {}
@@ -228,6 +228,35 @@ def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
     return out
 
 
+# This model's names, as `weights.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
+_OWN_TO_TIMM = (
+    (r'^stem\.', 'stem.0.'), (r'^stem_norm\.', 'stem.1.'), (r'\.downsample\.', '.downsample.1.'),
+    (r'\.downsample_norm\.', '.downsample.0.'), (r'\.mlp\.Dense_0\.', '.mlp.fc1.'),
+    (r'\.mlp\.Dense_1\.', '.mlp.fc2.'), (r'^head\.', 'head.fc.'), (r'^head_norm\.', 'head.norm.'),
+    (r'_(\d+)\.', r'.\1.'),
+)
+
+
+def _to_hf(model: ConvNeXt, flat: weights.Flat) -> tuple[dict, weights.Flat]:
+    """`config.json` and hub-named arrays of a `ConvNextForImageClassification` (a
+    `ConvNextModel` without a head)."""
+    if model.kernel_size != 7 or model.mlp_ratio != 4:
+        raise ModelError(f"Hugging Face's ConvNeXt has 7x7 depthwise convolutions and an MLP 4 "
+                         f'times as wide; this model has kernel_size={model.kernel_size}, '
+                         f'mlp_ratio={model.mlp_ratio}')
+    params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
+    arrays = weights.rename(weights.to_torch(params), _OWN_TO_TIMM)
+    classify = bool(model.num_classes)
+    config = dict(
+        architectures=['ConvNextForImageClassification' if classify else 'ConvNextModel'],
+        model_type='convnext', image_size=model.img_size, patch_size=model.patch_size,
+        num_channels=model.in_chans, num_stages=len(model.depths), depths=list(model.depths),
+        hidden_sizes=list(model.dims), hidden_act='gelu', layer_norm_eps=LN_EPS,
+        # > 0 gives Hugging Face's model the layer scale parameter that ours always has
+        layer_scale_init_value=model.ls_init_value or 1e-6, drop_path_rate=0.0)
+    return config, weights.hf_names(arrays, _HF_TO_TIMM, 'convnext.' if classify else '')
+
+
 def _hf_options(config: dict, names: frozenset[str]) -> dict:
     """`ConvNeXt` options of a Hugging Face ConvNeXt `config.json`."""
     classify = 'classifier.weight' in names
@@ -241,4 +270,4 @@ weights.register_mapping(
     ConvNeXt, _from_timm,
     layouts='timm ConvNeXt state dicts, the original facebookresearch/ConvNeXt checkpoints and '
             'Hugging Face ConvNextForImageClassification state dicts')
-weights.register_hf('convnext', ConvNeXt, _hf_options)
+weights.register_hf('convnext', ConvNeXt, _hf_options, export=_to_hf)

@@ -374,7 +374,7 @@ def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | N
 # Hugging Face Swin names (hub files and transformers 5's in-memory ones) -> the original
 # Microsoft layout (patch merging at the end of a stage), which `_from_timm` reads.
 _HF_TO_MICROSOFT = (
-    (r'^swin\.', ''), (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
+    (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
     (r'^embeddings\.norm\.', 'patch_embed.norm.'), (r'^encoder\.layers\.', 'layers.'),
     (r'\.attention\.(self\.query|q_proj)\.', '.attn.q.'),
     (r'\.attention\.(self\.key|k_proj)\.', '.attn.k.'),
@@ -392,7 +392,7 @@ _HF_TO_MICROSOFT = (
 def _convert(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
     """timm, original Microsoft or Hugging Face `SwinForImageClassification` / `SwinModel`."""
     if any(k.endswith('embeddings.patch_embeddings.projection.weight') for k in arrays):
-        arrays = weights.fuse_qkv(weights.rename(arrays, _HF_TO_MICROSOFT))
+        arrays = weights.fuse_qkv(weights.rename(arrays, ((r'^swin\.', ''), *_HF_TO_MICROSOFT)))
     return _from_timm(arrays, model)
 
 
@@ -407,6 +407,34 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
                 depths=tuple(config['depths']), num_heads=tuple(config['num_heads']),
                 window_size=config['window_size'], mlp_ratio=config.get('mlp_ratio', 4.0),
                 num_classes=len(config.get('id2label') or {}) if classify else 0)
+
+
+# This model's names, as `weights.to_torch` writes them -> the original Microsoft layout with
+# separate query, key and value projections (Hugging Face's), which `_HF_TO_MICROSOFT` reads.
+_OWN_TO_MICROSOFT = (
+    (r'^patch_embed\.', 'patch_embed.proj.'), (r'^patch_norm\.', 'patch_embed.norm.'),
+    (r'\.mlp\.Dense_0\.', '.mlp.fc1.'), (r'\.mlp\.Dense_1\.', '.mlp.fc2.'),
+    (r'\.attn\.attention\.', '.attn.'), (r'_(\d+)\.', r'.\1.'),
+)
+
+
+def _to_hf(model: SwinTransformer, flat: weights.Flat) -> tuple[dict, weights.Flat]:
+    """`config.json` and hub-named arrays of a `SwinForImageClassification` (a `SwinModel`
+    without a head)."""
+    params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
+    arrays = weights.rename(weights.to_torch(params), _OWN_TO_MICROSOFT)
+    arrays = {re.sub(r'^layers\.(\d+)\.downsample', lambda m: f'layers.{int(m[1]) - 1}.downsample',
+                     k): v for k, v in arrays.items()}  # merging ends the stage before
+    classify = bool(model.num_classes)
+    config = dict(
+        architectures=['SwinForImageClassification' if classify else 'SwinModel'],
+        model_type='swin', image_size=model.img_size, patch_size=model.patch_size,
+        num_channels=model.in_chans, embed_dim=model.embed_dim, depths=list(model.depths),
+        num_heads=list(model.num_heads), window_size=model.window_size,
+        mlp_ratio=model.mlp_ratio, qkv_bias=True, hidden_act='gelu', layer_norm_eps=LN_EPS,
+        use_absolute_embeddings=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0)
+    return config, weights.hf_names(arrays, _HF_TO_MICROSOFT, 'swin.' if classify else '')
 
 
 def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
@@ -427,4 +455,4 @@ weights.register_mapping(
     SwinTransformer, _convert, resize=_resize,
     layouts='timm SwinTransformer state dicts, the original microsoft/Swin-Transformer '
             'checkpoints and Hugging Face SwinForImageClassification state dicts')
-weights.register_hf('swin', SwinTransformer, _hf_options)
+weights.register_hf('swin', SwinTransformer, _hf_options, export=_to_hf)

@@ -147,6 +147,9 @@ class VisionTransformer(nn.Module, contract.Family):
     training (`train=True`) the model returns both heads' logits `(head, head_dist)`, each
     `[batch, num_classes]` (the second learns from a teacher, `vit_jax.train.distill`), in
     evaluation their average; `num_classes=0` returns the average of the two tokens' features.
+    `dist_head=False` keeps the distillation token in the sequence but classifies (or, with
+    `num_classes=0`, returns) the class token alone, as Hugging Face's
+    `DeiTForImageClassification` and `DeiTModel` do; `representation_size` is then allowed.
     """
 
     num_classes: int = 1000
@@ -176,6 +179,7 @@ class VisionTransformer(nn.Module, contract.Family):
     remat: bool = False
     scan_layers: bool = False
     distilled: bool = False
+    dist_head: bool = True
 
     stacked_layers = (f'Transformer/{SCANNED_BLOCKS}',)
     stem_layers = (r'(cls|dist_token|embedding|conv_root|gn_root|block\d+|'
@@ -191,7 +195,8 @@ class VisionTransformer(nn.Module, contract.Family):
             ('act_layer', self.act_layer, layers.ACTIVATIONS),
             ('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
             ('dtype', self.dtype, contract.DTYPES)))
-        if self.distilled and (self.classifier != 'token' or self.representation_size):
+        if self.distilled and (self.classifier != 'token' or (
+                self.representation_size and self.dist_head)):
             raise ModelError('distilled=True (DeiT) reads a class and a distillation token: use '
                              "classifier='token' and no representation_size")
         if self.embed_dim % self.num_heads:
@@ -202,8 +207,8 @@ class VisionTransformer(nn.Module, contract.Family):
 
     @property
     def head_names(self) -> tuple[str, ...]:
-        """The class head, and the distillation head of a distilled model."""
-        return ('head', 'head_dist') if self.distilled else ('head',)
+        """The class head, and the distillation head of a distilled model with `dist_head`."""
+        return ('head', 'head_dist') if self.distilled and self.dist_head else ('head',)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -261,7 +266,7 @@ class VisionTransformer(nn.Module, contract.Family):
             act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
             norm_eps=self.norm_eps, remat=self.remat, scan_layers=self.scan_layers,
             name='Transformer')(x, deterministic=not train)
-        if self.distilled:
+        if self.distilled and self.dist_head:
             return self._distilled_heads(x[:, 0], x[:, 1], train)
         x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
         if self.representation_size is not None:
@@ -356,7 +361,11 @@ def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
 
 
 def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
-    """timm `VisionTransformer` (and hybrid) state dicts."""
+    """timm `VisionTransformer` (and hybrid, and DeiT distilled) state dicts."""
+    if 'dist_token' in sd and not model.distilled:
+        raise ModelError('the checkpoint is a distilled DeiT (it has a distillation token); '
+                         'create the model with distilled=True (weights.hf_model(directory) '
+                         'does for a Hugging Face directory)')
     out = {'params/Transformer/posembed_input/pos_embedding': sd.get('pos_embed'),
            'params/cls': sd.get('cls_token'), 'params/dist_token': sd.get('dist_token'),
            'params/embedding/kernel': weights.conv(sd['patch_embed.proj.weight']),
@@ -395,7 +404,7 @@ def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
 # Hugging Face ViT and DeiT names -> timm's: the hub files' names and the ones transformers 5
 # uses in memory (`layers.N.attention.q_proj`, `layers.N.mlp.fc1`); ViTModel has no `vit.`.
 _HF_TO_TIMM = (
-    (r'^(vit|deit)\.', ''), (r'^embeddings\.cls_token$', 'cls_token'),
+    (r'^embeddings\.cls_token$', 'cls_token'),
     (r'^embeddings\.distillation_token$', 'dist_token'),
     (r'^embeddings\.position_embeddings$', 'pos_embed'),
     (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
@@ -413,9 +422,10 @@ _HF_TO_TIMM = (
 
 
 def _from_hf(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat:
-    """Hugging Face `ViTModel` (with or without its pooler, our `pre_logits`) and
-    `ViTForImageClassification` state dicts, in either spelling."""
-    sd = weights.fuse_qkv(weights.rename(ckpt, _HF_TO_TIMM))
+    """Hugging Face `ViTModel` / `DeiTModel` (with or without its pooler, our `pre_logits`),
+    `ViTForImageClassification`, `DeiTForImageClassification` and
+    `DeiTForImageClassificationWithTeacher` state dicts, in either spelling."""
+    sd = weights.fuse_qkv(weights.rename(ckpt, ((r'^(vit|deit)\.', ''), *_HF_TO_TIMM)))
     out = _from_timm(sd, model)
     if 'pre_logits.weight' in sd:
         out['params/pre_logits/kernel'] = weights.linear(sd['pre_logits.weight'])
@@ -424,12 +434,15 @@ def _from_hf(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat:
 
 
 def _hf_options(config: dict, names: frozenset[str]) -> dict:
-    """`VisionTransformer` options of a Hugging Face ViT `config.json`."""
+    """`VisionTransformer` options of a Hugging Face ViT or DeiT `config.json`: DeiT's
+    embeddings always hold a distillation token (`distilled=True`), read by a head of its own
+    only in `DeiTForImageClassificationWithTeacher` (`dist_head`)."""
     act = config.get('hidden_act', 'gelu')
     if not config.get('qkv_bias', True) or act not in layers.ACTIVATIONS:
         raise ModelError(f'a Hugging Face ViT with qkv_bias={config.get("qkv_bias")} and '
                          f'hidden_act={config.get("hidden_act")!r} has no vit_jax equivalent')
-    classify = 'classifier.weight' in names
+    dist_head = 'distillation_classifier.weight' in names
+    classify = 'classifier.weight' in names or dist_head
     pooler = any(n.endswith('pooler.dense.weight') for n in names)
     return dict(
         img_size=config['image_size'], patch_size=config['patch_size'],
@@ -439,58 +452,55 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
         act_layer=act, norm_eps=config.get('layer_norm_eps', 1e-12),
         num_classes=len(config.get('id2label') or {}) if classify else 0,
         representation_size=config.get('pooler_output_size', config['hidden_size'])
-        if pooler and not classify else None)
+        if pooler and not classify else None,
+        distilled=config['model_type'] == 'deit', dist_head=dist_head)
+
+
+# This model's names, as `weights.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
+_OWN_TO_TIMM = (
+    (r'^cls$', 'cls_token'), (r'^Transformer\.posembed_input\.pos_embedding$', 'pos_embed'),
+    (r'^embedding\.', 'patch_embed.proj.'), (r'^Transformer\.encoder_norm\.', 'norm.'),
+    (r'^Transformer\.encoderblock_(\d+)\.', r'blocks.\1.'),
+    (r'\.MultiHeadDotProductAttention_1\.', '.attn.'),
+    (r'\.LayerNorm_0\.', '.norm1.'), (r'\.LayerNorm_2\.', '.norm2.'),
+    (r'\.MlpBlock_3\.Dense_0\.', '.mlp.fc1.'), (r'\.MlpBlock_3\.Dense_1\.', '.mlp.fc2.'),
+)
 
 
 def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.Flat]:
     """`config.json` and hub-named arrays of a `ViTForImageClassification` (a `ViTModel` with
-    its pooler when the model has `pre_logits` and no head)."""
+    its pooler when the model has `pre_logits` and no head); of a distilled model, the DeiT
+    class of the same shape (`DeiTForImageClassificationWithTeacher` with `dist_head`)."""
     if (model.classifier != 'token' or model.pos_embed != 'learned' or model.resnet_layers
             is not None or model.patch_kernel_size not in (None, model.patch_size)
             or model.act_layer not in ('gelu', 'gelu_tanh')
             or (model.representation_size and model.num_classes)):
         raise ModelError('Hugging Face ViT has a class token, learned position embeddings, plain '
                          'patches, GELU and no pre-logits before a head; this model differs')
-    p = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
-    classify = bool(model.num_classes)
-    root = 'vit.' if classify else ''
-    out = {f'{root}embeddings.cls_token': p['cls'],
-           f'{root}embeddings.position_embeddings': p['Transformer/posembed_input/pos_embedding'],
-           f'{root}embeddings.patch_embeddings.projection.weight':
-               p['embedding/kernel'].transpose(3, 2, 0, 1),
-           f'{root}embeddings.patch_embeddings.projection.bias': p['embedding/bias'],
-           f'{root}layernorm.weight': p['Transformer/encoder_norm/scale'],
-           f'{root}layernorm.bias': p['Transformer/encoder_norm/bias']}
-    dim = model.embed_dim
-    for i in range(model.depth):
-        t, b = f'Transformer/encoderblock_{i}/', f'{root}encoder.layer.{i}.'
-        attn = t + 'MultiHeadDotProductAttention_1/'
-        for name in ('query', 'key', 'value'):
-            q = f'{b}attention.attention.{name}.'
-            out[q + 'weight'] = p[f'{attn}{name}/kernel'].reshape(dim, -1).T
-            out[q + 'bias'] = p[f'{attn}{name}/bias'].reshape(-1)
-        out[f'{b}attention.output.dense.weight'] = p[attn + 'out/kernel'].reshape(-1, dim).T
-        out[f'{b}attention.output.dense.bias'] = p[attn + 'out/bias']
-        for src, dst in (('LayerNorm_0', 'layernorm_before'), ('LayerNorm_2', 'layernorm_after')):
-            out[f'{b}{dst}.weight'] = p[f'{t}{src}/scale']
-            out[f'{b}{dst}.bias'] = p[f'{t}{src}/bias']
-        for src, dst in (('Dense_0', 'intermediate'), ('Dense_1', 'output')):
-            out[f'{b}{dst}.dense.weight'] = p[f'{t}MlpBlock_3/{src}/kernel'].T
-            out[f'{b}{dst}.dense.bias'] = p[f'{t}MlpBlock_3/{src}/bias']
-    if classify:
-        out['classifier.weight'], out['classifier.bias'] = p['head/kernel'].T, p['head/bias']
-    elif model.representation_size:
-        out['pooler.dense.weight'] = p['pre_logits/kernel'].T
-        out['pooler.dense.bias'] = p['pre_logits/bias']
+    if model.distilled and model.dist_head and not model.num_classes:
+        raise ModelError("Hugging Face's DeiTModel returns the class token alone, this model the "
+                         'average of both tokens; save it with dist_head=False')
+    params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
+    arrays = weights.rename(weights.to_torch(params), _OWN_TO_TIMM)
+    classify, two_heads = bool(model.num_classes), len(model.head_names) == 2
+    kind = 'deit' if model.distilled else 'vit'
+    out = weights.hf_names(arrays, _HF_TO_TIMM, f'{kind}.' if classify else '')
+    if two_heads:  # the class head of DeiTForImageClassificationWithTeacher
+        out = {f'cls_{k}' if k.startswith('classifier.') else k: v for k, v in out.items()}
+    name = 'DeiT' if model.distilled else 'ViT'
+    architecture = (('DeiTForImageClassificationWithTeacher' if two_heads else
+                     f'{name}ForImageClassification') if classify else f'{name}Model')
     config = dict(
-        architectures=['ViTForImageClassification' if classify else 'ViTModel'], model_type='vit',
+        architectures=[architecture], model_type=kind,
         image_size=model.img_size, patch_size=model.patch_size, num_channels=model.in_chans,
-        hidden_size=dim, num_hidden_layers=model.depth, num_attention_heads=model.num_heads,
-        intermediate_size=int(dim * model.mlp_ratio),
+        hidden_size=model.embed_dim, num_hidden_layers=model.depth,
+        num_attention_heads=model.num_heads,
+        intermediate_size=model.mlp_dim or int(model.embed_dim * model.mlp_ratio),
         hidden_act='gelu' if model.act_layer == 'gelu' else 'gelu_pytorch_tanh',
         layer_norm_eps=model.norm_eps, qkv_bias=True, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, pooler_output_size=model.representation_size or dim,
-        pooler_act='tanh', id2label={str(i): f'LABEL_{i}' for i in range(model.num_classes)})
+        attention_probs_dropout_prob=0.0,
+        pooler_output_size=model.representation_size or model.embed_dim,
+        pooler_act='tanh')
     return config, out
 
 
@@ -521,3 +531,4 @@ weights.register_mapping(
             'timm VisionTransformer and Hugging Face ViTModel / ViTForImageClassification state '
             'dicts')
 weights.register_hf('vit', VisionTransformer, _hf_options, export=_to_hf)
+weights.register_hf('deit', VisionTransformer, _hf_options, export=_to_hf)
