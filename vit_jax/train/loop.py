@@ -130,7 +130,8 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
         abstract_teacher = _abstract_variables(distillation.teacher, mesh, config)
         teacher_sharding = (jax.tree.map(lambda s: s.sharding, abstract_teacher),)
     train_step = jax.jit(
-        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation),
+        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation,
+                                        state_sharding.params),
                          mesh),
         in_shardings=(state_sharding, batch_sharding, *teacher_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)

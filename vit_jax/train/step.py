@@ -144,7 +144,7 @@ MixFn = Callable[..., tuple[jax.Array, jax.Array]]
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mix_fn: MixFn | None = None, options: StepOptions = StepOptions(),
                     distillation: distill.Distillation | None = None,
-                    ) -> Callable[..., tuple[TrainState, Metrics]]:
+                    grad_sharding: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch, teacher_variables=None) -> (state, metrics)`.
 
     `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}` (and `seed` [batch, 2] when
@@ -153,7 +153,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     are averaged: the same update as the whole batch at a fraction of the activation memory
     (BatchNorm statistics aside).
     Micro-batch `i` takes rows `i, i + accum_steps, ...`, so each device keeps its own rows (no
-    transfers).
+    transfers). `grad_sharding` (the parameters' `NamedSharding`s, a tree like `state.params`)
+    places the gradients and their running sum as the parameters: with FSDP each device keeps
+    its slice of the sum, not all of it.
 
     With `mix_fn` each batch is mixed on device (mixup / CutMix, label smoothing folded into the
     soft targets), from a key of the step's own, so resumed runs mix identically. With
@@ -207,13 +209,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+    def images(batch: Batch) -> jax.Array:
+        # Per micro-batch: a whole batch of float images would outweigh the activations.
+        return model_inputs(batch, options.normalize, options.erase_prob)
+
+    def place(grads: Any) -> Any:
+        if grad_sharding is None:
+            return grads
+        return jax.lax.with_sharding_constraint(grads, grad_sharding)
+
     def train_step(state: TrainState, batch: Batch, teacher_variables: Any = None,
                    ) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
-        batch = {**batch, 'image': model_inputs(batch, options.normalize, options.erase_prob)}
         if accum_steps == 1:
             (loss, (accuracy, model_state)), grads = grad_fn(
-                state.params, state.model_state, batch['image'], batch['label'], rng,
+                state.params, state.model_state, images(batch), batch['label'], rng,
                 teacher_variables)
         else:
             micro = jax.tree.map(functools.partial(split_micro_batches, steps=accum_steps), batch)
@@ -222,17 +232,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                 grads, loss, accuracy, model_state = carry
                 i, mb = inputs
                 (mb_loss, (mb_accuracy, model_state)), mb_grads = grad_fn(
-                    state.params, model_state, mb['image'], mb['label'], jax.random.fold_in(rng, i),
+                    state.params, model_state, images(mb), mb['label'], jax.random.fold_in(rng, i),
                     teacher_variables)
-                return (jax.tree.map(jnp.add, grads, mb_grads), loss + mb_loss,
+                return (place(jax.tree.map(jnp.add, grads, place(mb_grads))), loss + mb_loss,
                         accuracy + mb_accuracy, model_state), None
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = place(jax.tree.map(jnp.zeros_like, state.params))
             (grads, loss, accuracy, model_state), _ = jax.lax.scan(
                 accumulate, (zeros, 0.0, 0.0, state.model_state),
                 (jnp.arange(accum_steps), micro))
             grads = jax.tree.map(lambda g: g / accum_steps, grads)
             loss, accuracy = loss / accum_steps, accuracy / accum_steps
+        grads = place(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema, {'params': params, **model_state}, ema_decay) \
