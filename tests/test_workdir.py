@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -26,7 +27,7 @@ import tensorstore as ts
 from vit_jax import tree, weights
 from vit_jax.data.arrays import array_datasets
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError, WorkdirError
-from vit_jax.train import checkpoint, loop, metrics, record
+from vit_jax.train import checkpoint, lock, loop, metrics, record
 from vit_jax.workdir import load_run, run_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,6 +230,53 @@ def test_a_second_launch_is_refused_and_a_dead_holder_is_taken_over(tmp_path, ca
         train_here(tmp_path, ('total_steps', '2'))
     assert f'taking over the lock of process {sleeper.pid}' in caplog.text
     assert not os.path.exists(tmp_path / 'lock')  # released at exit
+
+
+def race_for_the_lock(workdir, launches):
+    """`launches` locks of `workdir` taken at once, each from its own thread and open file:
+    those that got it, and the errors of the others."""
+    locks = [lock.WorkdirLock(str(workdir)) for _ in range(launches)]
+    start = threading.Barrier(launches)
+    won, refused = [], []
+
+    def launch(one):
+        start.wait()
+        try:
+            won.append(one.__enter__())
+        except WorkdirError as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=launch, args=(one,)) for one in locks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won, refused
+
+
+def test_one_of_many_launches_takes_over_a_dead_holders_lock(tmp_path, caplog):
+    # Launches racing to take over a stale lock: exactly one wins, every other one is refused
+    # naming the winner.
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    launches, rounds = 8, 20
+    for r in range(rounds):
+        workdir = tmp_path / str(r)
+        workdir.mkdir()
+        (workdir / 'lock').write_text(json.dumps(
+            {'host': socket.gethostname(), 'pid': dead.pid, 'started': 'then'}))
+        with caplog.at_level(logging.WARNING):
+            won, refused = race_for_the_lock(workdir, launches)
+        assert len(won) == 1, f'round {r}: {len(won)} launches took the lock'
+        assert json.loads((workdir / 'lock').read_text()) == won[0].holder
+        assert len(refused) == launches - 1
+        for message in refused:
+            assert re.fullmatch(rf'{workdir} is in use by process {os.getpid()} on '
+                                rf'{socket.gethostname()} \(started .*\); wait for that run .*',
+                                message), message
+        won[0].__exit__(None, None, None)
+        assert not os.path.exists(workdir / 'lock')
+    assert caplog.text.count(f'taking over the lock of process {dead.pid}') == rounds
 
 
 @pytest.mark.slow
