@@ -43,6 +43,11 @@ def make_config(overrides=()):
     return config_lib.apply_overrides(config, [*OVERRIDES, *map(tuple, overrides)])
 
 
+def get_config():
+    """`make_config()`, for the command line: `--config=tests/scale_worker.py`."""
+    return make_config()
+
+
 def final_params(config, workdir):
     """The parameters of the newest checkpoint in `workdir` (and their moving average, if any),
     as flat numpy arrays."""

@@ -4,26 +4,30 @@ one-line errors. The trainer's `setup` builds no state: its abstract state is wh
 allocates. And the workdir as a contract (issue 14): a refused launch writes nothing, one run
 per workdir, failed writes stop the run in one line, NaN weights are never saved."""
 
+import asyncio
 import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import scale_worker
+import tensorstore as ts
 
 from vit_jax import tree, weights
 from vit_jax.data.arrays import array_datasets
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError, WorkdirError
-from vit_jax.train import checkpoint, loop, metrics, record
+from vit_jax.train import checkpoint, lock, loop, metrics, record
 from vit_jax.workdir import load_run, run_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,6 +232,53 @@ def test_a_second_launch_is_refused_and_a_dead_holder_is_taken_over(tmp_path, ca
     assert not os.path.exists(tmp_path / 'lock')  # released at exit
 
 
+def race_for_the_lock(workdir, launches):
+    """`launches` locks of `workdir` taken at once, each from its own thread and open file:
+    those that got it, and the errors of the others."""
+    locks = [lock.WorkdirLock(str(workdir)) for _ in range(launches)]
+    start = threading.Barrier(launches)
+    won, refused = [], []
+
+    def launch(one):
+        start.wait()
+        try:
+            won.append(one.__enter__())
+        except WorkdirError as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=launch, args=(one,)) for one in locks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won, refused
+
+
+def test_one_of_many_launches_takes_over_a_dead_holders_lock(tmp_path, caplog):
+    # Launches racing to take over a stale lock: exactly one wins, every other one is refused
+    # naming the winner.
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    launches, rounds = 8, 20
+    for r in range(rounds):
+        workdir = tmp_path / str(r)
+        workdir.mkdir()
+        (workdir / 'lock').write_text(json.dumps(
+            {'host': socket.gethostname(), 'pid': dead.pid, 'started': 'then'}))
+        with caplog.at_level(logging.WARNING):
+            won, refused = race_for_the_lock(workdir, launches)
+        assert len(won) == 1, f'round {r}: {len(won)} launches took the lock'
+        assert json.loads((workdir / 'lock').read_text()) == won[0].holder
+        assert len(refused) == launches - 1
+        for message in refused:
+            assert re.fullmatch(rf'{workdir} is in use by process {os.getpid()} on '
+                                rf'{socket.gethostname()} \(started .*\); wait for that run .*',
+                                message), message
+        won[0].__exit__(None, None, None)
+        assert not os.path.exists(workdir / 'lock')
+    assert caplog.text.count(f'taking over the lock of process {dead.pid}') == rounds
+
+
 @pytest.mark.slow
 def test_a_concurrent_second_launch_leaves_the_first_untouched(tmp_path):
     # A real run in its own process; a second launch while it trains is refused, and the first
@@ -282,6 +333,84 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_last_checkpoint_restores(
     for key, value in scale_worker.final_params(scale_worker.make_config(),
                                                 str(tmp_path / 'ok')).items():
         np.testing.assert_array_equal(value, saved[key], err_msg=key)
+
+
+def test_a_full_disk_is_one_line_on_stderr(tmp_path):
+    # Issue 14, point 4, as the command line shows it: the save of step 50 fails in orbax's
+    # background threads (which log the error and go on); the run stops soon after, not at its
+    # next save (step 100), and the writes of the failed save that were in flight complete
+    # after it stopped without a traceback.
+    workdir = tmp_path / 'run'
+    train_here(workdir, ('checkpoint_every', '2'), ('total_steps', '2'))
+    saved = scale_worker.final_params(scale_worker.make_config(), str(workdir))
+    before = tree_bytes(workdir / 'checkpoints' / '2')
+    out = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'full_disk_worker.py'),
+                          '50', f'--workdir={workdir}', '--config.checkpoint_every=50',
+                          '--config.total_steps=100'], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 2, out.stderr
+    assert 'Traceback' not in out.stderr and 'Event loop' not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, out.stderr
+    assert re.fullmatch(rf'error: saving a checkpoint in {workdir}/checkpoints failed \('
+                        rf'{workdir}/checkpoints/50\.orbax-checkpoint-tmp/.*: No space left on '
+                        r'device\); the run stopped\. .* resume from step 2', errors[0])
+    assert 50 <= max(r['step'] for r in metrics.read_metrics(str(workdir))) < 100
+    assert tree_bytes(workdir / 'checkpoints' / '2') == before
+    for key, value in scale_worker.final_params(scale_worker.make_config(),
+                                                str(workdir)).items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+
+
+def late_write():
+    """A tensorstore write awaited by a save that failed (its event loop closed): completing
+    it reports `RuntimeError('Event loop is closed')` to `sys.unraisablehook`."""
+    promise, write = ts.Promise.new()
+
+    async def save():
+        async def enospc():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        await asyncio.gather(enospc(), write)
+
+    loop = asyncio.new_event_loop()
+    with pytest.raises(OSError):
+        loop.run_until_complete(save())
+    loop.close()
+    return lambda: promise.set_result(None)
+
+
+def test_late_writes_are_held_during_a_save_and_dropped_only_when_it_failed(monkeypatch):
+    reported = []
+    monkeypatch.setattr(sys, 'unraisablehook', lambda r: reported.append(str(r.exc_value)))
+    late = checkpoint._LateWrites()
+
+    def other():  # any other unraisable error, e.g. in a __del__
+        class Broken:
+            def __del__(self):
+                raise ValueError('broken')
+        Broken()
+
+    late_write()()  # no save in flight: reported at once
+    assert reported == ['Event loop is closed']
+    late.start()
+    late_write()()
+    other()
+    assert reported == ['Event loop is closed', 'broken']  # held
+    late.settle(failed=False)  # the save succeeded: reported after all
+    assert reported == ['Event loop is closed', 'broken', 'Event loop is closed']
+    late.start()
+    complete = late_write()
+    late.settle(failed=True)
+    complete()
+    late.start()
+    late_write()()
+    other()
+    late.close()
+    assert reported == ['Event loop is closed', 'broken', 'Event loop is closed', 'broken']
+    assert sys.unraisablehook == late._hook  # after the failure it stays for the late writes
+    late._state = 'idle'
+    late.close()
+    assert sys.unraisablehook != late._hook
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ training examples were read).
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
 interrupted at any point is never taken as the latest; leftovers are cleaned up. A save that
 fails (disk full, no permission) is a one-line `WorkdirError` at the next call, the checkpoints
-before it intact. A complete checkpoint that cannot be read (a truncated or missing file) is
-moved aside to `checkpoints/corrupt-<step>` with a warning, and the one before it is used; one
-that reads but holds other arrays than the run's state (another model or optimizer) is a
-`ConfigError` and stays where it is. All processes call every method (orbax saves and restores
-collectively).
+before it intact; its writes still in flight leave no traceback on stderr. A complete checkpoint
+that cannot be read (a truncated or missing file) is moved aside to `checkpoints/corrupt-<step>`
+with a warning, and the one before it is used; one that reads but holds other arrays than the
+run's state (another model or optimizer) is a `ConfigError` and stays where it is. All processes
+call every method (orbax saves and restores collectively).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+import threading
 from typing import Any
 
 import jax
@@ -33,12 +35,84 @@ from vit_jax.train.step import TrainState
 log = logging.getLogger(__name__)
 
 
-class _QuietFailedSaves(logging.Filter):
-    """Drops orbax's error logs (tracebacks of each thread of a failed save): the
-    `Checkpointer` reports a failed save itself, in one line."""
+class _FailedSaves(logging.Filter):
+    """Drops orbax's error logs (tracebacks of each thread of a failed save), keeping the first
+    error: orbax's background threads log a failed save and go on, so the `Checkpointer` learns
+    of it here and reports it itself, in one line."""
+
+    def __init__(self):
+        super().__init__()
+        self.error: BaseException | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and 'orbax' in record.pathname)
+        if record.levelno < logging.ERROR or 'orbax' not in record.pathname:
+            return True
+        if self.error is None and record.exc_info:
+            self.error = record.exc_info[1]
+        return False
+
+
+def _is_late_write(report: Any) -> bool:
+    """Whether the `sys.unraisablehook` `report` is asyncio refusing a completion callback
+    (of a tensorstore write) because its event loop is closed."""
+    frame = report.exc_traceback
+    return (report.object is None and isinstance(report.exc_value, RuntimeError)
+            and str(report.exc_value) == 'Event loop is closed' and frame is not None
+            and frame.tb_frame.f_code.co_name == 'call_soon_threadsafe')
+
+
+class _LateWrites:
+    """Keeps the writes of a failed save that complete late off stderr.
+
+    When a write of a save fails (disk full), orbax stops the save and closes its event loop;
+    each write of that save still in flight reports `RuntimeError('Event loop is closed')` to
+    `sys.unraisablehook` when it completes: a bare traceback on stderr per array, also after
+    the run stopped. While a save is in flight these reports are held; once it failed they are
+    dropped (the save's `WorkdirError` says what happened), once it succeeded they go on to
+    the previous hook, as every other report does at once.
+    """
+
+    def __init__(self):
+        self._previous = sys.unraisablehook
+        self._held: list[Any] = []
+        self._state = 'idle'  # or 'saving', 'failed'
+        self._lock = threading.Lock()
+        sys.unraisablehook = self._hook
+
+    def _hook(self, report: Any) -> None:
+        with self._lock:
+            if self._state != 'idle' and _is_late_write(report):
+                if self._state == 'saving':
+                    self._held.append(report)
+                return
+        self._previous(report)
+
+    @property
+    def saving(self) -> bool:
+        return self._state == 'saving'
+
+    def start(self) -> None:
+        """A save begins."""
+        with self._lock:
+            if self._state == 'idle':
+                self._state = 'saving'
+
+    def settle(self, *, failed: bool) -> None:
+        """The saves begun are finished (`failed`: one of them failed, for good)."""
+        with self._lock:
+            if self._state == 'failed':
+                return
+            held, self._held = self._held, []
+            self._state = 'failed' if failed else 'idle'
+        if not failed:
+            for report in held:
+                self._previous(report)
+
+    def close(self) -> None:
+        """Hands the hook back, unless a save failed: its late writes go on completing until
+        the process exits."""
+        if self._state == 'idle' and sys.unraisablehook == self._hook:
+            sys.unraisablehook = self._previous
 
 
 class _CheckpointManager(ocp.CheckpointManager):
@@ -71,8 +145,9 @@ class Checkpointer:
                 max_to_keep=None if read_only else keep, create=not read_only,
                 cleanup_tmp_directories=not read_only, read_only=read_only,
                 save_interval_steps=0 if read_only else 1))
-        self._quiet = _QuietFailedSaves()
-        logging.getLogger('absl').addFilter(self._quiet)
+        self._failed_saves = _FailedSaves()
+        logging.getLogger('absl').addFilter(self._failed_saves)
+        self._late_writes = _LateWrites()
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -94,6 +169,7 @@ class Checkpointer:
         items = serialization.to_state_dict(state)
         if not items['ema']:
             del items['ema']
+        self._late_writes.start()
         try:
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(items),
@@ -109,8 +185,13 @@ class Checkpointer:
             self._manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
             raise self._save_error(e) from None
+        if self._failed_saves.error is not None:
+            raise self._save_error(self._failed_saves.error)
+        if self._late_writes.saving and not self._manager.is_saving_in_progress():
+            self._late_writes.settle(failed=False)
 
-    def _save_error(self, error: Exception) -> WorkdirError:
+    def _save_error(self, error: BaseException) -> WorkdirError:
+        self._late_writes.settle(failed=True)
         code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's errors
         if isinstance(error, OSError):
             cause = f'{error.filename or self.directory}: {error.strerror or error}'
@@ -228,11 +309,15 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves to finish; a failed one is a `WorkdirError`."""
         try:
-            self._manager.wait_until_finished()
+            try:
+                self._manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 -- the failed save's own error
+                raise self._save_error(e) from None
             self.check_saved()
         finally:
             self._manager.close()
-            logging.getLogger('absl').removeFilter(self._quiet)
+            logging.getLogger('absl').removeFilter(self._failed_saves)
+            self._late_writes.close()
 
 
 def _stored_shape(x: Any) -> tuple[int, ...]:
