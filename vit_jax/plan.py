@@ -13,8 +13,8 @@ count `--num_classes`, else `KNOWN_CLASS_COUNTS[config.dataset]`, else the datas
 Per chip it prints the parameters and optimizer state, the temporaries (activations), their
 total against the chip's HBM (`HBM_GIB`), whether it fits and the headroom, the compiler's
 FLOPs per step beside the model's (3 x the forward pass, the usual count of forward and
-backward: remat's recomputation shows as the difference; a scanned model's are extrapolated
-from two shallow compiles, `scanned_flops`), and the compile times. `--search`
+backward: remat's recomputation shows as the difference; a step with loops is counted from
+shallower, one-micro-batch compiles, `looped_flops`), and the compile times. `--search`
 tries the trainer's layouts (`search`: FSDP and `model` axis sizes, remat, micro-batches,
 bfloat16 optimizer state) and prints those that fit, each as the flags to add.
 Topology names are JAX's: `v4:2x2x1`, `v5e:4x4`, `v5p:2x2x2`, `v6e:8x8`, ...
@@ -172,8 +172,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
          count_flops: bool = True) -> Plan:
     """Compiles `config`'s train and eval steps for `topology` (its `devices`, when already
     made) and measures them per chip, against `hbm_bytes` per chip (default: `HBM_GIB`).
-    The compiler's FLOPs of a scanned model are `scanned_flops` (two more compiles; 0 when
-    not `count_flops`)."""
+    The compiler's FLOPs of a step with loops are `looped_flops` (one or two more compiles; 0
+    when not `count_flops`)."""
     config_lib.validate(config)
     devices = topology_devices(topology) if devices is None else devices
     run = loop.setup(config, num_classes, loop.make_mesh(config, devices))
@@ -185,9 +185,10 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         compiled[name], memory[name] = compile_and_measure(run, config, eval=eval_)
         seconds[name] = round(time.perf_counter() - start, 1)
     flops = xla_costs.flops(compiled['train']) if compiled['train'] else 0.0
-    if compiled['train'] and getattr(run.model, 'scan_layers', False):
+    if compiled['train'] and has_loops(run.model, config):
         start = time.perf_counter()
-        flops = scanned_flops(config, num_classes, devices, run.model.depth) if count_flops else 0
+        depth = getattr(run.model, 'depth', None)
+        flops = looped_flops(config, num_classes, devices, depth) if count_flops else 0.0
         seconds['flops'] = round(time.perf_counter() - start, 1)
     train = memory['train']
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
@@ -226,6 +227,11 @@ _OVERFLOW = (re.compile(r'required for HLO temporaries \(([\d.]+)([KMGT])\)'),
              re.compile(r'Used ([\d.]+)([KMGT]) of'))
 
 
+def has_loops(model: Any, config: ml_collections.ConfigDict) -> bool:
+    """Whether the train step loops (scanned layers, micro-batches): see `looped_flops`."""
+    return getattr(model, 'scan_layers', False) or config.accum_steps > 1
+
+
 def compile_and_measure(run: loop.Setup, config: ml_collections.ConfigDict, *,
                         eval: bool = False) -> tuple[jax.stages.Compiled | None, StepMemory]:
     """`compile_step` and its `StepMemory`; `(None, overflow)` when the TPU compiler refuses
@@ -258,18 +264,24 @@ def compile_step(run: loop.Setup, config: ml_collections.ConfigDict, *, eval: bo
     return step.lower(run.abstract_state, batch, *teacher).compile()
 
 
-def scanned_flops(config: ml_collections.ConfigDict, num_classes: int,
-                  devices: Sequence[jax.Device], depth: int) -> float:
-    """The compiler's FLOPs per device of a scanned model's train step. XLA counts a loop's body
-    once, so the step is compiled unscanned at depth 1 and 2, same layout, and the count
-    extrapolated to `depth` blocks: F(1) + (depth - 1) (F(2) - F(1))."""
+def looped_flops(config: ml_collections.ConfigDict, num_classes: int,
+                 devices: Sequence[jax.Device], depth: int | None) -> float:
+    """The compiler's FLOPs per device of a train step with loops: XLA counts a loop's body
+    once, that of scanned layers (`scan_layers`) and of micro-batches (`accum_steps`). The step
+    is compiled for one micro-batch and, scanned, unscanned at depth 1 and 2; the count is
+    `accum_steps (F(1) + (depth - 1) (F(2) - F(1)))` (the optimizer's update, a small part,
+    is then counted `accum_steps` times)."""
+    one = [('accum_steps', '1'), ('batch', str(config.batch // config.accum_steps))]
+    depths = (1, 2) if config.model.get('scan_layers') else (None,)
     counts = []
-    for shallow_depth in (1, 2):
-        shallow = config_lib.apply_overrides(copy.deepcopy(config), [
-            ('model.depth', str(shallow_depth)), ('model.scan_layers', 'False')])
+    for shallow_depth in depths:
+        shallow = one + ([('model.depth', str(shallow_depth)), ('model.scan_layers', 'False')]
+                         if shallow_depth else [])
+        shallow = config_lib.apply_overrides(copy.deepcopy(config), shallow)
         run = loop.setup(shallow, num_classes, loop.make_mesh(shallow, devices))
         counts.append(xla_costs.flops(compile_step(run, shallow)))
-    return counts[0] + (depth - 1) * (counts[1] - counts[0])
+    extrapolated = counts[0] + (depth - 1) * (counts[1] - counts[0]) if depth else counts[0]
+    return config.accum_steps * extrapolated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +349,8 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     `(overrides, plan)`: `config` with `overrides` applied as text (as on the command line) is
     what was compiled. Layouts the trainer refuses (a model axis that does not divide the
     heads), whose state alone exceeds HBM, or that save less memory on every count than one
-    that did not fit, are not compiled; a scanned model's FLOPs are counted for those that fit."""
+    that did not fit, are not compiled; the FLOPs of steps with loops are counted for those that
+    fit."""
     devices = topology_devices(topology) if devices is None else devices
     per_chip = len(devices) // chip_count(devices)
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
@@ -360,8 +373,9 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         result = plan(candidate, topology, num_classes, devices, hbm, count_flops=False)
         log(f'{"fits" if result.fits else "does not fit"}: {command_flags(overrides)}')
         if result.fits:
-            if getattr(run.model, 'scan_layers', False):
-                flops = scanned_flops(candidate, num_classes, devices, run.model.depth)
+            if has_loops(run.model, candidate):
+                flops = looped_flops(candidate, num_classes, devices,
+                                     getattr(run.model, 'depth', None))
                 result = dataclasses.replace(result, flops_per_step_per_chip=flops * per_chip)
             found.append((overrides, result))
         else:
@@ -395,7 +409,7 @@ def report(result: Plan) -> str:
         f'{result.flops_per_step_per_chip / max(model_per_chip, 1):.2f})',
         f'compile: train {result.compile_seconds["train"]} s, eval '
         f'{result.compile_seconds["eval"]} s'
-        + (f', FLOPs of the scanned layers {result.compile_seconds["flops"]} s'
+        + (f', FLOPs of the loops {result.compile_seconds["flops"]} s'
            if 'flops' in result.compile_seconds else '')]
     return '\n'.join(lines)
 
