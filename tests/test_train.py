@@ -22,20 +22,18 @@ from vit_jax.train import checkpoint, metrics, optim, step
 from vit_jax.train.loop import train
 
 
-def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_config, capsys):
+def test_digits_converges_and_eval_counts_every_example(trained_digits, tmp_path, capsys):
     # 500 steps of the main job's recipe on the real digits; eval batches of 7 divide nothing.
     # Then the predict command classifies held-out digits with the run's weights.
-    config = digits_config(('total_steps', '500'), ('warmup_steps', '50'), ('batch_eval', '7'),
-                           ('eval_every', '0'), ('checkpoint_every', '0'))
-    final = train(config, str(tmp_path))
+    workdir, final = trained_digits
     assert final['count'] == 360  # every held-out example, although 360 % 7 != 0
     assert final['accuracy'] >= 0.95, final
-    records = metrics.read_metrics(str(tmp_path))
+    records = metrics.read_metrics(str(workdir))
     assert [r['step'] for r in records if 'train_loss' in r] == list(range(100, 501, 100))
     assert records[-1]['eval_accuracy'] == final['accuracy']
     assert records[0]['train_loss'] > 3 * records[-2]['train_loss']
-    assert os.listdir(tmp_path / 'tensorboard')
-    assert json.loads((tmp_path / 'final_metrics.json').read_text())['count'] == 360
+    assert os.listdir(workdir / 'tensorboard')
+    assert json.loads((workdir / 'final_metrics.json').read_text())['count'] == 360
 
     # The run's weights.npz, read back by the predict command with the model's preprocessing.
     images, labels = digits.images_and_labels()
@@ -44,7 +42,7 @@ def test_digits_converges_and_eval_counts_every_example(tmp_path, digits_config,
     for i in held_out:
         paths.append(str(tmp_path / f'digit{i}.png'))
         Image.fromarray(images[i]).save(paths[-1])
-    assert predict.main(['--workdir', str(tmp_path), '--top', '1', *paths]) == 0
+    assert predict.main(['--workdir', str(workdir), '--top', '1', *paths]) == 0
     lines = capsys.readouterr().out.splitlines()
     top1 = [int(line.split('. ')[1].split(' ')[0]) for line in lines if line.startswith('  1. ')]
     assert len(top1) == 20

@@ -9,8 +9,8 @@ cropped to the model's input size) and applies the model's mean and std itself; 
 logits `[batch, num_classes]`.
 - `savedmodel` (TensorFlow, through jax2tf): signature `serving_default` takes uint8 pixels,
   `serving_float` float32 ones; any batch size.
-- `tflite` (TensorFlow Lite from the same converted function): float32 pixels, batch 1;
-  `--int8` quantises the weights to int8 (dynamic range).
+- `tflite` (TensorFlow Lite from the same converted function): uint8 pixels, any batch size
+  (`interpreter.resize_tensor_input`); `--int8` quantises the weights to int8 (dynamic range).
 - `stablehlo` (`jax.export`, serialised): float32 pixels, any batch size; read back with
   `jax.export.deserialize(open(path, 'rb').read()).call(pixels)`.
 `--weights` takes any file `vit_jax.weights.load` reads with `--model`, or a Hugging Face
@@ -58,15 +58,22 @@ def to_stablehlo(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
     _write(path, exported.serialize())
 
 
-def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
-    """Writes a TensorFlow SavedModel with signatures for uint8 (`serving_default`) and float32
-    (`serving_float`) pixels, any batch size."""
+def _tf_function(serve: Serve) -> Any:
+    """`serve` converted by jax2tf with a symbolic batch size, as a `tf.function`."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
     converted = jax2tf.convert(serve, polymorphic_shapes=['(b, ...)'], with_gradient=False)
+    return tf.function(converted, autograph=False)
+
+
+def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
+    """Writes a TensorFlow SavedModel with signatures for uint8 (`serving_default`) and float32
+    (`serving_float`) pixels, any batch size."""
+    import tensorflow as tf
+
     module = tf.Module()
-    module.serve = tf.function(converted, autograph=False)
+    module.serve = _tf_function(serve)
     signatures = {
         name: module.serve.get_concrete_function(tf.TensorSpec((None, *shape), dtype,
                                                                name='pixels'))
@@ -75,16 +82,15 @@ def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
 
 
 def to_tflite(serve: Serve, shape: tuple[int, int, int], path: str, int8: bool = False) -> None:
-    """Writes TensorFlow Lite float32 (or, with `int8`, dynamic-range int8 weights), batch 1.
-
-    The converter cannot take the SavedModel's symbolic batch (a class token's gather becomes
-    a dynamic gather TFLite lacks), so the function is converted at batch 1."""
+    """Writes TensorFlow Lite float32 (or, with `int8`, dynamic-range int8 weights) taking
+    uint8 pixels, any batch size: the input is `[1, *shape]` until
+    `interpreter.resize_tensor_input(index, [batch, *shape])`."""
     import tensorflow as tf
-    from jax.experimental import jax2tf
 
     module = tf.Module()
-    module.serve = tf.function(jax2tf.convert(serve, with_gradient=False), autograph=False)
-    concrete = module.serve.get_concrete_function(tf.TensorSpec((1, *shape), tf.float32))
+    module.serve = _tf_function(serve)
+    concrete = module.serve.get_concrete_function(tf.TensorSpec((None, *shape), tf.uint8,
+                                                                name='pixels'))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     if int8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

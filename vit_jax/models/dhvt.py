@@ -103,7 +103,7 @@ class DynamicAggregationFeedForward(nn.Module):
                            kernel_init=conv_init, bias_init=conv_bias_init(fan_in),
                            dtype=self.dtype, name=name, **kw)
 
-        cls, tokens = x[:, :1], x[:, 1:]
+        cls, tokens = layers.tokens(x, 0, 1), layers.tokens(x, 1)
         y = tokens.reshape(batch, *self.grid, dim)  # [batch, rows, cols, dim]
         y = conv(self.hidden_dim, 1, dim, 'conv1')(y)
         y = gelu(layers.batch_norm(train, 'bn1', self.dtype)(y))
@@ -150,8 +150,8 @@ class HeadInteractingAttention(nn.Module):
             heads, dropout_rate=self.attn_dropout_rate, qkv_bias=self.qkv_bias,
             impl=self.attn_impl, dtype=self.dtype, kernel_init=dense_init, name='attn',
         )(jnp.concatenate([x, ht], axis=1), deterministic=deterministic)
-        cls = y[:, :1] + y[:, tokens:].mean(axis=1, keepdims=True)
-        y = jnp.concatenate([cls, y[:, 1:tokens]], axis=1)
+        cls = layers.tokens(y, 0, 1) + layers.tokens(y, tokens).mean(axis=1, keepdims=True)
+        y = jnp.concatenate([cls, layers.tokens(y, 1, tokens)], axis=1)
         return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
@@ -280,7 +280,7 @@ class DHVT(nn.Module, contract.Family):
                 attn_impl=self.attn_impl, dtype=self.dtype, hi_mhsa=self.hi_mhsa,
                 daff=self.daff, name=f'blocks_{i}')(x, train=train)
             x = nn.with_logical_constraint(x, ('batch', 'tokens', 'embed'))
-        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x)[:, 0]
+        x = layers.token(nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x), 0)
         return layers.classifier_head(x, self.num_classes, dtype=self.dtype,
                                       kernel_init=dense_init)
 

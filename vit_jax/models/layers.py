@@ -32,6 +32,19 @@ HEADS_AXES = ('batch', 'tokens', 'heads', None)  # logical axes of [batch, token
 trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
 
 
+def token(x: Array, index: int) -> Array:
+    """Token `index` of `x` `[batch, tokens, dim]` -> `[batch, dim]`, as a static slice.
+
+    `x[:, index]` becomes a gather when the batch size is symbolic (`jax.export`, jax2tf), and
+    TensorFlow Lite converts no such gather; a slice it converts."""
+    return jax.lax.index_in_dim(x, index, axis=1, keepdims=False)
+
+
+def tokens(x: Array, start: int, stop: int | None = None) -> Array:
+    """Tokens `start:stop` of `x` `[batch, tokens, dim]`, as a static slice (see `token`)."""
+    return jax.lax.slice_in_dim(x, start, stop, axis=1)
+
+
 def classifier_head(x: Array, num_classes: int, *, dtype: Dtype,
                     kernel_init: nn.initializers.Initializer = nn.initializers.zeros,
                     bias_init: nn.initializers.Initializer = nn.initializers.zeros) -> Array:

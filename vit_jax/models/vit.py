@@ -267,8 +267,8 @@ class VisionTransformer(nn.Module, contract.Family):
             norm_eps=self.norm_eps, remat=self.remat, scan_layers=self.scan_layers,
             name='Transformer')(x, deterministic=not train)
         if self.distilled and self.dist_head:
-            return self._distilled_heads(x[:, 0], x[:, 1], train)
-        x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
+            return self._distilled_heads(layers.token(x, 0), layers.token(x, 1), train)
+        x = layers.token(x, 0) if self.classifier == 'token' else x.mean(axis=1)
         if self.representation_size is not None:
             x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                   name='pre_logits')(x))
