@@ -1,0 +1,93 @@
+"""The README's TPU table, measured with `vit_jax.plan` on this machine (libtpu, no TPU).
+
+    python scripts/plan_table.py --kind=v5e --models=b16,l16,h14,g14,G14,e14 --batch=4096
+    python scripts/plan_table.py --topology=v5e:2x2 --config=swin.py:base,imagenet2012 \
+        --config=convnext.py:base,imagenet2012 --config=dhvt.py:small_imagenet_patch16,imagenet2012
+
+With `--models` (short names of `configs/vit.py`): for each model, the smallest slice of TPU
+`--kind` where `vit_jax.plan.search` finds a layout that fits at global batch `--batch` (224 px,
+bfloat16 compute, ImageNet's 1000 classes), and that layout. With `--config`: each config as
+it is on `--topology`, and the first layout of the search when it does not fit. Prints one
+markdown row per model as it is measured, with the seconds the compiles took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # libtpu only compiles
+
+from vit_jax import config as config_lib  # noqa: E402
+from vit_jax import plan  # noqa: E402
+
+# The slices of each kind, smallest first (JAX's topology names).
+SLICES = {'v5e': ('v5e:2x2', 'v5e:2x4', 'v5e:4x4', 'v5e:4x8', 'v5e:8x8', 'v5e:8x16',
+                  'v5e:16x16'),
+          'v5p': ('v5p:2x2x1', 'v5p:2x2x2', 'v5p:2x2x4', 'v5p:2x4x4', 'v5p:4x4x4', 'v5p:4x4x8',
+                  'v5p:4x8x8'),
+          'v6e': ('v6e:2x2', 'v6e:2x4', 'v6e:4x4', 'v6e:4x8', 'v6e:8x8', 'v6e:8x16',
+                  'v6e:16x16')}
+HEADER = ('| model | parameters | slice | layout (flags) | state / chip | train step / chip | '
+          'compiler / model FLOPs | compile s |\n|---|---|---|---|---|---|---|---|')
+
+
+def row(name: str, topology: str, overrides: list[tuple[str, str]], result: plan.Plan,
+        seconds: float) -> str:
+    gib = lambda b: f'{b / plan.GIB:.2f} GiB'  # noqa: E731
+    ratio = result.flops_per_step_per_chip * result.chips / result.model_flops_per_step
+    fit = '' if result.fits else ' (does not fit)'
+    return (f'| {name} | {result.parameters:,} | {topology} | `{plan.command_flags(overrides)}` | '
+            f'{gib(result.state_bytes_per_chip)} | {gib(result.train_bytes_per_chip)} of '
+            f'{gib(result.hbm_bytes_per_chip)}{fit} | {ratio:.2f} | {seconds:.0f} |')
+
+
+def smallest_slice(model: str, kind: str, batch: int) -> str:
+    """The row of `model` on the smallest slice of `kind` where a layout fits."""
+    config = config_lib.apply_overrides(
+        config_lib.load_config(f'configs/vit.py:{model},imagenet2012'),
+        [('batch', str(batch)), ('batch_eval', '1024'), ('accum_steps', '1'),
+         ('pp.crop', '224'), ('model.dtype', 'bfloat16')])
+    start = time.perf_counter()
+    for topology in SLICES[kind]:
+        found = plan.search(config, topology, 1000, limit=1)
+        if found:
+            overrides, result = found[0]
+            return row(config.model_name, topology, overrides, result,
+                       time.perf_counter() - start)
+    return f'| {config.model_name} | | no {kind} slice up to {SLICES[kind][-1]} | | | | | |'
+
+
+def as_configured(spec: str, topology: str) -> str:
+    """The row of config `spec` on `topology`: as it is, else the search's first layout."""
+    config = config_lib.load_config(f'configs/{spec}')
+    start = time.perf_counter()
+    result, overrides = plan.plan(config, topology, 1000), []
+    if not result.fits:
+        found = plan.search(copy.deepcopy(config), topology, 1000, limit=1)
+        if found:
+            overrides, result = found[0]
+    return row(config.model_name, topology, overrides, result, time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--models', help='short names of configs/vit.py, comma-separated')
+    parser.add_argument('--kind', default='v5e', choices=sorted(SLICES))
+    parser.add_argument('--batch', type=int, default=4096)
+    parser.add_argument('--config', action='append', default=[],
+                        help='FILE.py:ARG under configs/, planned as it is (repeatable)')
+    parser.add_argument('--topology', default='v5e:2x2')
+    args = parser.parse_args()
+    print(HEADER, flush=True)
+    for model in (args.models or '').split(',') if args.models else ():
+        print(smallest_slice(model, args.kind, args.batch), flush=True)
+    for spec in args.config:
+        print(as_configured(spec, args.topology), flush=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
