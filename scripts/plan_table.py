@@ -31,8 +31,21 @@ SLICES = {'v5e': ('v5e:2x2', 'v5e:2x4', 'v5e:4x4', 'v5e:4x8', 'v5e:8x8', 'v5e:8x
                   'v5p:4x8x8'),
           'v6e': ('v6e:2x2', 'v6e:2x4', 'v6e:4x4', 'v6e:4x8', 'v6e:8x8', 'v6e:8x16',
                   'v6e:16x16')}
-HEADER = ('| model | parameters | slice | layout (flags) | state / chip | train step / chip | '
+HEADER = ('| model | parameters | slice | layout | state / chip | train step / chip | '
           'compiler / model FLOPs | compile s |\n|---|---|---|---|---|---|---|---|')
+
+
+def log(line: str) -> None:
+    """The search's progress, on stderr."""
+    print(f'{time.strftime("%H:%M:%S")} {line}', file=sys.stderr, flush=True)
+
+
+def layout(result: plan.Plan, overrides: list[tuple[str, str]]) -> str:
+    """The layout in words: the mesh, micro-batches, remat, optimizer state's dtype."""
+    flags = dict(overrides)
+    mesh = ' x '.join(f'{axis} {size}' for axis, size in result.mesh.items() if size > 1)
+    return (f"{mesh or 'one device'}, {flags.get('accum_steps', '1')} micro-batches, remat "
+            f"{'on' if flags.get('model.remat') == 'True' else 'off'}")
 
 
 def row(name: str, topology: str, overrides: list[tuple[str, str]], result: plan.Plan,
@@ -40,7 +53,7 @@ def row(name: str, topology: str, overrides: list[tuple[str, str]], result: plan
     gib = lambda b: f'{b / plan.GIB:.2f} GiB'  # noqa: E731
     ratio = result.flops_per_step_per_chip * result.chips / result.model_flops_per_step
     fit = '' if result.fits else ' (does not fit)'
-    return (f'| {name} | {result.parameters:,} | {topology} | `{plan.command_flags(overrides)}` | '
+    return (f'| {name} | {result.parameters:,} | {topology} | {layout(result, overrides)} | '
             f'{gib(result.state_bytes_per_chip)} | {gib(result.train_bytes_per_chip)} of '
             f'{gib(result.hbm_bytes_per_chip)}{fit} | {ratio:.2f} | {seconds:.0f} |')
 
@@ -53,7 +66,7 @@ def smallest_slice(model: str, kind: str, batch: int) -> str:
          ('pp.crop', '224'), ('model.dtype', 'bfloat16')])
     start = time.perf_counter()
     for topology in SLICES[kind]:
-        found = plan.search(config, topology, 1000, limit=1)
+        found = plan.search(config, topology, 1000, limit=1, log=log)
         if found:
             overrides, result = found[0]
             return row(config.model_name, topology, overrides, result,
@@ -67,7 +80,7 @@ def as_configured(spec: str, topology: str) -> str:
     start = time.perf_counter()
     result, overrides = plan.plan(config, topology, 1000), []
     if not result.fits:
-        found = plan.search(copy.deepcopy(config), topology, 1000, limit=1)
+        found = plan.search(copy.deepcopy(config), topology, 1000, limit=1, log=log)
         if found:
             overrides, result = found[0]
     return row(config.model_name, topology, overrides, result, time.perf_counter() - start)

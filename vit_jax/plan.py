@@ -173,7 +173,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     """Compiles `config`'s train and eval steps for `topology` (its `devices`, when already
     made) and measures them per chip, against `hbm_bytes` per chip (default: `HBM_GIB`).
     The compiler's FLOPs of a step with loops are `looped_flops` (one or two more compiles; 0
-    when not `count_flops`)."""
+    when not `count_flops`). A train step the compiler refuses leaves the eval step
+    uncompiled (0 bytes)."""
     config_lib.validate(config)
     devices = topology_devices(topology) if devices is None else devices
     run = loop.setup(config, num_classes, loop.make_mesh(config, devices))
@@ -181,6 +182,9 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     per_chip = len(devices) // chips
     seconds, compiled, memory = {}, {}, {}
     for name, eval_ in (('train', False), ('eval', True)):
+        if eval_ and not compiled['train']:  # a plan that does not fit: spare the compile
+            compiled['eval'], memory['eval'] = None, StepMemory(0, 0, 0)
+            continue
         start = time.perf_counter()
         compiled[name], memory[name] = compile_and_measure(run, config, eval=eval_)
         seconds[name] = round(time.perf_counter() - start, 1)
@@ -402,13 +406,15 @@ def report(result: Plan) -> str:
         f'{gib(result.hbm_bytes_per_chip)} HBM: '
         + (f'fits, {gib(result.headroom_bytes_per_chip)} headroom' if result.fits else
            f'does NOT fit, {gib(-result.headroom_bytes_per_chip)} over (try --search)'),
-        f'per chip: eval step {gib(result.eval_bytes_per_chip)}',
+        'per chip: eval step ' + (gib(result.eval_bytes_per_chip) if 'eval' in
+                                   result.compile_seconds else 'not compiled'),
         *([f"XLA's TPU compiler: {result.overflow}"] if result.overflow else []),
         f'FLOPs per step per chip: compiler {result.flops_per_step_per_chip:.4g}, model '
         f'{model_per_chip:.4g} (3 x forward; ratio '
         f'{result.flops_per_step_per_chip / max(model_per_chip, 1):.2f})',
-        f'compile: train {result.compile_seconds["train"]} s, eval '
-        f'{result.compile_seconds["eval"]} s'
+        f'compile: train {result.compile_seconds["train"]} s'
+        + (f', eval {result.compile_seconds["eval"]} s' if 'eval' in result.compile_seconds
+           else '')
         + (f', FLOPs of the loops {result.compile_seconds["flops"]} s'
            if 'flops' in result.compile_seconds else '')]
     return '\n'.join(lines)
