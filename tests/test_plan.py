@@ -117,6 +117,16 @@ def test_a_config_that_cannot_fit_says_so(v5e, too_big):
     assert 'does NOT fit' in plan.report(result)
 
 
+def test_a_step_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit(v5e):
+    # 2^22 images of 32 px: 12 GiB per chip of float pixels alone, over v5e's 16 GiB in all.
+    config = tiny(('mesh', "[('data', 4)]"), ('batch', str(2 ** 22)))
+    result = plan.plan(config, 'v5e:2x2', 4, v5e)
+    assert not result.fits and 'RESOURCE_EXHAUSTED' in result.overflow
+    assert result.temp_bytes_per_chip > 12 * 2 ** 30 and result.headroom_bytes_per_chip < 0
+    assert 'eval' not in result.compile_seconds
+    assert "does NOT fit" in plan.report(result) and "XLA's TPU compiler" in plan.report(result)
+
+
 @pytest.mark.slow
 def test_the_first_suggestion_of_the_search_fits_as_printed(v5e, too_big):
     config, hbm = too_big
