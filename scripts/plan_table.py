@@ -2,19 +2,19 @@
 
     python scripts/plan_table.py --kind=v5e --models=b16,l16,h14,g14,G14,e14 --batch=4096
     python scripts/plan_table.py --topology=v5e:2x2 --config=swin.py:base,imagenet2012 \
-        --config=convnext.py:base,imagenet2012 --config=dhvt.py:small_imagenet_patch16,imagenet2012
+        --config=convnext.py:base,imagenet2012 \
+        --config=dhvt.py:small_imagenet_patch16,imagenet2012 [--set accum_steps=4]
 
 With `--models` (short names of `configs/vit.py`): for each model, the smallest slice of TPU
 `--kind` where `vit_jax.plan.search` finds a layout that fits at global batch `--batch` (224 px,
-bfloat16 compute, ImageNet's 1000 classes), and that layout. With `--config`: each config as
-it is on `--topology`, and the first layout of the search when it does not fit. Prints one
+bfloat16 compute, ImageNet's 1000 classes), and that layout. With `--config`: each config on
+`--topology`, as it is or with `--set KEY=VALUE` overrides. Prints one
 markdown row per model as it is measured, with the seconds the compiles took.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -74,15 +74,11 @@ def smallest_slice(model: str, kind: str, batch: int) -> str:
     return f'| {config.model_name} | | no {kind} slice up to {SLICES[kind][-1]} | | | | | |'
 
 
-def as_configured(spec: str, topology: str) -> str:
-    """The row of config `spec` on `topology`: as it is, else the search's first layout."""
-    config = config_lib.load_config(f'configs/{spec}')
+def as_configured(spec: str, topology: str, overrides: list[tuple[str, str]]) -> str:
+    """The row of config `spec` with `overrides` on `topology`."""
+    config = config_lib.apply_overrides(config_lib.load_config(f'configs/{spec}'), overrides)
     start = time.perf_counter()
-    result, overrides = plan.plan(config, topology, 1000), []
-    if not result.fits:
-        found = plan.search(copy.deepcopy(config), topology, 1000, limit=1, log=log)
-        if found:
-            overrides, result = found[0]
+    result = plan.plan(config, topology, 1000)
     return row(config.model_name, topology, overrides, result, time.perf_counter() - start)
 
 
@@ -94,12 +90,15 @@ def main() -> None:
     parser.add_argument('--config', action='append', default=[],
                         help='FILE.py:ARG under configs/, planned as it is (repeatable)')
     parser.add_argument('--topology', default='v5e:2x2')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='a config override for every --config (repeatable)')
     args = parser.parse_args()
     print(HEADER, flush=True)
     for model in (args.models or '').split(',') if args.models else ():
         print(smallest_slice(model, args.kind, args.batch), flush=True)
+    overrides = [tuple(item.split('=', 1)) for item in args.set]
     for spec in args.config:
-        print(as_configured(spec, args.topology), flush=True)
+        print(as_configured(spec, args.topology, overrides), flush=True)
 
 
 if __name__ == '__main__':
