@@ -178,6 +178,16 @@ def test_changed_optimizer_is_refused_without_touching_the_workdir_then_resumes(
     assert record.read_config(str(tmp_path)).total_steps == 6
 
 
+def test_a_record_without_the_keys_a_later_version_added_matches_their_defaults():
+    config = scale_worker.make_config()
+    saved = record.flat_config(config)
+    for key in ('model.dist_head', 'loss', 'pp.eval_crop_pct'):  # added after 0.1.0
+        del saved[key]
+    assert record.config_diff(saved, config) == {}
+    config.loss = 'sigmoid_xent'  # a value other than the default still differs
+    assert record.config_diff(saved, config) == {'loss': ('softmax_xent', 'sigmoid_xent')}
+
+
 def test_a_checkpoint_of_another_optimizer_stays_where_it_is(ema_run, tmp_path):
     # The checkpointer itself: a readable checkpoint of another state is an error, not corrupt.
     workdir = str(tmp_path / 'copy')

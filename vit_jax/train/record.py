@@ -72,11 +72,21 @@ def read_classes(workdir: str) -> tuple[str, ...]:
 def config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
                 ) -> dict[str, tuple[Any, Any]]:
     """`{key: (recorded value, value of config)}` for each key where they differ (a key only
-    one of them has: `'<absent>'` for the other)."""
+    one of them has: `'<absent>'` for the other). A key the record lacks, added by a later
+    version, stands at its default there: `base_config`'s, None for a model option."""
+    from vit_jax.config import base_config
+
+    defaults = flat_config(base_config())
     current = flat_config(config)
-    return {k: (saved.get(k, '<absent>'), current.get(k, '<absent>'))
+
+    def recorded(key: str) -> Any:
+        if key in saved:
+            return saved[key]
+        return None if key.startswith('model.') else defaults.get(key, '<absent>')
+
+    return {k: (recorded(k), current.get(k, '<absent>'))
             for k in sorted(saved.keys() | current.keys())
-            if saved.get(k, '<absent>') != current.get(k, '<absent>')}
+            if recorded(k) != current.get(k, '<absent>')}
 
 
 def check_config(workdir: str, config: ml_collections.ConfigDict,
