@@ -191,10 +191,9 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     flops = xla_costs.flops(compiled['train']) if compiled['train'] else 0.0
     if compiled['train'] and has_loops(run.model, config):
         start = time.perf_counter()
-        depth = getattr(run.model, 'depth', None)
-        flops = looped_flops(config, num_classes, devices, depth) if count_flops else 0.0
+        flops = looped_flops(config, num_classes, devices, run.model) if count_flops else 0.0
         seconds['flops'] = round(time.perf_counter() - start, 1)
-    train = memory['train']
+    train, peak = memory['train'], max(memory['train'].total, memory['eval'].total) * per_chip
     hbm = hbm_bytes or HBM_GIB[topology.partition(':')[0]] * GIB
     image = (config.pp.crop, config.pp.crop, run.model.in_chans)
     return Plan(
@@ -205,9 +204,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         temp_bytes_per_chip=train.temp * per_chip,
         train_bytes_per_chip=train.total * per_chip,
         eval_bytes_per_chip=memory['eval'].total * per_chip,
-        fits=max(train.total, memory['eval'].total) * per_chip <= hbm and not (
-            train.overflow or memory['eval'].overflow),
-        headroom_bytes_per_chip=hbm - max(train.total, memory['eval'].total) * per_chip,
+        fits=peak <= hbm and not (train.overflow or memory['eval'].overflow),
+        headroom_bytes_per_chip=hbm - peak,
         flops_per_step_per_chip=flops * per_chip,
         model_flops_per_step=3 * model_flops(run.model, image) * config.batch,
         overflow=train.overflow or memory['eval'].overflow,
@@ -269,12 +267,13 @@ def compile_step(run: loop.Setup, config: ml_collections.ConfigDict, *, eval: bo
 
 
 def looped_flops(config: ml_collections.ConfigDict, num_classes: int,
-                 devices: Sequence[jax.Device], depth: int | None) -> float:
+                 devices: Sequence[jax.Device], model: Any) -> float:
     """The compiler's FLOPs per device of a train step with loops: XLA counts a loop's body
     once, that of scanned layers (`scan_layers`) and of micro-batches (`accum_steps`). The step
     is compiled for one micro-batch and, scanned, unscanned at depth 1 and 2; the count is
-    `accum_steps (F(1) + (depth - 1) (F(2) - F(1)))` (the optimizer's update, a small part,
-    is then counted `accum_steps` times)."""
+    `accum_steps (F(1) + (depth - 1) (F(2) - F(1)))`, `depth` that of `model`, the run's (the
+    optimizer's update, a small part, is then counted `accum_steps` times)."""
+    depth = getattr(model, 'depth', None)
     one = [('accum_steps', '1'), ('batch', str(config.batch // config.accum_steps))]
     depths = (1, 2) if config.model.get('scan_layers') else (None,)
     counts = []
@@ -378,8 +377,7 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         log(f'{"fits" if result.fits else "does not fit"}: {command_flags(overrides)}')
         if result.fits:
             if has_loops(run.model, candidate):
-                flops = looped_flops(candidate, num_classes, devices,
-                                     getattr(run.model, 'depth', None))
+                flops = looped_flops(candidate, num_classes, devices, run.model)
                 result = dataclasses.replace(result, flops_per_step_per_chip=flops * per_chip)
             found.append((overrides, result))
         else:

@@ -74,7 +74,7 @@ def config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
     """`{key: (recorded value, value of config)}` for each key where they differ (a key only
     one of them has: `'<absent>'` for the other). A key the record lacks, added by a later
     version, stands at its default there: `base_config`'s, None for a model option."""
-    from vit_jax.config import base_config
+    from vit_jax.config import base_config  # here: vit_jax.config imports vit_jax.train
 
     defaults = flat_config(base_config())
     current = flat_config(config)
