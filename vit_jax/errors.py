@@ -27,3 +27,7 @@ class WorkdirError(VitJaxError, RuntimeError):
 
 class PlanError(VitJaxError, ValueError):
     """A TPU topology that cannot be planned for, or the TPU compiler missing."""
+
+
+class StorageError(VitJaxError, RuntimeError):
+    """A file or object-store location that cannot be reached, read or written."""

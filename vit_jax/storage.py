@@ -1,0 +1,177 @@
+"""Where files live: a local folder or an object store (`gs://`, `s3://`), behind one path type.
+
+    path = storage.path('gs://bucket/run')       # an `etils.epath.Path`; local paths made absolute
+    storage.write_atomic(path / 'config.json', text)
+
+Every module that reads or writes a file of a run, a dataset or weights goes through `path`,
+so a URL is never made absolute, and an unknown scheme is one line. Object stores are reached
+through fsspec (gcsfs, s3fs) for files and tensorstore for orbax's arrays and for the
+conditional writes a lock needs (`read_versioned`, `write_if`).
+
+Emulators: `STORAGE_EMULATOR_HOST=http://host:port` (what Google's own clients read) is all it
+takes to point every layer at a GCS emulator; importing this module sets the variables each
+other layer reads (tensorstore's `TENSORSTORE_GCS_HTTP_URL`, array_record's
+`CLOUD_STORAGE_EMULATOR_ENDPOINT`) from it. `AWS_ENDPOINT_URL` does the same for S3. etils.epath
+is told to use fsspec (`EPATH_USE_TF=false`): TensorFlow's gfile ignores emulators.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from typing import Any
+
+from etils import epath
+
+from vit_jax.errors import StorageError
+
+SCHEMES = ('gs', 's3')
+
+
+def configure_environment(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Sets the variables each storage layer reads from the two a user sets
+    (`STORAGE_EMULATOR_HOST`, `AWS_ENDPOINT_URL`); a variable already set is kept."""
+    environ.setdefault('EPATH_USE_TF', 'false')
+    gcs = environ.get('STORAGE_EMULATOR_HOST')
+    if gcs:
+        if '://' not in gcs:
+            gcs = f'http://{gcs}'
+        environ.setdefault('TENSORSTORE_GCS_HTTP_URL', gcs)
+        environ.setdefault('CLOUD_STORAGE_EMULATOR_ENDPOINT', gcs)
+        # gcsfs otherwise probes each bucket over gRPC for a minute
+        environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
+
+
+configure_environment()
+
+
+def scheme(location: str | os.PathLike) -> str | None:
+    """`'gs'`, `'s3'`, `'http'`, ... of a URL, or None for a local path."""
+    text = os.fspath(location)
+    head, sep, _ = text.partition('://')
+    return head.lower() if sep and head.isalnum() else None
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether `location` is a URL (an object store or a web address), not a local path."""
+    return scheme(location) is not None
+
+
+def path(location: str | os.PathLike) -> epath.Path:
+    """`location` as a path: a `gs://` or `s3://` URL as it is, a local path made absolute
+    (`~` expanded); any other scheme is a one-line `StorageError`."""
+    kind = scheme(location)
+    if kind is None:
+        return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(location))))
+    if kind not in SCHEMES:
+        raise StorageError(f'{os.fspath(location)}: unknown scheme {kind}://; use a local path, '
+                           f'gs://bucket/... or s3://bucket/...')
+    return epath.Path(os.fspath(location))
+
+
+def write_atomic(target: epath.Path, data: str | bytes) -> None:
+    """Writes `data` to `target` so that readers see the old file or the whole new one: through
+    a temporary file on local disk; one upload (atomic by itself) in an object store."""
+    payload = data.encode() if isinstance(data, str) else data
+    if is_remote(target):
+        target.write_bytes(payload)
+        return
+    fd, tmp = tempfile.mkstemp(prefix='.partial-', dir=os.fspath(target.parent))
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(payload)
+        os.replace(tmp, os.fspath(target))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def append_line(target: epath.Path, line: str) -> None:
+    """Appends `line` and a newline to `target`. On local disk one `write` of the line; an
+    object cannot be appended to, so there the object is rewritten whole (one upload)."""
+    if is_remote(target):
+        old = target.read_bytes() if target.exists() else b''
+        target.write_bytes(old + line.encode() + b'\n')
+        return
+    with open(os.fspath(target), 'a') as f:
+        f.write(line + '\n')
+
+
+# ------------------------------------------------------------ conditional writes (for a lock)
+
+
+def _kvstore_spec(target: epath.Path) -> tuple[dict[str, Any], str]:
+    """`(tensorstore kvstore spec of target's folder, key)`."""
+    text = os.fspath(target)
+    kind = scheme(text)
+    if kind is None:
+        return {'driver': 'file', 'path': os.path.dirname(text) + '/'}, os.path.basename(text)
+    bucket, _, key = text.split('://', 1)[1].partition('/')
+    return {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}, key
+
+
+def _kvstore(target: epath.Path) -> tuple[Any, str]:
+    import tensorstore as ts
+
+    spec, key = _kvstore_spec(target)
+    return ts.KvStore.open(spec).result(), key
+
+
+def read_versioned(target: epath.Path) -> tuple[bytes | None, bytes]:
+    """`(contents or None when absent, generation)` of `target`; the generation names this
+    version of it (or its absence) for `write_if`."""
+    store, key = _kvstore(target)
+    result = store.read(key).result()
+    return (result.value if result.state == 'value' else None), result.stamp.generation
+
+
+def write_if(target: epath.Path, data: bytes | None, generation: bytes) -> bytes | None:
+    """Writes `data` to `target` (deletes it when None) only if it is still at `generation`
+    (from `read_versioned`; the generation of its absence makes this a create): the new
+    generation, or None when another writer changed it first. Atomic in the store itself
+    (GCS `ifGenerationMatch`, S3 conditional writes, a lock file on local disk)."""
+    store, key = _kvstore(target)
+    written = store.write(key, data, if_equal=generation).result().generation
+    return written or None
+
+
+# ----------------------------------------------------------------------------------- errors
+
+_HINTS = {
+    errno.ENOSPC: 'free some space',
+    errno.EDQUOT: 'free some of your quota',
+    errno.EROFS: 'use a writable location',
+    errno.EACCES: 'fix the permissions or use another location',
+    errno.EPERM: 'fix the permissions or use another location',
+}
+
+
+def describe(error: BaseException) -> tuple[str, str]:
+    """`(cause, what to do)` of a failed file or object-store operation, in words."""
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
+    name = type(error).__name__
+    lowered = f'{name} {text}'.lower()
+    if isinstance(error, OSError) and error.errno in _HINTS:
+        return error.strerror or text or name, _HINTS[error.errno]
+    if 'credential' in lowered or 'refresherror' in lowered or 'nocredentials' in lowered:
+        return 'no credentials for the store', (
+            'log in (gcloud auth application-default login, or AWS credentials in the '
+            'environment), or set STORAGE_EMULATOR_HOST / AWS_ENDPOINT_URL for an emulator')
+    if 'nosuchbucket' in lowered or 'bucket does not exist' in lowered or (
+            'bucket' in lowered and ('not found' in lowered or '404' in lowered)):
+        return 'no such bucket', 'create the bucket or fix its name'
+    if isinstance(error, PermissionError) or '403' in lowered or 'forbidden' in lowered or \
+            'permission' in lowered or 'accessdenied' in lowered:
+        return 'permission denied', 'grant this account access to the bucket, or use another'
+    if '429' in lowered or 'quota' in lowered or 'slowdown' in lowered:
+        return 'the store refused for quota or rate', 'wait, or raise the quota'
+    if isinstance(error, (ConnectionError, TimeoutError)) or any(
+            word in lowered for word in ('connect', 'timed out', 'timeout', 'unavailable',
+                                         'network', 'name resolution')):
+        return f'the store is unreachable ({text or name})', \
+            'check the network (or the emulator), then run the same command again'
+    if isinstance(error, FileNotFoundError):
+        return 'no such file', 'check the path'
+    return f'{name}: {text}' if text else name, 'check the location and its permissions'
