@@ -190,7 +190,7 @@ class LeaseLock:
         """The renewal thread: renews every third of a lease, retries a failed renewal every
         tenth, until released or lost."""
         wait = self.lease_seconds / 3
-        while not self._stop.wait(wait):
+        while not self._stop.wait(wait) and self._lost is None:
             wait = self.lease_seconds / 10
             try:
                 if not self._write(self._generation, self._valid_until - time.monotonic()):

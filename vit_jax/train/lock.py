@@ -113,7 +113,8 @@ def _on_process_0(step: Callable[[], None], elsewhere: str) -> None:
 
 
 class WorkdirLock:
-    """Holds `workdir/lock` from `__enter__` to `__exit__` (see the module docstring)."""
+    """Holds `workdir/lock` from `__enter__` to `__exit__` (see the module docstring); in an
+    object store, as a lease of `lease_seconds`."""
 
     def __init__(self, workdir: str, *, lease_seconds: float = LEASE_SECONDS):
         self.path = os.path.join(workdir, 'lock')
