@@ -115,11 +115,27 @@ def _kvstore_spec(target: epath.Path) -> tuple[dict[str, Any], str]:
     return spec, key
 
 
+# A few quick retries: a store that is down shows as its cause within seconds, not as a wait
+# of minutes (tensorstore's default: 32 retries up to 32 s apart); the lock retries on its own.
+_RETRIES = {'max_retries': 5, 'initial_delay': '100ms', 'max_delay': '2s'}
+
+
+def _wait(future: Any, timeout: float | None) -> Any:
+    """The result of a tensorstore future, or a `TimeoutError` saying how long it waited (and
+    the operation cancelled: tensorstore retries no more, a request already sent may land)."""
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError:
+        future.cancel()
+        raise TimeoutError(f'no answer in {round(timeout or 0, 2):g} s') from None
+
+
 def _kvstore(target: epath.Path, timeout: float | None) -> tuple[Any, str]:
     import tensorstore as ts
 
     spec, key = _kvstore_spec(target)
-    return ts.KvStore.open(spec).result(timeout=timeout), key
+    retries = {f'{spec["driver"]}_request_retries': _RETRIES} if spec['driver'] != 'file' else {}
+    return _wait(ts.KvStore.open(spec, context=ts.Context(retries)), timeout), key
 
 
 def read_versioned(target: epath.Path, *, timeout: float | None = None
@@ -127,7 +143,7 @@ def read_versioned(target: epath.Path, *, timeout: float | None = None
     """`(contents or None when absent, generation)` of `target`; the generation names this
     version of it (or its absence) for `write_if`. A `TimeoutError` after `timeout` seconds."""
     store, key = _kvstore(target, timeout)
-    result = store.read(key).result(timeout=timeout)
+    result = _wait(store.read(key), timeout)
     return (result.value if result.state == 'value' else None), result.stamp.generation
 
 
@@ -140,7 +156,7 @@ def write_if(target: epath.Path, data: bytes | None, generation: bytes, *,
     except a delete on S3: tensorstore checks the generation, then deletes. A `TimeoutError`
     after `timeout` seconds, when the write may still happen."""
     store, key = _kvstore(target, timeout)
-    written = store.write(key, data, if_equal=generation).result(timeout=timeout).generation
+    written = _wait(store.write(key, data, if_equal=generation), timeout).generation
     return written or None
 
 

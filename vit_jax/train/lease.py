@@ -129,8 +129,8 @@ class LeaseLock:
         """Raises a `WorkdirError` when the lock is no longer this run's: taken over by another
         launch, deleted, or not renewed for a lease. Call it before each save."""
         if self._lost is None:
-            try:
-                data, _ = self._read(min(REQUEST_SECONDS, self.lease_seconds))
+            try:  # a short wait: a store that does not answer fails the save by itself
+                data, _ = self._read(min(REQUEST_SECONDS, self.lease_seconds / 10))
             except (OSError, ValueError) as e:  # ours until the lease runs out
                 self._failure = self._failure or e
             else:
