@@ -39,6 +39,8 @@ def configure_environment(environ: dict[str, str] | os._Environ = os.environ) ->
             gcs = f'http://{gcs}'
         environ.setdefault('TENSORSTORE_GCS_HTTP_URL', gcs)
         environ.setdefault('CLOUD_STORAGE_EMULATOR_ENDPOINT', gcs)
+        # tensorstore takes this token instead of looking for Google credentials
+        environ.setdefault('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')
         # gcsfs otherwise probes each bucket over gRPC for a minute
         environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
