@@ -111,31 +111,38 @@ def _kvstore_spec(target: epath.Path) -> tuple[dict[str, Any], str]:
     if kind is None:
         return {'driver': 'file', 'path': os.path.dirname(text) + '/'}, os.path.basename(text)
     bucket, _, key = text.split('://', 1)[1].partition('/')
-    return {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}, key
+    spec = {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}
+    if kind == 's3' and os.environ.get('AWS_ENDPOINT_URL'):  # tensorstore does not read it
+        spec['endpoint'] = os.environ['AWS_ENDPOINT_URL']
+    return spec, key
 
 
-def _kvstore(target: epath.Path) -> tuple[Any, str]:
+def _kvstore(target: epath.Path, timeout: float | None) -> tuple[Any, str]:
     import tensorstore as ts
 
     spec, key = _kvstore_spec(target)
-    return ts.KvStore.open(spec).result(), key
+    return ts.KvStore.open(spec).result(timeout=timeout), key
 
 
-def read_versioned(target: epath.Path) -> tuple[bytes | None, bytes]:
+def read_versioned(target: epath.Path, *, timeout: float | None = None
+                   ) -> tuple[bytes | None, bytes]:
     """`(contents or None when absent, generation)` of `target`; the generation names this
-    version of it (or its absence) for `write_if`."""
-    store, key = _kvstore(target)
-    result = store.read(key).result()
+    version of it (or its absence) for `write_if`. A `TimeoutError` after `timeout` seconds."""
+    store, key = _kvstore(target, timeout)
+    result = store.read(key).result(timeout=timeout)
     return (result.value if result.state == 'value' else None), result.stamp.generation
 
 
-def write_if(target: epath.Path, data: bytes | None, generation: bytes) -> bytes | None:
+def write_if(target: epath.Path, data: bytes | None, generation: bytes, *,
+             timeout: float | None = None) -> bytes | None:
     """Writes `data` to `target` (deletes it when None) only if it is still at `generation`
     (from `read_versioned`; the generation of its absence makes this a create): the new
     generation, or None when another writer changed it first. Atomic in the store itself
-    (GCS `ifGenerationMatch`, S3 conditional writes, a lock file on local disk)."""
-    store, key = _kvstore(target)
-    written = store.write(key, data, if_equal=generation).result().generation
+    (GCS `ifGenerationMatch`, S3 `If-Match`/`If-None-Match`, a lock file on local disk),
+    except a delete on S3: tensorstore checks the generation, then deletes. A `TimeoutError`
+    after `timeout` seconds, when the write may still happen."""
+    store, key = _kvstore(target, timeout)
+    written = store.write(key, data, if_equal=generation).result(timeout=timeout).generation
     return written or None
 
 
