@@ -39,6 +39,8 @@ def configure_environment(environ: dict[str, str] | os._Environ = os.environ) ->
             gcs = f'http://{gcs}'
         environ.setdefault('TENSORSTORE_GCS_HTTP_URL', gcs)
         environ.setdefault('CLOUD_STORAGE_EMULATOR_ENDPOINT', gcs)
+        # tensorstore takes this token instead of looking for Google credentials
+        environ.setdefault('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')
         # gcsfs otherwise probes each bucket over gRPC for a minute
         environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
@@ -165,19 +167,20 @@ def write_if(target: epath.Path, data: bytes | None, generation: bytes, *,
 _HINTS = {
     errno.ENOSPC: 'free some space',
     errno.EDQUOT: 'free some of your quota',
-    errno.EROFS: 'use a writable location',
-    errno.EACCES: 'fix the permissions or use another location',
-    errno.EPERM: 'fix the permissions or use another location',
+    errno.EROFS: 'use a writable {what}',
+    errno.EACCES: 'use a {what} this user may write to',
+    errno.EPERM: 'use a {what} this user may write to',
 }
 
 
-def describe(error: BaseException) -> tuple[str, str]:
-    """`(cause, what to do)` of a failed file or object-store operation, in words."""
+def describe(error: BaseException, what: str = 'location') -> tuple[str, str]:
+    """`(cause, what to do)` of a failed file or object-store operation, in words; `what`
+    names the location in the advice (e.g. `--workdir`)."""
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
     name = type(error).__name__
     lowered = f'{name} {text}'.lower()
     if isinstance(error, OSError) and error.errno in _HINTS:
-        return error.strerror or text or name, _HINTS[error.errno]
+        return error.strerror or text or name, _HINTS[error.errno].format(what=what)
     if 'credential' in lowered or 'refresherror' in lowered or 'nocredentials' in lowered:
         return 'no credentials for the store', (
             'log in (gcloud auth application-default login, or AWS credentials in the '
@@ -187,7 +190,8 @@ def describe(error: BaseException) -> tuple[str, str]:
         return 'no such bucket', 'create the bucket or fix its name'
     if isinstance(error, PermissionError) or '403' in lowered or 'forbidden' in lowered or \
             'permission' in lowered or 'accessdenied' in lowered:
-        return 'permission denied', 'grant this account access to the bucket, or use another'
+        return 'permission denied', (f'grant this account access, or use a {what} this user '
+                                     f'may write to')
     if '429' in lowered or 'quota' in lowered or 'slowdown' in lowered:
         return 'the store refused for quota or rate', 'wait, or raise the quota'
     if isinstance(error, (ConnectionError, TimeoutError)) or any(
@@ -197,4 +201,4 @@ def describe(error: BaseException) -> tuple[str, str]:
             'check the network (or the emulator), then run the same command again'
     if isinstance(error, FileNotFoundError):
         return 'no such file', 'check the path'
-    return f'{name}: {text}' if text else name, 'check the location and its permissions'
+    return f'{name}: {text}' if text else name, f'use a {what} this user may write to'
