@@ -146,11 +146,10 @@ def test_orbax_s3(s3_env):
 
 
 @pytest.mark.parametrize('store', ['gcs_env', 's3_env'])
-def test_epath(store, request, monkeypatch):
+def test_epath(store, request):
     """The file operations the trainer does on a workdir, through etils.epath and fsspec."""
     from etils import epath
 
-    monkeypatch.setenv('EPATH_USE_TF', 'false')
     root = epath.Path(request.getfixturevalue(store).bucket()) / 'workdir'
     root.mkdir(parents=True, exist_ok=True)
     (root / 'a.txt').write_text('alpha')
@@ -185,6 +184,25 @@ def test_tensorboardx_gcs(gcs_env):
     subprocess.run([sys.executable, '-c', script, logdir], check=True, timeout=120)
     [events] = epath.Path(logdir).iterdir()
     assert events.name.startswith('events.out.tfevents.') and events.stat().length > 100
+
+
+@pytest.mark.slow
+def test_tfds_gcs(gcs_env, digits_data_dir):
+    """A tfds dataset in gs://: its metadata read through etils.epath (EPATH_USE_TF=false), its
+    ArrayRecord files through array_record's own GCS client (CLOUD_STORAGE_EMULATOR_ENDPOINT)."""
+    import fsspec
+    import tensorflow_datasets as tfds
+
+    from vit_jax.data import digits
+
+    local = digits.prepare(digits_data_dir)
+    remote = f'{gcs_env.bucket()}/tfds/{digits.NAME}/{digits.VERSION}'
+    fsspec.filesystem('gs').put(local.data_dir, remote, recursive=True)
+    builder = tfds.builder_from_directory(remote)
+    assert builder.info.splits['test'].num_examples == digits.NUM_TEST
+    test = builder.as_data_source('test')
+    assert len(test) == digits.NUM_TEST
+    assert test[0]['label'] == local.as_data_source('test')[0]['label']
 
 
 def test_gcs_restart_keeps_objects(gcs_env):
