@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 
-from vit_jax.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -64,6 +63,8 @@ def final_params(config, workdir):
     template = step.create_train_state(model, optim.create_optimizer(config)[0],
                                        jax.random.PRNGKey(0), (1, 8, 8, 3),
                                        ema=config.ema_decay > 0)
+    from vit_jax.workdir import Workdir
+
     ckpt = Workdir(workdir).checkpointer(every=0, keep=10)
     state, _ = ckpt.restore(template, config.model_name)
     ckpt.close()

@@ -310,7 +310,7 @@ def test_a_store_down_at_launch_is_one_line(workdir, outage):
 def test_the_local_lock_checks_its_file(tmp_path):
     # On local disk: the lock file removed, or replaced by another, under a live run.
     for replace in (False, True):
-        with WorkdirLock(str(tmp_path)) as lock:
+        with WorkdirLock(tmp_path / 'lock') as lock:
             lock.check()
             os.remove(tmp_path / 'lock')
             if replace:
@@ -325,11 +325,11 @@ def test_the_local_lock_checks_its_file(tmp_path):
 @pytest.mark.parametrize('store', ['gcs', 's3'])
 def test_the_workdir_lock_in_a_bucket_is_a_lease(workdir):
     host = socket.gethostname()
-    with WorkdirLock(str(workdir), lease_seconds=LEASE) as lock:
+    with WorkdirLock(workdir / 'lock', lease_seconds=LEASE) as lock:
         held = record(workdir / 'lock')
         assert {key: held[key] for key in lock.holder} == lock.holder  # host, pid, started
         with pytest.raises(WorkdirError, match=(
                 rf'^{re.escape(str(workdir))} is in use by process {os.getpid()} on {host} ')):
-            WorkdirLock(str(workdir), lease_seconds=LEASE).__enter__()
+            WorkdirLock(workdir / 'lock', lease_seconds=LEASE).__enter__()
         lock.check()
     assert record(workdir / 'lock') is None

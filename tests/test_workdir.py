@@ -248,7 +248,7 @@ def test_a_second_launch_is_refused_and_a_dead_holder_is_taken_over(tmp_path, ca
 def race_for_the_lock(workdir, launches):
     """`launches` locks of `workdir` taken at once, each from its own thread and open file:
     those that got it, and the errors of the others."""
-    locks = [lock.WorkdirLock(str(workdir)) for _ in range(launches)]
+    locks = [lock.WorkdirLock(workdir / 'lock') for _ in range(launches)]
     start = threading.Barrier(launches)
     won, refused = [], []
 

@@ -129,14 +129,15 @@ class Workdir:
 
     def lock(self) -> WorkdirLock:
         """The lock one run holds while it trains here."""
-        return WorkdirLock(str(self))
+        return WorkdirLock(self.file('lock'))
 
-    def checkpointer(self, *, every: int = 0, keep: int = 1,
-                     read_only: bool = False) -> Checkpointer:
+    def checkpointer(self, *, every: int = 0, keep: int = 1, read_only: bool = False,
+                     lock: WorkdirLock | None = None) -> Checkpointer:
         """The run's checkpoints (`checkpoints/<step>`), saved every `every` steps, the newest
-        `keep` kept; `read_only` for readers of the run."""
+        `keep` kept, each save only while `lock` is still this run's; `read_only` for readers
+        of the run."""
         return Checkpointer(self.file('checkpoints'), every=every, keep=keep,
-                            read_only=read_only)
+                            read_only=read_only, guard=lock.check if lock else None)
 
     # ----------------------------------------------------------------------------- logs
 

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -144,12 +145,14 @@ class Checkpointer:
     """Saves in `directory` every `every` steps (and when forced), keeps the newest `keep`,
     restores the newest readable one. `read_only` (for readers of a run, e.g.
     `vit_jax.workdir`) creates, cleans up and moves nothing: an unreadable checkpoint is skipped
-    where it lies."""
+    where it lies. `guard()`, called before each save, raises when the run may no longer write
+    (e.g. the workdir's lock was taken over)."""
 
     def __init__(self, directory: epath.Path, *, every: int, keep: int,
-                 read_only: bool = False):
+                 read_only: bool = False, guard: Callable[[], None] | None = None):
         self.directory = directory
         self.every = every
+        self._guard = guard
         self.read_only = read_only
         self._manager = _CheckpointManager(
             self.directory,
@@ -181,6 +184,8 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
+        if self._guard is not None:
+            self._guard()
         items = serialization.to_state_dict(state)
         if not items['ema']:
             del items['ema']

@@ -1,6 +1,6 @@
 """One run per workdir: `workdir/lock` names the run training there (host, pid, start time).
 
-    with WorkdirLock(workdir) as lock:
+    with WorkdirLock(workdir / 'lock') as lock:   # `vit_jax.workdir.Workdir.lock()`
         ...  # train
         lock.check()  # before each save: a WorkdirError once the lock is no longer this run's
 
@@ -113,17 +113,17 @@ def _on_process_0(step: Callable[[], None], elsewhere: str) -> None:
 
 
 class WorkdirLock:
-    """Holds `workdir/lock` from `__enter__` to `__exit__` (see the module docstring); in an
-    object store, as a lease of `lease_seconds`."""
+    """Holds the lock file `path` (a workdir's `lock`) from `__enter__` to `__exit__` (see the
+    module docstring); in an object store, as a lease of `lease_seconds`."""
 
-    def __init__(self, workdir: str, *, lease_seconds: float = LEASE_SECONDS):
-        self.path = os.path.join(workdir, 'lock')
+    def __init__(self, path: str | os.PathLike, *, lease_seconds: float = LEASE_SECONDS):
+        self.path = os.fspath(path)
         self.holder = {'host': socket.gethostname(), 'pid': os.getpid(),
                        'started': datetime.datetime.now().astimezone().isoformat(
                            timespec='seconds')}
         self._fd: int | None = None
         self._lease = (LeaseLock(storage.path(self.path), self.holder, lease_seconds=lease_seconds)
-                       if storage.is_remote(workdir) else None)
+                       if storage.is_remote(self.path) else None)
 
     def __enter__(self) -> WorkdirLock:
         _on_process_0(self._acquire, f'process 0 could not take {self.path}; see its error')

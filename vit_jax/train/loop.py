@@ -24,6 +24,7 @@ from vit_jax.data.arrays import Datasets
 from vit_jax.errors import ConfigError, TrainingError
 from vit_jax.train import distill, fewshot, sharding
 from vit_jax.train.checkpoint import Checkpointer
+from vit_jax.train.lock import WorkdirLock
 from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.preemption import PreemptionWatch
 from vit_jax.train.setup import Setup, make_mesh, setup, with_teacher
@@ -152,13 +153,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     run_dir.check_writable()
     diff = run_dir.check_config(config)
     try:
-        with run_dir.lock():
-            return _train(config, run_dir, datasets, diff)
+        with run_dir.lock() as lock:
+            return _train(config, run_dir, lock, datasets, diff)
     except OSError as e:  # a write to the workdir failed: disk full, permissions
         raise run_dir.error(e, f'cannot write {e.filename or run_dir}') from None
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Workdir,
+def _train(config: ml_collections.ConfigDict, workdir: Workdir, lock: WorkdirLock,
            datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
            diff: dict[str, tuple[Any, Any]]) -> dict[str, float]:
     """`train` once the workdir is checked and locked."""
@@ -170,7 +171,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Workdir,
     progress = Progress(config.total_steps, config.batch,
                         stream=None if is_main else open(os.devnull, 'w'))
     checkpointer = workdir.checkpointer(every=config.checkpoint_every,
-                                        keep=config.keep_checkpoints)
+                                        keep=config.keep_checkpoints, lock=lock)
     state, examples_seen, note = restore_or_init(config, run, checkpointer)
     if run.distillation:  # the frozen teacher, read from its weights file (also on resume)
         run = with_teacher(run, distill.load_teacher(config, run.distillation.teacher,

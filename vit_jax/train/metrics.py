@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any, TextIO
 
@@ -21,8 +22,10 @@ class MetricWriter:
     On local disk each line is appended at once. An object in a bucket cannot be appended to:
     there the lines are kept and the whole object rewritten at `flush` (the loop flushes before
     each checkpoint save, so a resumed run finds every line up to its checkpoint) and at most
-    every `flush_seconds` between. A writer not `enabled` (processes other than the first)
-    writes nothing.
+    every `flush_seconds` between. TensorBoard's event files for a bucket are written to a
+    local folder and uploaded at the same moments, through `vit_jax.storage` (tensorboardX's own
+    cloud writers keep uploading at exit, also after the writer was closed). A writer not
+    `enabled` (processes other than the first) writes nothing.
     """
 
     def __init__(self, path: epath.Path, tensorboard: epath.Path | None, *,
@@ -35,13 +38,17 @@ class MetricWriter:
         self._flush_seconds = flush_seconds
         self._flushed = time.monotonic()
         self._tb = None
+        self._tb_local: tempfile.TemporaryDirectory | None = None
         if tensorboard is None or not enabled:
             return
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
             return
-        self._tb = SummaryWriter(os.fspath(tensorboard))
+        if storage.is_remote(tensorboard):
+            self._tb_local = tempfile.TemporaryDirectory(prefix='vit_jax-tensorboard-')
+        self._tb = SummaryWriter(self._tb_local.name if self._tb_local else
+                                 os.fspath(tensorboard))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self._enabled:
@@ -70,15 +77,22 @@ class MetricWriter:
         storage.write_atomic(self.path, ''.join(f'{line}\n' for line in kept))
 
     def flush(self) -> None:
-        """Writes the lines kept for an object store (nothing to do on local disk)."""
+        """Writes the lines and TensorBoard events kept for an object store (nothing to do on
+        local disk)."""
         if self._enabled and self._remote:
             storage.write_atomic(self.path, ''.join(f'{line}\n' for line in self._lines))
             self._flushed = time.monotonic()
+        if self._tb_local is not None:
+            for name in os.listdir(self._tb_local.name):
+                with open(os.path.join(self._tb_local.name, name), 'rb') as f:
+                    storage.write_atomic(self.tensorboard / name, f.read())
 
     def close(self) -> None:
-        self.flush()
         if self._tb is not None:
             self._tb.close()
+        self.flush()
+        if self._tb_local is not None:
+            self._tb_local.cleanup()
 
 
 def parse_metrics(text: str) -> list[dict[str, Any]]:
