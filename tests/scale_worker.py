@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
