@@ -182,8 +182,6 @@ def _copy(url: str, out: IO[bytes], target: str, problem: str) -> tuple[int, str
                 size += len(chunk)
         if length is not None and size != length:
             raise ConnectionError(f'the connection closed after {size:,} of {length:,} bytes')
-    except StorageError:
-        raise
     except Exception as e:  # noqa: BLE001 -- every way a source fails is told in one line
         if isinstance(e, OSError) and e.errno in CACHE_ERRNOS:
             raise
@@ -199,7 +197,7 @@ def _copy(url: str, out: IO[bytes], target: str, problem: str) -> tuple[int, str
 def _open(url: str) -> Iterator[tuple[IO[bytes], int | None]]:
     """`(stream, length or None)` of the bytes at `url`."""
     kind = storage.scheme(url)
-    if kind in storage.SCHEMES and (kind != 'gs' or importlib.util.find_spec('gcsfs')):
+    if kind in storage.SCHEMES and (kind != 'gs' or gcsfs_installed()):
         with storage.path(url).open('rb') as f:
             yield f, None
         return
@@ -211,6 +209,11 @@ def _open(url: str) -> Iterator[tuple[IO[bytes], int | None]]:
             raise _WebPage()
         length = response.headers.get('Content-Length')
         yield response, int(length) if length else None
+
+
+def gcsfs_installed() -> bool:
+    """Whether gs:// can be read through the storage layer (else: the public HTTPS endpoint)."""
+    return importlib.util.find_spec('gcsfs') is not None
 
 
 class _WebPage(Exception):
