@@ -195,11 +195,12 @@ def fetch(entry: Published) -> str:
 
 def resolve(source: str | os.PathLike) -> str:
     """The local path `source` stands for: a local path as it is; a URL (`gs://`, `s3://`,
-    `http(s)://`) or a published name fetched into the cache. A name close to published ones is
+    `http(s)://`; an object in a store checked for changes on each use) or a published name
+    fetched into the cache. A name close to published ones is
     a one-line `ModelError`; anything else is returned for the reader to find missing."""
     text = os.fspath(source)
     if storage.is_remote(text):
-        return download.fetch(text)
+        return download.fetch(text, check_source=True)
     if os.path.exists(text):
         return text
     entry = _lookup(text)

@@ -4,10 +4,11 @@
 
 The cache is `$VIT_JAX_CACHE` (default `~/.cache/vit_jax`). A URL's file lives at
 `weights/<16 hex digits of the URL's sha256>/<file name>`, with `<file name>.json` beside it
-recording the URL and the size and sha256 of the bytes downloaded. Every use checks both, with no
-network request, so a warm cache works offline. A file that no longer matches its record (a
-flipped byte, cut short) is downloaded again, with a warning. A file put there by hand (on a
-machine without network access) is adopted: its size and sha256 are recorded on first use.
+recording the URL and the size and sha256 of the bytes downloaded (and the version of an object
+in a store, see `fetch`). Every use checks both, with no network request, so a warm cache works
+offline. A file that no longer matches its record (a flipped byte, cut short) is downloaded
+again, with a warning. A file put there by hand (on a machine without network access) is
+adopted: its size and sha256 are recorded on first use.
 
 A download streams into a temporary file in the same folder, is checked (its length against
 `Content-Length`, its sha256 against a pinned one) and then renamed into place, so no half file
@@ -38,6 +39,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import IO
 
+import fsspec
+
 from vit_jax import storage
 from vit_jax.errors import StorageError
 from vit_jax.version import __version__
@@ -65,10 +68,16 @@ def cache_path(url: str, filename: str | None = None) -> str:
     return os.path.join(cache_dir(), 'weights', key, name.replace(os.sep, '_') or 'weights')
 
 
-def fetch(url: str, *, sha256: str | None = None, filename: str | None = None) -> str:
+def fetch(url: str, *, sha256: str | None = None, filename: str | None = None,
+          check_source: bool = False) -> str:
     """The local copy of `url` in the cache (downloaded on first use, or when the copy no longer
-    matches its record or the pinned `sha256`); a one-line `StorageError` when it cannot be
-    had."""
+    matches its record or the pinned `sha256`); a one-line `StorageError` when it cannot be had.
+
+    `check_source=True` also asks a `gs://` or `s3://` store for the object's version (size and
+    generation or ETag: one metadata request) and downloads it again when it changed; when the
+    store cannot be reached, the cached copy is used, with a warning. Published files never
+    change, so their names skip this; a run's `weights.npz` in a bucket may.
+    """
     kind = storage.scheme(url)
     if kind not in HTTP_SCHEMES + storage.SCHEMES:
         raise StorageError(f'{url}: unknown scheme {kind}://; weights come from a local path, a '
@@ -76,16 +85,17 @@ def fetch(url: str, *, sha256: str | None = None, filename: str | None = None) -
                            f'http:// or https://')
     target = cache_path(url, filename)
     try:
-        if _problem(target, url, sha256) is None:
+        version = _version(url, target) if check_source else None
+        if _problem(target, url, sha256, version) is None:
             return target
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with _lock(target, url):
-            problem = _problem(target, url, sha256)  # another process may have fetched it
+            problem = _problem(target, url, sha256, version)  # another process may have it
             if problem is None:
                 return target
             if problem != ABSENT:
                 log.warning('%s: %s; downloading it again from %s', target, problem, url)
-            _download(url, target, sha256, problem)
+            _download(url, target, sha256, version, problem)
     except OSError as e:
         if e.errno not in CACHE_ERRNOS:
             raise
@@ -98,12 +108,15 @@ def fetch(url: str, *, sha256: str | None = None, filename: str | None = None) -
 # ----------------------------------------------------------------------------- the cache
 
 
-def _problem(target: str, url: str, pinned: str | None) -> str | None:
+def _problem(target: str, url: str, pinned: str | None, version: str | None) -> str | None:
     """What is wrong with the cached `target` (`ABSENT` when there is none), or None when it
-    matches its record and `pinned`. A file without a record is adopted."""
+    matches its record, `pinned` and the source's `version` (when known). A file without a
+    record is adopted."""
     if not os.path.isfile(target):
         return ABSENT
     size, record = os.path.getsize(target), _read_record(target)
+    if record is not None and version and record.get('version') != version:
+        return f'the source changed since it was downloaded (version {version})'
     if record is not None and size != record.get('size'):
         return f'its size is {size:,} bytes, {record.get("size"):,} when downloaded'
     digest = _sha256(target)
@@ -112,7 +125,7 @@ def _problem(target: str, url: str, pinned: str | None) -> str | None:
     if pinned and digest != pinned:
         return f'its sha256 {digest} is not the published {pinned}'
     if record is None:  # put there by hand
-        _write_record(target, url, size, digest)
+        _write_record(target, url, size, digest, version)
     return None
 
 
@@ -132,9 +145,10 @@ def _read_record(target: str) -> dict | None:
         return None
 
 
-def _write_record(target: str, url: str, size: int, digest: str) -> None:
-    record = json.dumps({'url': url, 'size': size, 'sha256': digest}, indent=1)
-    storage.write_atomic(storage.path(target + '.json'), record)
+def _write_record(target: str, url: str, size: int, digest: str, version: str | None) -> None:
+    record = {'url': url, 'size': size, 'sha256': digest}
+    storage.write_atomic(storage.path(target + '.json'),
+                         json.dumps({**record, 'version': version} if version else record))
 
 
 @contextlib.contextmanager
@@ -152,7 +166,8 @@ def _lock(target: str, url: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- downloading
 
 
-def _download(url: str, target: str, pinned: str | None, problem: str) -> None:
+def _download(url: str, target: str, pinned: str | None, version: str | None,
+              problem: str) -> None:
     """Downloads `url` to `target` through a temporary file, checked before it is renamed."""
     fd, tmp = tempfile.mkstemp(prefix='.partial-', dir=os.path.dirname(target))
     try:
@@ -162,7 +177,7 @@ def _download(url: str, target: str, pinned: str | None, problem: str) -> None:
             raise StorageError(f'{url}: the download has sha256 {digest}, not the published '
                                f'{pinned}; it was not kept (the file at the source changed, or '
                                f'the download was altered)')
-        _write_record(target, url, size, digest)
+        _write_record(target, url, size, digest, version)
         os.chmod(tmp, 0o644)  # mkstemp's 0o600 would keep the file from other users
         os.replace(tmp, target)
     finally:
@@ -193,15 +208,38 @@ def _copy(url: str, out: IO[bytes], target: str, problem: str) -> tuple[int, str
     return size, digest.hexdigest()
 
 
+def _version(url: str, target: str) -> str | None:
+    """`'<size>:<generation or ETag>'` of the object at `url` in a store, or None: not read
+    through a store (http, public gs:// without gcsfs), or the store cannot be reached (a
+    warning when a copy is cached; else the download tells why)."""
+    if not _through_storage(url):
+        return None
+    try:
+        filesystem, key = fsspec.core.url_to_fs(url)
+        filesystem.invalidate_cache(key)
+        info = filesystem.info(key)
+    except Exception as e:  # noqa: BLE001 -- told in the warning, or by the download
+        if os.path.isfile(target):
+            log.warning('cannot ask %s for its version (%s); using the copy cached at %s', url,
+                        _describe(e)[0], target)
+        return None
+    return f'{info.get("size")}:{info.get("generation") or info.get("ETag") or info.get("mtime")}'
+
+
+def _through_storage(url: str) -> bool:
+    """Whether `url` is read through the storage layer (gs://, s3://)."""
+    kind = storage.scheme(url)
+    return kind in storage.SCHEMES and (kind != 'gs' or gcsfs_installed())
+
+
 @contextlib.contextmanager
 def _open(url: str) -> Iterator[tuple[IO[bytes], int | None]]:
     """`(stream, length or None)` of the bytes at `url`."""
-    kind = storage.scheme(url)
-    if kind in storage.SCHEMES and (kind != 'gs' or gcsfs_installed()):
+    if _through_storage(url):
         with storage.path(url).open('rb') as f:
             yield f, None
         return
-    if kind == 'gs':
+    if storage.scheme(url) == 'gs':
         url = f'{GCS_PUBLIC}/{url[len("gs://"):]}'
     request = urllib.request.Request(url, headers={'User-Agent': f'vit_jax/{__version__}'})
     with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
