@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import vit_jax
-from vit_jax import catalogue, download, hub, weights
+from vit_jax import catalogue, download, hub, storage, weights
 from vit_jax.catalogue import Published
 from vit_jax.errors import ModelError, StorageError
 from vit_jax.train import loop
@@ -237,6 +237,33 @@ def test_weights_from_an_http_url_equal_the_local_file(tiny, source):
     source.files['w/tiny.npz'] = Served(tiny[0].read_bytes())
     assert_same(weights.load(tiny_model(), source.url('w/tiny.npz')),
                 weights.load(tiny_model(), tiny[0]))
+
+
+@pytest.mark.parametrize('store', ['gcs_env', 's3_env'])
+def test_weights_from_a_bucket_equal_the_local_file_and_follow_its_changes(tiny, store, request,
+                                                                          tmp_path, caplog):
+    """`weights.load(model, 'gs://...' | 's3://...')` against the GCS emulator and moto's S3:
+    equal to the local file; a rewritten object is downloaded again."""
+    emulator = request.getfixturevalue(store)
+    url = f'{emulator.bucket()}/run/weights.npz'
+    storage.path(url).write_bytes(tiny[0].read_bytes())
+    assert_same(weights.load(tiny_model(), url), weights.load(tiny_model(), tiny[0]))
+    model = tiny_model()
+    newer = jax.jit(lambda: model.init(jax.random.key(2), np.zeros((1, 32, 32, 3))))()
+    weights.save_npz(newer, tmp_path / 'newer.npz')
+    storage.path(url).write_bytes((tmp_path / 'newer.npz').read_bytes())
+    assert_same(weights.load(model, url), newer)
+    assert 'the source changed since it was downloaded' in caplog.text
+
+
+@pytest.mark.slow  # gcsfs retries for about 30 s before it gives up
+def test_a_bucket_out_of_reach_leaves_the_cached_copy_in_use(tiny, gcs_env, caplog):
+    url = f'{gcs_env.bucket()}/run/weights.npz'
+    storage.path(url).write_bytes(tiny[0].read_bytes())
+    weights.load(tiny_model(), url)
+    gcs_env.stop()
+    assert_same(weights.load(tiny_model(), url), tiny[1])
+    assert f'cannot ask {url} for its version' in caplog.text
 
 
 def test_public_gs_without_gcsfs_reads_the_https_endpoint(tiny, source, monkeypatch):
