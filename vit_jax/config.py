@@ -203,9 +203,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = 'digits'
     c.tfds_data_dir = placeholder(str)
     # Weights to start from (any layout `vit_jax.weights.load` reads: the original or big_vision
-    # .npz, timm .pth/.bin/.safetensors); the head is re-initialised when the class count differs
-    # and the position embedding resized to the crop. Ignored when resuming a checkpoint. None:
-    # from scratch; '' (set by `require_pretrained`): a path must be given.
+    # .npz, timm .pth/.bin/.safetensors), as a path, a gs:// s3:// http(s):// URL or a published
+    # name such as imagenet21k/ViT-B_16 (downloaded once into the cache); the head is
+    # re-initialised when the class count differs and the position embedding resized to the
+    # crop. Ignored when resuming a checkpoint. None: from scratch; '' (set by
+    # `require_pretrained`): weights must be given.
     c.pretrained = placeholder(str)
     # The --workdir of an earlier run to start from: its newest checkpoint's parameters, BatchNorm
     # statistics and moving average, not its optimizer state (to continue with another optimizer
@@ -282,8 +284,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.fewshot_train = placeholder(str)
     # DeiT's distillation (vit_jax/train/distill.py): `type` 'hard' | 'soft' | 'none' (off),
     # `alpha` the distillation term's weight, `tau` the soft temperature; the teacher is a
-    # registered model with the weights file `teacher.weights` (frozen, evaluation mode), fed
-    # the student's images resized to `teacher.img_size` (default: its registered size).
+    # registered model with the weights `teacher.weights` (a file, URL or published name; frozen,
+    # evaluation mode), fed the student's images resized to `teacher.img_size` (default: its
+    # registered size).
     c.distill = ml_collections.ConfigDict(dict(type='none', alpha=0.5, tau=1.0))
     c.teacher = ml_collections.ConfigDict(dict(model=placeholder(str), weights=placeholder(str),
                                                img_size=placeholder(int)))
@@ -376,7 +379,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f'{config.label_smoothing}')
     if config.pretrained == '':
         raise ConfigError('this config fine-tunes loaded weights: pass --config.pretrained=PATH '
-                          '(an original or big_vision .npz, a timm .pth/.bin/.safetensors)')
+                          '(an original or big_vision .npz, a timm .pth/.bin/.safetensors), a URL '
+                          'or a published name (python -m vit_jax.hub --list)')
     distill.check_config(config)
     shots = tuple(config.fewshot_shots)
     if not shots or not all(isinstance(k, int) and k > 0 for k in shots):

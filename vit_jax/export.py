@@ -138,7 +138,8 @@ def _load(args: Any) -> tuple[Any, dict, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser('vit_jax.export', __doc__)
     parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
-    parser.add_argument('--weights', help='weights file, or a Hugging Face directory')
+    parser.add_argument('--weights', help='weights file, URL or published name, or a Hugging '
+                        'Face directory')
     parser.add_argument('--workdir', help='a training run of vit_jax.main')
     parser.add_argument('--format', required=True, choices=FORMATS)
     parser.add_argument('--int8', action='store_true', help='tflite: int8 weights')

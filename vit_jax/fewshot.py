@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--ema', action='store_true',
                         help="the run's moving average of the weights")
     parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
-    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors)')
+    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors), URL '
+                        'or published name (python -m vit_jax.hub --list)')
     parser.add_argument('--config', help='config file FILE.py[:ARG] naming the data '
                                          '(with --model)')
     parser.add_argument('--shots', help='examples per class, e.g. 1,5,10,25 (default: the '

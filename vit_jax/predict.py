@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser('vit_jax.predict', __doc__)
     parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...)')
     parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
-    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors)')
+    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors), URL '
+                        'or published name (python -m vit_jax.hub --list)')
     parser.add_argument('--workdir', help='a training run: model, weights and classes from it')
     parser.add_argument('--img_size', type=int, help="input size (default: the model's)")
     parser.add_argument('--classes', help='class names, one per line')

@@ -1,13 +1,14 @@
 """Checkpoint import and export for every family: `load(model, source)`, `save_npz`, `save_hf`.
 
 `source` is a path (`.npz` in the original or big_vision layout, a PyTorch state dict as `.pth`,
-`.pt`, `.bin` or `.safetensors`, a Hugging Face `save_pretrained` directory with `config.json`)
-or an in-memory mapping of arrays. `hf_model(directory)` builds the model a Hugging Face
-directory's `config.json` describes (each family registers its `model_type` with
-`register_hf`). `load` reads it into flat
-arrays, lets the model's family map foreign names onto its own (each family file ends with its
-mapping and registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn`
-beside each model), resizes what the family knows how to resize (position embeddings, relative
+`.pt`, `.bin` or `.safetensors`, a Hugging Face `save_pretrained` directory with `config.json`),
+a URL of such a file (`gs://`, `s3://`, `http(s)://`) or a published checkpoint's name
+(`vit_jax.catalogue`; both downloaded once into a checked cache), or an in-memory mapping of arrays.
+`hf_model(directory)` builds the model a Hugging Face directory's `config.json` describes (each
+family registers its `model_type` with `register_hf`). `load` reads it into flat arrays, lets
+the model's family map foreign names onto its own (each family file ends with its mapping and
+registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn` beside each
+model), resizes what the family knows how to resize (position embeddings, relative
 position bias tables), re-initialises a head (the family's declared `head_names`) whose class
 count differs, and checks every name and shape against the model.
 
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import storage, tree
+from vit_jax import catalogue, storage, tree
 from vit_jax.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def register_hf(model_type: str, module: type[nn.Module],
 
 
 def read(source: str | os.PathLike | Mapping[str, Any]) -> Flat:
-    """Reads a checkpoint into flat numpy arrays keyed by '/'-joined (or PyTorch '.') names.
+    """Reads a checkpoint (a path, URL, published name or mapping: see the module docstring)
+    into flat numpy arrays keyed by '/'-joined (or PyTorch '.') names.
 
     Nested mappings are flattened with '/'; a state dict nested under 'model', 'state_dict' or
     'module' (as training scripts save it) is unwrapped, and DataParallel's 'module.' prefix is
@@ -118,11 +120,12 @@ def read(source: str | os.PathLike | Mapping[str, Any]) -> Flat:
     """
     if isinstance(source, Mapping):
         return _flatten(_unwrap(source))
-    path = os.fspath(source)
+    path = catalogue.resolve(source)
     if os.path.isdir(path):
         return _read_hf_directory(path)
     if not os.path.isfile(path):
-        raise ModelError(f'weights file {path!r} does not exist')
+        raise ModelError(f'weights file {path!r} does not exist; give a file, a URL or a '
+                         f'published name (python -m vit_jax.hub --list)')
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix == '.npz' or (suffix not in TORCH_SUFFIXES and _is_npz(path)):

@@ -11,8 +11,9 @@ hybrids) or a registered name; DATASET one of
 Hyper-parameters as google-research/vision_transformer: batch 512 (8 accumulation steps), SGD
 momentum 0.9 kept in bfloat16, base lr 0.03 (0.01 for b16 on cifar10), 500 warm-up steps then
 cosine decay, clipping at global norm 1, 384 px inception crops and flips. Start from published
-weights with `--config.pretrained=PATH` (e.g. the ImageNet-21k `ViT-B_16.npz`); the head starts
-from zeros, the position embedding is resized.
+weights with `--config.pretrained=PATH` (e.g. `imagenet21k/ViT-B_16`, the published name of the
+original ImageNet-21k checkpoint, or its file); the head starts from zeros, the position
+embedding is resized.
 """
 
 import ml_collections

@@ -1,4 +1,5 @@
-"""One registry for every model family: `create_model(name, **overrides)` and `list_models()`.
+"""One registry for every model family: `create_model(name, **overrides)`, `list_models()`, and
+`pretrained(name)`: a model with its published weights (`vit_jax.catalogue`).
 
 Each family file registers its variants with `register(...)`; a variant is a module class
 declaring the family contract (`contract.Family`) plus keyword arguments plus the preprocessing
@@ -16,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from vit_jax import catalogue, weights
 from vit_jax.errors import ModelError
 from vit_jax.models import contract
 
@@ -79,8 +81,31 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     `[batch, height, width, 3]` to logits `[batch, num_classes]`.
     """
     spec = get_spec(name)
+    if 'pretrained' in overrides:
+        raise ModelError(f'create_model builds the module alone (flax keeps the variables '
+                         f'apart); model, variables = vit_jax.pretrained({name!r}) loads its '
+                         f'published weights')
     _check_options(name, spec.module, overrides)
     return spec.module(**{**spec.kwargs, **overrides})
+
+
+def pretrained(name: str, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """`(model, variables)` of the published checkpoint `name` (`python -m vit_jax.hub --list`)
+    or of a registered model's default one, downloaded once into the cache.
+
+    `overrides` are model options, as `create_model`'s: `num_classes=10` starts a fresh head
+    (for fine-tuning), `img_size=384` resizes the position embedding.
+    Example: `model, variables = vit_jax.pretrained('ViT-B_16')`, then
+    `model.apply(variables, images, train=False)` -> logits `[batch, 1000]`.
+    """
+    if name in _REGISTRY and name not in {e.model for e in catalogue.CATALOGUE.values()}:
+        raise ModelError(f'model {name!r} has no published weights (python -m vit_jax.hub '
+                         f'--list); create_model it and load a file with vit_jax.weights.load')
+    entry = catalogue.find(name)
+    model = create_model(entry.model, **{'num_classes': entry.num_classes,
+                                         'img_size': entry.img_size, **entry.options,
+                                         **overrides})
+    return model, weights.load(model, catalogue.fetch(entry))
 
 
 def _check_options(name: str, module: type[nn.Module], options: Mapping[str, Any]) -> None:
