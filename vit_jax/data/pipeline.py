@@ -356,22 +356,24 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Sou
     """The examples of `split`, read by index: from the dataset's ArrayRecord files where they
     are, or from an ArrayRecord copy of its TFRecord files, written once on this machine
     (`vit_jax.data.cache`; one sequential read)."""
-    if not builder.is_prepared():  # vit_jax never downloads.
+    try:
+        try:
+            return TfdsSource(builder, split)
+        except NotImplementedError:  # TFRecord files, or none.
+            if not builder.is_prepared():
+                raise AssertionError from None
+            path = cache.array_record_copy(builder.data_dir, split)
+            if not path.exists():
+                write_array_record(tfrecord_examples(builder, split), os.fspath(path))
+            return ArrayRecordFile(os.fspath(path))
+    except AssertionError:  # tfds: the data is not in the data dir (it never downloads here).
         manual = ' --manual_dir=<ImageNet tars>' if name.startswith('imagenet2012') else ''
         raise DataError(
             f'Dataset {name!r} is not prepared in {builder.data_dir_root} and vit_jax never '
             f'downloads: on a machine with internet run `tfds build {name} --data_dir=DIR '
             f'--file_format=array_record{manual}`, copy DIR here (or to a bucket) and pass '
             '--config.tfds_data_dir=DIR.'
-        )
-    try:
-        try:
-            return TfdsSource(builder, split)
-        except NotImplementedError:  # TFRecord files.
-            path = cache.array_record_copy(builder.data_dir, split)
-            if not path.exists():
-                write_array_record(tfrecord_examples(builder, split), os.fspath(path))
-            return ArrayRecordFile(os.fspath(path))
+        ) from None
     except DataError:
         raise
     except (ValueError, KeyError) as error:  # An unknown split name or a bad slice.

@@ -46,7 +46,7 @@ class TfdsSource:
         self.size = len(self._data)
 
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        examples = self._data.__getitems__([int(i) for i in indices])  # files read in parallel
+        examples = [self._data[int(i)] for i in indices]
         return [e['image'] for e in examples], np.array([e['label'] for e in examples], np.int64)
 
 
