@@ -2,9 +2,10 @@
 
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+import stores
 
 # JAX computes on the CPU in every test and every process a test starts; libtpu (the `tpu`
 # extra, for `vit_jax.plan`) only compiles for TPU topologies, it never runs.
@@ -82,3 +83,49 @@ def transformers():
     import torch_reference
 
     return torch_reference.import_transformers()
+
+
+@pytest.fixture(scope='session')
+def gcs(tmp_path_factory) -> Iterator[stores.Gcs]:
+    """The GCS emulator for the session (see tests/stores.py): `gcs.bucket()` makes a bucket,
+    `gcs.env` points a subprocess at it, `gcs.stop()` / `gcs.start()` cut and restore the network
+    (the objects stay), `gcs.requests()` counts the requests served."""
+    root = tmp_path_factory.mktemp('gcs')
+    emulator = stores.Gcs(root / 'data', root / 'emulator.log')
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def gcs_env(gcs, monkeypatch) -> stores.Gcs:
+    """`gcs`, running, with `gcs.client_env` in `os.environ` for this test."""
+    gcs.start()  # An earlier test may have stopped it.
+    for key, value in gcs.client_env.items():
+        monkeypatch.setenv(key, value)
+    return gcs
+
+
+@pytest.fixture(scope='session')
+def s3() -> Iterator[stores.S3]:
+    """moto's S3 server for the session: `s3.bucket()` makes a bucket, `s3.env` points boto3,
+    s3fs and a subprocess at it."""
+    server = stores.S3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch) -> stores.S3:
+    """`s3` with `s3.env` in `os.environ` for this test."""
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+@pytest.fixture(scope='session')
+def http_files(tmp_path_factory) -> Iterator[tuple[str, pathlib.Path]]:
+    """`(url, directory)`: an HTTP server for the session serving the files put in `directory`."""
+    server = stores.HttpFiles(tmp_path_factory.mktemp('http_files'))
+    yield server.url, server.directory
+    server.stop()

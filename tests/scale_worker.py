@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from vit_jax.workdir import Workdir
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -56,13 +58,13 @@ def final_params(config, workdir):
     import vit_jax
     from vit_jax import config as config_lib
     from vit_jax import tree
-    from vit_jax.train import checkpoint, optim, step
+    from vit_jax.train import optim, step
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=NUM_CLASSES, img_size=config.pp.crop)
     template = step.create_train_state(model, optim.create_optimizer(config)[0],
                                        jax.random.PRNGKey(0), (1, 8, 8, 3),
                                        ema=config.ema_decay > 0)
-    ckpt = checkpoint.Checkpointer(workdir, every=0, keep=10)
+    ckpt = Workdir(workdir).checkpointer(every=0, keep=10)
     state, _ = ckpt.restore(template, config.model_name)
     ckpt.close()
     flat = tree.flatten({'params': state.params})

@@ -16,7 +16,7 @@ from vit_jax import analysis, weights
 from vit_jax.analysis import run
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
-from vit_jax.workdir import load_run
+from vit_jax.workdir import Workdir
 
 
 def test_mean_attention_distance_by_hand():
@@ -107,10 +107,10 @@ def trained_workdir(tmp_path_factory, digits_config):
 
 
 def test_cli_from_a_workdir_and_from_a_weights_file(trained_workdir, tmp_path):
-    model, variables, config, classes = load_run(trained_workdir)
+    model, variables, config, classes = Workdir(trained_workdir).load_run()
     assert (model.depth, model.embed_dim, model.num_classes, model.img_size) == (2, 16, 10, 16)
     assert classes == tuple(str(i) for i in range(10))
-    _, at_3, _, _ = load_run(trained_workdir, step=3)
+    _, at_3, _, _ = Workdir(trained_workdir).load_run(step=3)
     assert not np.allclose(at_3['params']['head']['kernel'], variables['params']['head']['kernel'])
 
     out = tmp_path / 'from_workdir'

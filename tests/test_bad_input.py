@@ -16,7 +16,8 @@ import pytest
 import vit_jax
 from vit_jax import weights
 from vit_jax.errors import ConfigError, ModelError
-from vit_jax.train import checkpoint, sharding, step
+from vit_jax.train import sharding, step
+from vit_jax.workdir import Workdir
 
 
 def tiny(**overrides):
@@ -83,14 +84,14 @@ def test_mesh_that_does_not_match_the_devices():
 def test_workdir_holding_another_models_checkpoints(tmp_path):
     tx = optax.sgd(0.1)
     state = step.create_train_state(tiny(embed_dim=12), tx, jax.random.key(0), (1, 8, 8, 3))
-    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1)
+    ckpt = Workdir(str(tmp_path)).checkpointer(every=1, keep=1)
     ckpt.maybe_save(1, state, {'model_name': 'ViT-B_16', 'examples_seen': 8})
     ckpt.close()
     other = step.create_train_state(tiny(), tx, jax.random.key(0), (1, 8, 8, 3))
     with pytest.raises(ConfigError, match=r"--workdir holds checkpoints of another model "
                                           r"\('ViT-B_16': .* is \(12,\) there, \(10,\) in "
                                           r"'testing'\); use a new --workdir"):
-        checkpoint.Checkpointer(str(tmp_path), every=1, keep=1).restore(other, 'testing')
+        Workdir(str(tmp_path)).checkpointer(every=1, keep=1).restore(other, 'testing')
 
 
 def test_cli_batch_not_divisible_by_eight_devices_is_one_line(tmp_path, repo, config_spec):

@@ -19,7 +19,8 @@ from vit_jax import config as config_lib
 from vit_jax import main, tree, weights
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models.dhvt import DHVT
-from vit_jax.train import checkpoint, metrics, optim, step
+from vit_jax.train import optim, step
+from vit_jax.workdir import Workdir
 
 
 def fixture_path(seed):
@@ -198,7 +199,7 @@ def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
     argv = [f'--config={spec}', f'--workdir={workdir}']
     argv += [f'--config.{key}={value}' for key, value in overrides]
     assert main.main(argv) == 0, capsys.readouterr().err
-    losses = [r['train_loss'] for r in metrics.read_metrics(workdir) if 'train_loss' in r]
+    losses = [r['train_loss'] for r in Workdir(workdir).read_metrics() if 'train_loss' in r]
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert json.loads(open(os.path.join(workdir, 'final_metrics.json')).read())['count'] == 360
 
@@ -208,7 +209,7 @@ def test_training_on_digits_updates_batchnorm_statistics_and_checkpoints_them(
     template = jax.eval_shape(functools.partial(
         step.create_train_state, model, optim.create_optimizer(config)[0],
         image_shape=(1, 16, 16, 3)), jax.random.key(0))
-    restored, _ = checkpoint.Checkpointer(workdir, every=12, keep=1).restore(
+    restored, _ = Workdir(workdir).checkpointer(every=12, keep=1).restore(
         template, config.model_name)
     assert int(restored.step) == 12
     stats = tree.flatten(restored.model_state)

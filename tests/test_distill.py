@@ -16,6 +16,7 @@ from vit_jax import config as config_lib
 from vit_jax import weights
 from vit_jax.errors import ConfigError
 from vit_jax.train import distill, step
+from vit_jax.train.setup import setup
 
 STUDENT = np.array([[1.0, 2.0, 3.0]], np.float32)
 TEACHER = np.array([[3.0, 1.0, 0.0]], np.float32)
@@ -97,7 +98,7 @@ def test_a_distilled_student_without_teacher_trains_both_heads_on_the_labels():
 def test_the_teacher_is_no_part_of_the_state(tmp_path):
     """Setup places the teacher as the rules place parameters; the train state (what the
     checkpoint holds) has no teacher array and no optimizer state for one."""
-    from vit_jax.train import loop, sharding
+    from vit_jax.train import sharding
 
     teacher = vit_jax.create_model('testing', num_classes=3, img_size=16)
     path = str(tmp_path / 'teacher.npz')
@@ -114,11 +115,11 @@ def test_the_teacher_is_no_part_of_the_state(tmp_path):
     config = make(('distill.type', 'hard'), ('teacher.model', 'testing'),
                   ('teacher.weights', path), ('teacher.img_size', '16'))
     config_lib.validate(config)
-    run = loop.setup(config, 3, sharding.make_mesh())
+    run = setup(config, 3, sharding.make_mesh())
     assert run.distillation.teacher.img_size == 16
     teacher_count = sum(x.size for x in jax.tree.leaves(run.abstract_teacher))
     state_count = sum(x.size for x in jax.tree.leaves(run.abstract_state))
-    plain = loop.setup(make(), 3, sharding.make_mesh())
+    plain = setup(make(), 3, sharding.make_mesh())
     assert state_count == sum(x.size for x in jax.tree.leaves(plain.abstract_state))
     assert teacher_count == sum(x.size for x in jax.tree.leaves(teacher.init(
         jax.random.key(0), jnp.zeros((1, 16, 16, 3)))))

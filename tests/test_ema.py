@@ -18,8 +18,9 @@ from vit_jax import tree, weights
 from vit_jax.data import arrays
 from vit_jax.errors import ConfigError
 from vit_jax.models import contract
-from vit_jax.train import checkpoint, metrics, sharding, step
+from vit_jax.train import sharding, step
 from vit_jax.train.loop import train
+from vit_jax.workdir import Workdir
 
 OLD_CHECKPOINT_ITEMS = ['model_state', 'opt_state', 'params', 'rng', 'step']
 
@@ -93,11 +94,11 @@ def test_without_ema_state_and_checkpoints_are_as_before(tmp_path):
     state = step.create_train_state(model, tx, jax.random.key(0), (1, 8, 8, 3))
     state, _ = jax.jit(step.make_train_step(model, tx))(state, random_batch())
     assert state.ema == {}
-    ckpt = checkpoint.Checkpointer(str(tmp_path / 'plain'), every=1, keep=1)
+    ckpt = Workdir(str(tmp_path / 'plain')).checkpointer(every=1, keep=1)
     ckpt.maybe_save(1, state, {'model_name': 'convbn', 'examples_seen': 16})
     ckpt.close()
     assert sorted(ckpt._manager.item_metadata(1)['state']) == OLD_CHECKPOINT_ITEMS
-    restored, _ = checkpoint.Checkpointer(str(tmp_path / 'plain'), every=1, keep=1).restore(
+    restored, _ = Workdir(str(tmp_path / 'plain')).checkpointer(every=1, keep=1).restore(
         step.create_train_state(model, tx, jax.random.key(1), (1, 8, 8, 3)), 'convbn')
     for a, b in zip(*(jax.tree.leaves(s.replace(rng=jax.random.key_data(s.rng)))
                       for s in (state, restored)), strict=True):
@@ -107,7 +108,7 @@ def test_without_ema_state_and_checkpoints_are_as_before(tmp_path):
                                           r'average of the weights, and this run has one; set '
                                           r'--config.ema_decay as the run that wrote .*, or use '
                                           r'a new --workdir$'):
-        checkpoint.Checkpointer(str(tmp_path / 'plain'), every=1, keep=1).restore(
+        Workdir(str(tmp_path / 'plain')).checkpointer(every=1, keep=1).restore(
             step.create_train_state(model, tx, jax.random.key(1), (1, 8, 8, 3), ema=True),
             'convbn')
     assert os.listdir(tmp_path / 'plain' / 'checkpoints') == ['1']  # not set aside
@@ -119,11 +120,11 @@ def test_ema_state_is_restored_from_a_checkpoint_and_training_continues_identica
     state = step.create_train_state(model, tx, jax.random.key(0), (1, 8, 8, 3), ema=True)
     for i in range(3):
         state, _ = train_step(state, random_batch(seed=i))
-    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1)
+    ckpt = Workdir(str(tmp_path)).checkpointer(every=1, keep=1)
     ckpt.maybe_save(3, state, {'model_name': 'convbn', 'examples_seen': 48})
     ckpt.close()
     template = step.create_train_state(model, tx, jax.random.key(1), (1, 8, 8, 3), ema=True)
-    restored, _ = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1).restore(
+    restored, _ = Workdir(str(tmp_path)).checkpointer(every=1, keep=1).restore(
         template, 'convbn')
     assert not np.array_equal(restored.ema['params']['Dense_0']['kernel'],
                               template.ema['params']['Dense_0']['kernel'])
@@ -171,7 +172,7 @@ def test_crashed_run_with_mixing_and_ema_resumes_bit_exactly(tmp_path):
     # Both weights are evaluated and written: weights_ema.npz holds the average.
     saved = json.loads((tmp_path / 'run' / 'final_metrics.json').read_text())
     assert {'accuracy', 'loss', 'ema_accuracy', 'ema_loss'} <= set(saved)
-    assert 'eval_ema_accuracy' in metrics.read_metrics(str(tmp_path / 'run'))[-1]
+    assert 'eval_ema_accuracy' in Workdir(str(tmp_path / 'run')).read_metrics()[-1]
     ema_file = tree.flatten(weights.read(str(tmp_path / 'run' / 'weights_ema.npz')))
     raw_file = tree.flatten(weights.read(str(tmp_path / 'run' / 'weights.npz')))
     name = 'Transformer/encoder_norm/scale'

@@ -13,6 +13,7 @@ import pytest
 import vit_jax
 from vit_jax import export, tree, weights
 from vit_jax.errors import ModelError
+from vit_jax.workdir import Workdir
 
 TOL = 1e-4
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -122,7 +123,6 @@ def test_int8_tflite_agrees_with_jax_on_the_digits_test_split(trained_digits, tm
     Lite; the trainer's own evaluation input (uint8 pixels, 360 images) in batches of 64.
     Measured: JAX 96.9 %, int8 96.9 %, top-1 agreement 100 %; 724 kB float32, 344 kB int8."""
     from vit_jax import data
-    from vit_jax.workdir import load_run
 
     workdir, final = trained_digits
     paths = {int8: str(tmp_path / f'digits_{"int8" if int8 else "float32"}.tflite')
@@ -130,7 +130,7 @@ def test_int8_tflite_agrees_with_jax_on_the_digits_test_split(trained_digits, tm
     for int8, path in paths.items():
         assert export.main([f'--workdir={workdir}', '--format=tflite', f'--out={path}',
                             *(['--int8'] if int8 else [])]) == 0
-    model, variables, config, _ = load_run(str(workdir))
+    model, variables, config, _ = Workdir(str(workdir)).load_run()
     batches = list(data.create_datasets(config)[1]())
     real = np.concatenate([b['mask'] for b in batches]) > 0
     images = np.concatenate([b['image'] for b in batches])[real]

@@ -10,6 +10,7 @@ from sklearn.linear_model import Ridge
 
 import vit_jax
 from vit_jax.train import fewshot
+from vit_jax.workdir import Workdir
 
 
 def sklearn_reference(train_x, train_y, test_x, num_classes, l2):
@@ -82,10 +83,8 @@ def digits_run(tmp_path_factory, digits_config):
 def test_the_loop_logs_fewshot_accuracy_and_the_cli_gives_the_same(digits_run, capsys):
     from vit_jax import data
     from vit_jax import fewshot as fewshot_cli
-    from vit_jax.train.metrics import read_metrics
-    from vit_jax.workdir import load_run
 
-    logged = {r['step']: r for r in read_metrics(digits_run) if 'fewshot_k1' in r}
+    logged = {r['step']: r for r in Workdir(digits_run).read_metrics() if 'fewshot_k1' in r}
     assert sorted(logged) == [10, 20]
     assert fewshot_cli.main([f'--workdir={digits_run}']) == 0
     printed = dict(line.split(' = ') for line in capsys.readouterr().out.splitlines())
@@ -93,7 +92,7 @@ def test_the_loop_logs_fewshot_accuracy_and_the_cli_gives_the_same(digits_run, c
     for key, value in printed.items():  # the loop's (sharded) features give the CLI's numbers
         assert float(value) == pytest.approx(logged[20][key], abs=1e-6)
     # ... and the function on the features of the whole splits, written out.
-    model, variables, config, _ = load_run(digits_run)
+    model, variables, config, _ = Workdir(digits_run).load_run()
     step = jax.jit(fewshot.feature_step(model, config.pp.normalize))
     train = fewshot.collect_features(step, variables, data.create_datasets(
         fewshot.train_split_config(config))[1]())
@@ -110,7 +109,6 @@ def test_fewshot_runs_after_the_steps_checkpoint(tmp_path, monkeypatch):
 
     from vit_jax.data.arrays import array_datasets
     from vit_jax.train import loop
-    from vit_jax.train.checkpoint import Checkpointer
 
     def broken(*args, **kwargs):
         raise RuntimeError('evaluator failed')
@@ -120,7 +118,7 @@ def test_fewshot_runs_after_the_steps_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match='evaluator failed'):
         loop.train(config, str(tmp_path), datasets=array_datasets(
             *scale_worker.synthetic(), num_classes=scale_worker.NUM_CLASSES))
-    checkpointer = Checkpointer(str(tmp_path), every=0, keep=1, read_only=True)
+    checkpointer = Workdir(str(tmp_path)).checkpointer(every=0, keep=1, read_only=True)
     assert checkpointer.latest_step() == 3
     checkpointer.close()
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vit_jax import config as config_lib
-from vit_jax.train import loop, step
+from vit_jax.train import step
+from vit_jax.train.setup import make_mesh, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGITS = np.array([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]], np.float32)
@@ -54,7 +55,7 @@ def test_sigmoid_run_starts_with_head_bias_minus_ten_and_trains():
     config = config_lib.apply_overrides(config, [
         ('loss', 'sigmoid_xent'), ('model.depth', '1'), ('batch', '16'), ('label_smoothing', '0.1'),
         ('mixup_alpha', '0.2')])
-    run = loop.setup(config, 10, loop.make_mesh(config))
+    run = setup(config, 10, make_mesh(config))
     state = run.init(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(state.params['head']['bias'], np.full(10, -10.0))
     batch = {'image': jnp.ones((16, 16, 16, 3)), 'label': jnp.arange(16) % 10}

@@ -20,7 +20,7 @@ import scale_worker
 from vit_jax import cli, plan
 from vit_jax import config as config_lib
 from vit_jax.errors import PlanError
-from vit_jax.train import loop
+from vit_jax.train.setup import make_mesh, setup
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                 reason="needs libtpu: pip install 'vit_jax[tpu]'")
@@ -87,7 +87,7 @@ def test_plan_with_a_model_axis_compiles_and_splits_attention_and_mlp(v5e):
     result = plan.plan(config, 'v5e:2x2', 4, v5e)
     assert result.fits and result.mesh == {'data': 1, 'fsdp': 2, 'model': 2}
     # Attention and MLP arrays split 4 ways (fsdp x model), the others 2 ways (fsdp).
-    replicated = plan.state_bytes(loop.setup(tiny(('mesh', "[('data', 4)]")), 4, loop.make_mesh(
+    replicated = plan.state_bytes(setup(tiny(('mesh', "[('data', 4)]")), 4, make_mesh(
         tiny(('mesh', "[('data', 4)]")), v5e)).abstract_state)
     ratio = result.state_bytes_per_chip / replicated
     assert 0.25 < ratio < 0.5, ratio
@@ -189,7 +189,7 @@ def test_the_big_vits_place_on_a_v5p_256_with_fsdp_scanned_and_rematerialised():
         [('mesh', "[('fsdp', -1)]"), ('model.scan_layers', 'True'), ('model.remat', 'True'),
          ('batch', '4096'), ('accum_steps', '1'), ('pp.crop', '224'),
          ('model.dtype', 'bfloat16')])
-    run = loop.setup(config, 1000, loop.make_mesh(config, devices))
+    run = setup(config, 1000, make_mesh(config, devices))
     assert dict(run.mesh.shape)['fsdp'] == 256
     params = sum(x.size for x in jax.tree.leaves(run.abstract_state.params))
     assert params == 3_807_214_312

@@ -18,7 +18,8 @@ from vit_jax.errors import ModelError
 from vit_jax.main import main
 from vit_jax.models import get_spec
 from vit_jax.models.sret import SReT
-from vit_jax.train import metrics, step
+from vit_jax.train import step
+from vit_jax.workdir import Workdir
 
 FIXTURE = os.path.join(REFERENCE, 'sret_seed3.npz')
 ARCH_KEYS = ('base_dims', 'depth', 'recursive_num', 'heads', 'groups1', 'groups2')
@@ -178,7 +179,7 @@ def test_trains_on_digits_through_the_trainer(tmp_path, digits_data_dir, config_
         '--config.batch=64', '--config.progress_every=20', '--config.eval_every=0',
         '--config.checkpoint_every=60'])
     assert code == 0
-    records = metrics.read_metrics(workdir)
+    records = Workdir(workdir).read_metrics()
     losses = [r['train_loss'] for r in records if 'train_loss' in r]
     assert len(losses) == 3 and losses[-1] < losses[0]
     final = json.loads((tmp_path / 'final_metrics.json').read_text())

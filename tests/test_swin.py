@@ -16,7 +16,7 @@ from vit_jax import main as cli
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import get_spec, swin
-from vit_jax.train import metrics
+from vit_jax.workdir import Workdir
 
 TIMM_NAME = 'swin_tiny_patch4_window7_224'
 
@@ -151,6 +151,6 @@ def test_trains_through_main_on_digits(tmp_path, digits_data_dir, config_spec):
         '--config.warmup_steps=3', '--config.base_lr=4e-3', '--config.label_smoothing=0',
         '--config.progress_every=20', '--config.eval_every=0', '--config.checkpoint_every=0'])
     assert code == 0
-    losses = [r['train_loss'] for r in metrics.read_metrics(workdir) if 'train_loss' in r]
+    losses = [r['train_loss'] for r in Workdir(workdir).read_metrics() if 'train_loss' in r]
     assert len(losses) == 6 and np.isfinite(losses).all()
     assert losses[-1] < losses[0] - 0.05, losses

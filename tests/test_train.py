@@ -18,8 +18,9 @@ from vit_jax import config as config_lib
 from vit_jax import predict
 from vit_jax.data import digits
 from vit_jax.models import contract
-from vit_jax.train import checkpoint, metrics, optim, step
+from vit_jax.train import optim, step
 from vit_jax.train.loop import train
+from vit_jax.workdir import Workdir
 
 
 def test_digits_converges_and_eval_counts_every_example(trained_digits, tmp_path, capsys):
@@ -28,7 +29,7 @@ def test_digits_converges_and_eval_counts_every_example(trained_digits, tmp_path
     workdir, final = trained_digits
     assert final['count'] == 360  # every held-out example, although 360 % 7 != 0
     assert final['accuracy'] >= 0.95, final
-    records = metrics.read_metrics(str(workdir))
+    records = Workdir(str(workdir)).read_metrics()
     assert [r['step'] for r in records if 'train_loss' in r] == list(range(100, 501, 100))
     assert records[-1]['eval_accuracy'] == final['accuracy']
     assert records[0]['train_loss'] > 3 * records[-2]['train_loss']
@@ -60,7 +61,7 @@ def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digi
     workdir = str(tmp_path)
     config = digits_config(*small_model_overrides(), ('total_steps', '20'))
     train(config, workdir)
-    ckpt = checkpoint.Checkpointer(workdir, every=10, keep=3)
+    ckpt = Workdir(workdir).checkpointer(every=10, keep=3)
     assert ckpt.all_steps() == [10, 20]
     model = vit_jax.create_model(config.model_name, **config_lib.model_overrides(config),
                                  num_classes=10, img_size=16)
@@ -70,7 +71,7 @@ def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digi
     assert int(restored.step) == 20 and run['examples_seen'] == 20 * 32
     # The restored state is the trained one, not the template: save it again and compare.
     assert not np.allclose(restored.params['head']['kernel'], template.params['head']['kernel'])
-    ckpt2 = checkpoint.Checkpointer(str(tmp_path / 'copy'), every=1, keep=1)
+    ckpt2 = Workdir(str(tmp_path / 'copy')).checkpointer(every=1, keep=1)
     ckpt2.maybe_save(20, restored, run, force=True)
     ckpt2.close()
     again, _ = ckpt2.restore(template, config.model_name)
@@ -80,14 +81,14 @@ def test_checkpoints_restore_exactly_and_resume_at_the_right_step(tmp_path, digi
 
     # A save cut short (orbax's temporary directory) is never taken as the latest checkpoint.
     os.makedirs(os.path.join(workdir, 'checkpoints', '25.orbax-checkpoint-tmp-1234', 'state'))
-    assert checkpoint.Checkpointer(workdir, every=10, keep=3).latest_step() == 20
+    assert Workdir(workdir).checkpointer(every=10, keep=3).latest_step() == 20
 
     capsys.readouterr()
     train(config_lib.apply_overrides(config, [('total_steps', '30')]), workdir)
     assert 'Resumed from' in capsys.readouterr().out
-    steps = [r['step'] for r in metrics.read_metrics(workdir) if 'train_loss' in r]
+    steps = [r['step'] for r in Workdir(workdir).read_metrics() if 'train_loss' in r]
     assert steps == [5, 10, 15, 20, 25, 30]  # the second run continued at step 21
-    assert checkpoint.Checkpointer(workdir, every=10, keep=3).latest_step() == 30
+    assert Workdir(workdir).checkpointer(every=10, keep=3).latest_step() == 30
 
 
 def test_cifar10_path_trains_one_step_under_mock_data(tmp_path, load_config):
@@ -97,7 +98,7 @@ def test_cifar10_path_trains_one_step_under_mock_data(tmp_path, load_config):
     with tfds.testing.mock_data(num_examples=12):
         final = train(config, str(tmp_path))
     assert final['count'] == 12
-    records = metrics.read_metrics(str(tmp_path))
+    records = Workdir(str(tmp_path)).read_metrics()
     assert records[0]['step'] == 1 and np.isfinite(records[0]['train_loss'])
 
 

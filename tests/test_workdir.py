@@ -27,8 +27,9 @@ import tensorstore as ts
 from vit_jax import tree, weights
 from vit_jax.data.arrays import array_datasets
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError, WorkdirError
-from vit_jax.train import checkpoint, lock, loop, metrics, record
-from vit_jax.workdir import load_run, run_setup
+from vit_jax.train import checkpoint, lock, loop, record
+from vit_jax.train.setup import make_mesh, setup
+from vit_jax.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,14 +67,14 @@ def assert_same(variables, expected):
 
 def test_load_run_reads_the_exported_weights_and_writes_nothing(ema_run):
     before = tree_bytes(ema_run)
-    model, variables, config, classes = load_run(ema_run)
+    model, variables, config, classes = Workdir(ema_run).load_run()
     assert (model.num_classes, model.img_size, model.embed_dim) == (4, 8, 16)
     assert classes == ('0', '1', '2', '3') and config.ema_decay == 0.9
     assert_same(variables, weights.load(model, os.path.join(ema_run, 'weights.npz'), strict=True))
-    _, average, _, _ = load_run(ema_run, ema=True)
+    _, average, _, _ = Workdir(ema_run).load_run(ema=True)
     assert_same(average,
                 weights.load(model, os.path.join(ema_run, 'weights_ema.npz'), strict=True))
-    _, at_3, _, _ = load_run(ema_run, step=3)
+    _, at_3, _, _ = Workdir(ema_run).load_run(step=3)
     assert not np.array_equal(at_3['params']['head']['kernel'],
                               variables['params']['head']['kernel'])
     assert tree_bytes(ema_run) == before
@@ -88,8 +89,8 @@ def test_an_unreadable_checkpoint_is_skipped_where_it_lies(ema_run, tmp_path):
                 open(os.path.join(root, name), 'wb').close()  # truncated arrays
     os.makedirs(os.path.join(workdir, 'checkpoints', '9.orbax-checkpoint-tmp-1'))  # in flight
     before = tree_bytes(workdir), sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
-    _, variables, _, _ = load_run(workdir)
-    _, at_3, _, _ = load_run(ema_run, step=3)
+    _, variables, _, _ = Workdir(workdir).load_run()
+    _, at_3, _, _ = Workdir(ema_run).load_run(step=3)
     assert_same(variables, at_3)
     assert (tree_bytes(workdir), sorted(os.listdir(os.path.join(workdir, 'checkpoints')))) \
         == before
@@ -110,11 +111,13 @@ def test_bad_workdirs_are_one_line_errors(ema_run, tmp_path, prepare, kwargs, me
     shutil.copytree(ema_run, workdir)
     prepare(workdir)
     with pytest.raises(VitJaxError, match=message):
-        load_run(workdir, **kwargs)
+        Workdir(workdir).load_run(**kwargs)
 
 
 def test_setup_allocates_nothing_and_init_matches_its_abstract_state(ema_run):
-    run, config, _ = run_setup(ema_run)
+    config = Workdir(ema_run).read_config()
+    run = setup(config, len(Workdir(ema_run).read_classes()),
+                make_mesh(config, jax.local_devices()[:1]))
     assert not any(isinstance(x, jax.Array) for x in jax.tree.leaves(run.abstract_state))
     state = run.init(jax.random.PRNGKey(config.seed))
     for abstract, array in zip(jax.tree.leaves(run.abstract_state), jax.tree.leaves(state),
@@ -134,7 +137,7 @@ def test_export_of_a_run_gives_the_runs_logits(ema_run, tmp_path):
 
     out = tmp_path / 'run.stablehlo'
     assert export.main([f'--workdir={ema_run}', '--format=stablehlo', f'--out={out}']) == 0
-    model, variables, config, _ = load_run(ema_run)
+    model, variables, config, _ = Workdir(ema_run).load_run()
     x = np.random.default_rng(0).integers(0, 256, (3, model.img_size, model.img_size, 3))
     want = model.apply(variables, normalize(x.astype(np.float32),
                                             **NORMALIZATIONS[config.pp.normalize]), train=False)
@@ -170,12 +173,12 @@ def test_changed_optimizer_is_refused_without_touching_the_workdir_then_resumes(
     # The original command, with a may-change key changed, resumes at its latest step.
     train_here(tmp_path, ('checkpoint_every', '2'), ('total_steps', '6'))
     assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4', '6']
-    steps = [r['step'] for r in metrics.read_metrics(str(tmp_path)) if 'train_loss' in r]
+    steps = [r['step'] for r in Workdir(str(tmp_path)).read_metrics() if 'train_loss' in r]
     assert steps == [1, 2, 3, 4, 5, 6]
     launches = [json.loads(line) for line in open(tmp_path / 'runs.jsonl')]
     assert [(r['start_step'], r['changed']) for r in launches] == [
         (0, {}), (4, {'total_steps': {'was': 4, 'now': 6}})]
-    assert record.read_config(str(tmp_path)).total_steps == 6
+    assert Workdir(str(tmp_path)).read_config().total_steps == 6
 
 
 def test_a_record_without_the_keys_a_later_version_added_matches_their_defaults():
@@ -193,8 +196,8 @@ def test_a_checkpoint_of_another_optimizer_stays_where_it_is(ema_run, tmp_path):
     workdir = str(tmp_path / 'copy')
     shutil.copytree(ema_run, workdir)
     config = scale_worker.make_config([*EMA, ('optimizer', 'adamw')])
-    run = loop.setup(config, scale_worker.NUM_CLASSES, loop.make_mesh(config))
-    ckpt = checkpoint.Checkpointer(workdir, every=0, keep=3)
+    run = setup(config, scale_worker.NUM_CLASSES, make_mesh(config))
+    ckpt = Workdir(workdir).checkpointer(every=0, keep=3)
     with pytest.raises(ConfigError, match=r'checkpoint 6 in .* holds another training state '
                                           r'than this run .*another optimizer'):
         ckpt.restore(run.abstract_state, config.model_name)
@@ -206,11 +209,11 @@ def test_init_from_takes_the_weights_not_the_optimizer_state(ema_run, tmp_path):
     # A deliberate change: continue the EMA run with AdamW in a new workdir.
     final = train_here(tmp_path, *EMA, ('optimizer', 'adamw'), ('base_lr', '0'),
                        ('warmup_steps', '0'), ('total_steps', '1'), ('init_from', ema_run))
-    _, start, _, _ = load_run(ema_run)
-    _, after, _, _ = load_run(str(tmp_path))
+    _, start, _, _ = Workdir(ema_run).load_run()
+    _, after, _, _ = Workdir(str(tmp_path)).load_run()
     assert_same(after['params'], start['params'])  # learning rate 0: the weights it took
-    _, average, _, _ = load_run(str(tmp_path), ema=True)
-    _, old_average, _, _ = load_run(ema_run, ema=True)
+    _, average, _, _ = Workdir(str(tmp_path)).load_run(ema=True)
+    _, old_average, _, _ = Workdir(ema_run).load_run(ema=True)
     for a, b, p in zip(jax.tree.leaves(average), jax.tree.leaves(old_average),
                        jax.tree.leaves(start), strict=True):  # 0.9 * old average + 0.1 * params
         np.testing.assert_allclose(a, 0.9 * np.asarray(b) + 0.1 * np.asarray(p), rtol=1e-5,
@@ -314,7 +317,7 @@ def test_a_concurrent_second_launch_leaves_the_first_untouched(tmp_path):
     assert sorted(ran) == sorted(alone)
     for key in alone:
         np.testing.assert_array_equal(ran[key], alone[key], err_msg=key)
-    steps = [r['step'] for r in metrics.read_metrics(spec['workdir']) if 'train_loss' in r]
+    steps = [r['step'] for r in Workdir(spec['workdir']).read_metrics() if 'train_loss' in r]
     assert steps == list(range(1, 201))
 
 
@@ -335,7 +338,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_last_checkpoint_restores(
                                            r'\(.*checkpoints/4.*: No space left on device\); '
                                            r'the run stopped. .* resume from step 2$'):
         train_here(tmp_path / 'ok', ('checkpoint_every', '2'), ('total_steps', '6'))
-    steps = [r['step'] for r in metrics.read_metrics(str(tmp_path / 'ok'))]
+    steps = [r['step'] for r in Workdir(str(tmp_path / 'ok')).read_metrics()]
     assert max(steps) == 4  # stopped at the step of the failed save
     monkeypatch.undo()
     assert scale_worker.final_params(scale_worker.make_config(), str(tmp_path / 'ok')).keys() \
@@ -365,7 +368,7 @@ def test_a_full_disk_is_one_line_on_stderr(tmp_path):
     assert re.fullmatch(rf'error: saving a checkpoint in {workdir}/checkpoints failed \('
                         rf'{workdir}/checkpoints/50\.orbax-checkpoint-tmp/.*: No space left on '
                         r'device\); the run stopped\. .* resume from step 2', errors[0])
-    assert 50 <= max(r['step'] for r in metrics.read_metrics(str(workdir))) < 100
+    assert 50 <= max(r['step'] for r in Workdir(str(workdir)).read_metrics()) < 100
     assert tree_bytes(workdir / 'checkpoints' / '2') == before
     for key, value in scale_worker.final_params(scale_worker.make_config(),
                                                 str(workdir)).items():

@@ -16,20 +16,25 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import json
 import os
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
-from vit_jax import cli
+from vit_jax import cli, storage
 from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError
+
+if TYPE_CHECKING:
+    from vit_jax.workdir import Workdir
 
 COLUMNS = ('axis', 'setting', 'run', 'params', 'eval_accuracy', 'eval_loss', 'train_loss',
            'seconds')
@@ -79,41 +84,37 @@ def _key(config: ml_collections.ConfigDict) -> str:
     return json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
 
 
-def run_point(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains one point in `workdir` unless already done; returns its `point.json` record."""
-    from vit_jax import train
-    from vit_jax.train import record
-    from vit_jax.workdir import run_setup
+def run_point(config: ml_collections.ConfigDict, location: epath.Path) -> dict[str, Any]:
+    """Trains one point in the workdir `location` unless already done; returns its
+    `point.json` record."""
+    from vit_jax import train, weights
+    from vit_jax.workdir import Workdir
 
-    done = os.path.join(workdir, 'point.json')
-    record.check_config(workdir, config)  # a changed study must not mix with its old runs
-    if os.path.isfile(done):
-        with open(done) as f:
-            return json.load(f)
+    workdir = Workdir(location)
+    done = workdir.file('point.json')
+    workdir.check_config(config)  # a changed study must not mix with its old runs
+    if done.exists():
+        return json.loads(done.read_text())
     start = time.perf_counter()
     try:
-        final = train.train(config, workdir)
+        final = train.train(config, str(workdir))
         outcome = {'eval_accuracy': final['accuracy'], 'eval_loss': final['loss'], 'error': None}
     except TrainingError as e:  # e.g. a diverged point: recorded, the study goes on
         outcome = {'eval_accuracy': None, 'eval_loss': None, 'error': str(e)}
-    params = run_setup(workdir)[0].abstract_state.params  # shapes only: nothing is read
-    record = {'params': sum(x.size for x in jax.tree.leaves(params)), **outcome}
+    shapes = weights.model_shapes(workdir.load_model()[0])  # shapes only: nothing is read
+    record = {'params': sum(s.size for k, s in shapes.items() if k.startswith('params/')),
+              **outcome}
     losses = [r['train_loss'] for r in _metrics(workdir) if 'train_loss' in r]
     record['train_loss'] = losses[-1] if losses else None
     record['seconds'] = round(time.perf_counter() - start, 1)
-    with open(done, 'w') as f:
-        json.dump(record, f, indent=2)
+    storage.write_atomic(done, json.dumps(record, indent=2))
     return record
 
 
-def _metrics(workdir: str) -> list[dict[str, Any]]:
+def _metrics(workdir: Workdir) -> list[dict[str, Any]]:
     """metrics.jsonl, one record per step (a resumed run's repeated steps: the last one)."""
-    from vit_jax.train.metrics import read_metrics
-
-    if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
-        return []
     by_step: dict[int, dict[str, Any]] = {}
-    for r in read_metrics(workdir):
+    for r in workdir.read_metrics():
         by_step.setdefault(r['step'], {}).update(r)
     return [by_step[s] for s in sorted(by_step)]
 
@@ -139,9 +140,11 @@ def check_points(all_points: list[Point]) -> None:
                           f'was trained: {"; ".join(problems)}')
 
 
-def run_study(study: ml_collections.ConfigDict, workdir: str, *, quick: bool = False,
-              only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Trains every point not yet done, then writes the table and the plots; returns the rows."""
+def run_study(study: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+              quick: bool = False, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Trains every point not yet done in a sub-workdir of `workdir` (a local folder or a
+    bucket), then writes the table and the plots; returns the rows."""
+    workdir = storage.path(workdir)
     rows, records = [], {}
     all_points = points(study, quick=quick, only=only)
     check_points(all_points)
@@ -149,7 +152,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
         if point.run not in records:
             print(f'[{i + 1}/{len(all_points)}] {point.axis} = {point.setting} '
                   f'({point.run})', flush=True)
-            records[point.run] = run_point(point.config, os.path.join(workdir, point.run))
+            records[point.run] = run_point(point.config, workdir / point.run)
         rows.append({'axis': point.axis, 'setting': point.setting, 'run': point.run,
                      **records[point.run]})
     write_table(rows, workdir, title=study.get('name', 'Ablation'))
@@ -157,12 +160,14 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *, quick: bool = F
     return rows
 
 
-def write_table(rows: list[dict[str, Any]], workdir: str, title: str = 'Ablation') -> None:
+def write_table(rows: list[dict[str, Any]], workdir: epath.Path,
+                title: str = 'Ablation') -> None:
     """`results.csv` (all columns) and `results.md` (one table, grouped by axis)."""
-    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + ('error',), extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, fieldnames=COLUMNS + ('error',), extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_atomic(workdir / 'results.csv', table.getvalue())
 
     def num(value: Any, fmt: str) -> str:
         return '—' if value is None else format(value, fmt)
@@ -175,20 +180,21 @@ def write_table(rows: list[dict[str, Any]], workdir: str, title: str = 'Ablation
         lines.append(f'| {r["axis"]} | {r["setting"]} | {r["params"]:,} | {accuracy} | '
                      f'{num(r["eval_loss"], ".3f")} | {num(r["train_loss"], ".3f")} | '
                      f'{num(r["seconds"], ".0f")} |')
-    with open(os.path.join(workdir, 'results.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    storage.write_atomic(workdir / 'results.md', '\n'.join(lines) + '\n')
 
 
-def write_plots(all_points: list[Point], workdir: str) -> list[str]:
+def write_plots(all_points: list[Point], workdir: epath.Path) -> list[str]:
     """`curves_<axis>.png`: held-out accuracy and training loss against step, one line per
     setting. Returns the file names."""
     import matplotlib.pyplot as plt
+
+    from vit_jax.workdir import Workdir
 
     names = []
     for axis in dict.fromkeys(p.axis for p in all_points):
         fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
         for p in (p for p in all_points if p.axis == axis):
-            records = _metrics(os.path.join(workdir, p.run))
+            records = _metrics(Workdir(workdir / p.run))
             evals = [(r['step'], r['eval_accuracy']) for r in records if 'eval_accuracy' in r]
             losses = [(r['step'], r['train_loss']) for r in records if 'train_loss' in r]
             if evals:
@@ -200,7 +206,9 @@ def write_plots(all_points: list[Point], workdir: str) -> list[str]:
         acc_ax.legend(fontsize=7)
         fig.tight_layout()
         name = f'curves_{slug(axis)}.png'
-        fig.savefig(os.path.join(workdir, name), dpi=100)
+        image = io.BytesIO()
+        fig.savefig(image, format='png', dpi=100)
+        storage.write_atomic(workdir / name, image.getvalue())
         plt.close(fig)
         names.append(name)
     return names
@@ -216,14 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = config_lib.load_config(args.config)
         start = time.perf_counter()
-        os.makedirs(args.workdir, exist_ok=True)
+        storage.path(args.workdir).mkdir(parents=True, exist_ok=True)
         run_study(study, args.workdir, quick=args.quick,
                   only=tuple(a for a in args.only.split(',') if a))
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    with open(os.path.join(args.workdir, 'results.md')) as f:
-        print(f.read())
+    print((storage.path(args.workdir) / 'results.md').read_text())
     print(f'Study done in {time.perf_counter() - start:.0f}s; table, CSV and curves in '
           f'{args.workdir}.')
     return 0

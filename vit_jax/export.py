@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from vit_jax import cli, models, predict, weights
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
-from vit_jax.workdir import load_run
+from vit_jax.workdir import Workdir
 
 FORMATS = ('savedmodel', 'tflite', 'stablehlo')
 Serve = Callable[[jax.Array], jax.Array]
@@ -123,7 +123,7 @@ def _write(path: str, data: bytes) -> None:
 def _load(args: Any) -> tuple[Any, dict, dict]:
     """`(model, variables, preprocessing mean/std)` from the command line's source."""
     if args.workdir:
-        model, variables, config, _ = load_run(args.workdir)
+        model, variables, config, _ = Workdir(args.workdir).load_run()
         return model, variables, NORMALIZATIONS[config.pp.normalize]
     if args.weights and os.path.isdir(args.weights) and not args.model:
         model = weights.hf_model(args.weights)

@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f'--shots={args.shots!r} is not a comma-separated list of integers')
     try:
         if args.workdir:
-            from vit_jax.workdir import load_run
+            from vit_jax.workdir import Workdir
 
-            model, variables, config, _ = load_run(args.workdir, args.step, ema=args.ema)
+            model, variables, config, _ = Workdir(args.workdir).load_run(args.step, ema=args.ema)
             config = config_lib.apply_overrides(config, overrides)
             if model.img_size != config.pp.crop:
                 raise VitJaxError(f'the run in {args.workdir} takes {model.img_size}px images; '

@@ -4,7 +4,7 @@ steps for a TPU topology ahead of time (MaxText's `train_compile.py`), no TPU ne
     python -m vit_jax.plan --config=configs/vit.py:b16,imagenet2012 --topology=v5e:4x4 \
         --config.batch=4096 --config.model.dtype=bfloat16 [--json] [--search]
 
-The run is built by the trainer's own `vit_jax.train.loop.setup` on a mesh of `config.mesh`
+The run is built by the trainer's own `vit_jax.train.setup.setup` on a mesh of `config.mesh`
 over the topology's abstract devices (`jax.experimental.topologies`; XLA for TPU from libtpu:
 `pip install 'vit_jax[tpu]'`). No data is read: the image size is `config.pp.crop`, the class
 count `--num_classes`, else `KNOWN_CLASS_COUNTS[config.dataset]`, else the dataset's metadata
@@ -45,7 +45,8 @@ import numpy as np
 from vit_jax import cli
 from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError, PlanError, VitJaxError
-from vit_jax.train import loop, xla_costs
+from vit_jax.train import xla_costs
+from vit_jax.train.setup import Setup, make_mesh, setup
 
 GIB = 2 ** 30
 # HBM per chip of each TPU kind, as Google documents it (read as GiB):
@@ -177,7 +178,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_classes: int,
     uncompiled (0 bytes)."""
     config_lib.validate(config)
     devices = topology_devices(topology) if devices is None else devices
-    run = loop.setup(config, num_classes, loop.make_mesh(config, devices))
+    run = setup(config, num_classes, make_mesh(config, devices))
     chips = chip_count(devices)
     per_chip = len(devices) // chips
     seconds, compiled, memory = {}, {}, {}
@@ -234,7 +235,7 @@ def has_loops(model: Any, config: ml_collections.ConfigDict) -> bool:
     return getattr(model, 'scan_layers', False) or config.accum_steps > 1
 
 
-def compile_and_measure(run: loop.Setup, config: ml_collections.ConfigDict, *,
+def compile_and_measure(run: Setup, config: ml_collections.ConfigDict, *,
                         eval: bool = False) -> tuple[jax.stages.Compiled | None, StepMemory]:
     """`compile_step` and its `StepMemory`; `(None, overflow)` when the TPU compiler refuses
     the step for want of HBM, with the arguments counted from their shapes."""
@@ -256,7 +257,7 @@ def compile_and_measure(run: loop.Setup, config: ml_collections.ConfigDict, *,
                                 int(memory.temp_size_in_bytes), xla_costs.footprint(compiled))
 
 
-def compile_step(run: loop.Setup, config: ml_collections.ConfigDict, *, eval: bool = False
+def compile_step(run: Setup, config: ml_collections.ConfigDict, *, eval: bool = False
                  ) -> jax.stages.Compiled:
     """`run`'s train (or eval) step compiled for the batch `config` feeds it."""
     batch = abstract_batch(config, run.model.in_chans, run.batch_sharding, eval=eval)
@@ -281,7 +282,7 @@ def looped_flops(config: ml_collections.ConfigDict, num_classes: int,
         shallow = one + ([('model.depth', str(shallow_depth)), ('model.scan_layers', 'False')]
                          if shallow_depth else [])
         shallow = config_lib.apply_overrides(copy.deepcopy(config), shallow)
-        run = loop.setup(shallow, num_classes, loop.make_mesh(shallow, devices))
+        run = setup(shallow, num_classes, make_mesh(shallow, devices))
         counts.append(xla_costs.flops(compile_step(run, shallow)))
     extrapolated = counts[0] + (depth - 1) * (counts[1] - counts[0]) if depth else counts[0]
     return config.accum_steps * extrapolated
@@ -366,7 +367,7 @@ def search(config: ml_collections.ConfigDict, topology: str, num_classes: int,
         overrides = layout.flags(config, len(devices))
         candidate = config_lib.apply_overrides(copy.deepcopy(config), overrides)
         try:
-            run = loop.setup(candidate, num_classes, loop.make_mesh(candidate, devices))
+            run = setup(candidate, num_classes, make_mesh(candidate, devices))
         except ConfigError as e:
             log(f'refused ({e}): {command_flags(overrides)}')
             continue

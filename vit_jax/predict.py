@@ -6,7 +6,7 @@ r"""Command line: the top classes of images, with each model's own preprocessing
 `--weights` takes any layout `vit_jax.weights.load` reads; the class count (and the ViT's
 pre-logits width) come from the file. ImageNet-1k and -21k class names ship with the package;
 `--classes=FILE` (one name per line) names other classes. With `--workdir`, the model, its options,
-its weights (the latest checkpoint, read by `vit_jax.workdir.load_run`), class names
+its weights (the latest checkpoint, read by `vit_jax.workdir.Workdir.load_run`), class names
 (`classes.txt`) and input normalisation (`pp.normalize`) come from that training run, and images
 are resized bilinearly to the run's crop (shorter side, centre crop; the eval pipeline resizes the
 whole image, the same for square images). With `--model`, images are prepared as the model's
@@ -27,7 +27,7 @@ import numpy as np
 from vit_jax import cli, models, weights
 from vit_jax.errors import VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
-from vit_jax.workdir import load_run
+from vit_jax.workdir import Workdir
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
 HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')
@@ -109,7 +109,7 @@ def _from_workdir(workdir: str, img_size: int | None = None,
     """`(model, variables, class names, preprocessing)` of a training run: its latest
     checkpoint, at `img_size` (default: the run's crop); images resized as the eval pipeline
     does (the whole image, bilinearly) and normalised with the run's mean and std."""
-    model, variables, config, names = load_run(workdir)
+    model, variables, config, names = Workdir(workdir).load_run()
     if img_size and img_size != model.img_size:
         model = model.clone(img_size=img_size)
         variables = weights.load(model, variables, strict=True)

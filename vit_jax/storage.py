@@ -39,6 +39,8 @@ def configure_environment(environ: dict[str, str] | os._Environ = os.environ) ->
             gcs = f'http://{gcs}'
         environ.setdefault('TENSORSTORE_GCS_HTTP_URL', gcs)
         environ.setdefault('CLOUD_STORAGE_EMULATOR_ENDPOINT', gcs)
+        # tensorstore takes this token instead of looking for Google credentials
+        environ.setdefault('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')
         # gcsfs otherwise probes each bucket over gRPC for a minute
         environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
@@ -119,31 +121,38 @@ def _kvstore_spec(target: epath.Path) -> tuple[dict[str, Any], str]:
     if kind is None:
         return {'driver': 'file', 'path': os.path.dirname(text) + '/'}, os.path.basename(text)
     bucket, _, key = text.split('://', 1)[1].partition('/')
-    return {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}, key
+    spec = {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}
+    if kind == 's3' and os.environ.get('AWS_ENDPOINT_URL'):  # tensorstore does not read it
+        spec['endpoint'] = os.environ['AWS_ENDPOINT_URL']
+    return spec, key
 
 
-def _kvstore(target: epath.Path) -> tuple[Any, str]:
+def _kvstore(target: epath.Path, timeout: float | None) -> tuple[Any, str]:
     import tensorstore as ts
 
     spec, key = _kvstore_spec(target)
-    return ts.KvStore.open(spec).result(), key
+    return ts.KvStore.open(spec).result(timeout=timeout), key
 
 
-def read_versioned(target: epath.Path) -> tuple[bytes | None, bytes]:
+def read_versioned(target: epath.Path, *, timeout: float | None = None
+                   ) -> tuple[bytes | None, bytes]:
     """`(contents or None when absent, generation)` of `target`; the generation names this
-    version of it (or its absence) for `write_if`."""
-    store, key = _kvstore(target)
-    result = store.read(key).result()
+    version of it (or its absence) for `write_if`. A `TimeoutError` after `timeout` seconds."""
+    store, key = _kvstore(target, timeout)
+    result = store.read(key).result(timeout=timeout)
     return (result.value if result.state == 'value' else None), result.stamp.generation
 
 
-def write_if(target: epath.Path, data: bytes | None, generation: bytes) -> bytes | None:
+def write_if(target: epath.Path, data: bytes | None, generation: bytes, *,
+             timeout: float | None = None) -> bytes | None:
     """Writes `data` to `target` (deletes it when None) only if it is still at `generation`
     (from `read_versioned`; the generation of its absence makes this a create): the new
     generation, or None when another writer changed it first. Atomic in the store itself
-    (GCS `ifGenerationMatch`, S3 conditional writes, a lock file on local disk)."""
-    store, key = _kvstore(target)
-    written = store.write(key, data, if_equal=generation).result().generation
+    (GCS `ifGenerationMatch`, S3 `If-Match`/`If-None-Match`, a lock file on local disk),
+    except a delete on S3: tensorstore checks the generation, then deletes. A `TimeoutError`
+    after `timeout` seconds, when the write may still happen."""
+    store, key = _kvstore(target, timeout)
+    written = store.write(key, data, if_equal=generation).result(timeout=timeout).generation
     return written or None
 
 
@@ -152,19 +161,20 @@ def write_if(target: epath.Path, data: bytes | None, generation: bytes) -> bytes
 _HINTS = {
     errno.ENOSPC: 'free some space',
     errno.EDQUOT: 'free some of your quota',
-    errno.EROFS: 'use a writable location',
-    errno.EACCES: 'fix the permissions or use another location',
-    errno.EPERM: 'fix the permissions or use another location',
+    errno.EROFS: 'use a writable {what}',
+    errno.EACCES: 'use a {what} this user may write to',
+    errno.EPERM: 'use a {what} this user may write to',
 }
 
 
-def describe(error: BaseException) -> tuple[str, str]:
-    """`(cause, what to do)` of a failed file or object-store operation, in words."""
+def describe(error: BaseException, what: str = 'location') -> tuple[str, str]:
+    """`(cause, what to do)` of a failed file or object-store operation, in words; `what`
+    names the location in the advice (e.g. `--workdir`)."""
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
     name = type(error).__name__
     lowered = f'{name} {text}'.lower()
     if isinstance(error, OSError) and error.errno in _HINTS:
-        return error.strerror or text or name, _HINTS[error.errno]
+        return error.strerror or text or name, _HINTS[error.errno].format(what=what)
     if 'credential' in lowered or 'refresherror' in lowered or 'nocredentials' in lowered:
         return 'no credentials for the store', (
             'log in (gcloud auth application-default login, or AWS credentials in the '
@@ -174,7 +184,8 @@ def describe(error: BaseException) -> tuple[str, str]:
         return 'no such bucket', 'create the bucket or fix its name'
     if isinstance(error, PermissionError) or '403' in lowered or 'forbidden' in lowered or \
             'permission' in lowered or 'accessdenied' in lowered:
-        return 'permission denied', 'grant this account access to the bucket, or use another'
+        return 'permission denied', (f'grant this account access, or use a {what} this user '
+                                     f'may write to')
     if '429' in lowered or 'quota' in lowered or 'slowdown' in lowered:
         return 'the store refused for quota or rate', 'wait, or raise the quota'
     if isinstance(error, (ConnectionError, TimeoutError)) or any(
@@ -184,4 +195,4 @@ def describe(error: BaseException) -> tuple[str, str]:
             'check the network (or the emulator), then run the same command again'
     if isinstance(error, FileNotFoundError):
         return 'no such file', 'check the path'
-    return f'{name}: {text}' if text else name, 'check the location and its permissions'
+    return f'{name}: {text}' if text else name, f'use a {what} this user may write to'

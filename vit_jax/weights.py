@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import tree
+from vit_jax import storage, tree
 from vit_jax.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -410,19 +411,21 @@ def _invert_rule(pattern: str, replacement: str) -> tuple[str, str]:
 
 
 def save_npz(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Writes variables as an `.npz` in the original layout (params keys without a prefix).
+    """Writes variables as an `.npz` in the original layout (`npz_arrays`), locally or in a
+    bucket. The file appears complete or not at all."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **npz_arrays(variables))
+    storage.write_atomic(storage.path(path), buffer.getvalue())
+
+
+def npz_arrays(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays of the original .npz layout: params keys without a prefix, other collections
+    (BatchNorm statistics) with theirs; a model scanned over its layers one key per layer.
 
     The original google-research/vision_transformer code and timm's reader of that format load
-    the result; a model scanned over its layers is written unstacked, one key per layer. Other
-    collections (BatchNorm statistics) keep their collection prefix. The file appears complete
-    or not at all.
-    """
+    them."""
     flat = tree.unstack_layers(tree.flatten(variables))
-    arrays = {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
-    path = os.fspath(path)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    return {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
 
 
 # ----------------------------------------------------------------------------- PyTorch layouts

@@ -1,63 +1,214 @@
-"""Reading a training run back from its workdir: the model, its trained variables, the config and
-the class names, for prediction, analysis, ablation tables and notebooks.
+"""A training run's workdir, on local disk or in a bucket (`gs://`, `s3://`): every file of the run
+and the one way each is written and read.
 
-    model, variables, config, classes = load_run('runs/digits')
+    workdir = Workdir('gs://bucket/run')
+    model, variables, config, classes = workdir.load_run()
 
-The model is built as `vit_jax.train.loop.setup` builds it for training, from `config.json`
-and `classes.txt`; the variables come from the newest readable checkpoint (or the one at
-`step`) through `vit_jax.train.checkpoint.Checkpointer`, read-only: reading a run, also one still
-training, writes, moves and deletes nothing. Arrays are placed on this process's first device.
+What it holds:
+- `config.json`, `classes.txt`, `runs.jsonl`: the run record (`vit_jax.train.record` decides
+  what a later launch may change);
+- `lock`: the run training there (`vit_jax.train.lock`);
+- `checkpoints/<step>`: orbax checkpoints (`vit_jax.train.checkpoint`);
+- `metrics.jsonl`, `tensorboard/`: metrics (`vit_jax.train.metrics`);
+- `skipped_images.txt`: images the dataset's check skipped;
+- `final_metrics.json`, `weights.npz`, `weights_ema.npz`: what a finished run exports.
+
+Every file is written whole or not at all (`vit_jax.storage.write_atomic`); nothing else in
+vit_jax joins paths into a workdir. Reading a run (`load_run`) writes, moves and deletes nothing,
+also while it trains; its arrays are placed on this process's first device.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
+from etils import epath
 
-from vit_jax.errors import VitJaxError
-from vit_jax.train import sharding
+from vit_jax import storage, weights
+from vit_jax.errors import VitJaxError, WorkdirError
+from vit_jax.train import record, sharding
 from vit_jax.train.checkpoint import Checkpointer
-from vit_jax.train.loop import Setup, setup
-from vit_jax.train.record import read_classes, read_config
-from vit_jax.train.step import TrainState
+from vit_jax.train.lock import WorkdirLock
+from vit_jax.train.metrics import MetricWriter, parse_metrics
+from vit_jax.train.setup import abstract_variables, build_model
 
 
-def run_setup(workdir: str) -> tuple[Setup, ml_collections.ConfigDict, tuple[str, ...]]:
-    """`(setup, config, classes)` of the run in `workdir` on this process's first device;
-    reads `config.json` and `classes.txt` only (no checkpoint, no data)."""
-    config = read_config(workdir)
-    classes = read_classes(workdir)
-    mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
-    return setup(config, len(classes), mesh), config, classes
+class Workdir:
+    """The files of the run in `location` (a local folder, `gs://...` or `s3://...`)."""
 
+    def __init__(self, location: str | os.PathLike):
+        self.path = storage.path(location)
 
-def load_state(workdir: str, step: int | None = None,
-               ) -> tuple[TrainState, Setup, ml_collections.ConfigDict, tuple[str, ...]]:
-    """`(state, setup, config, classes)` of the run in `workdir`: the `TrainState` of its
-    newest readable checkpoint, or of the one at `step`."""
-    run, config, classes = run_setup(workdir)
-    checkpointer = Checkpointer(workdir, every=0, keep=1, read_only=True)
-    try:
-        if checkpointer.latest_step() is None:
-            raise VitJaxError(f'{checkpointer.directory} holds no checkpoint; has the run in '
-                              f'{workdir} saved one yet?')
-        state, _ = checkpointer.restore(run.abstract_state, config.model_name, step)
-    finally:
-        checkpointer.close()
-    return state, run, config, classes
+    def __str__(self) -> str:
+        return os.fspath(self.path)
 
+    def __repr__(self) -> str:
+        return f'Workdir({str(self)!r})'
 
-def load_run(workdir: str, step: int | None = None, *, ema: bool = False,
-             ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict, tuple[str, ...]]:
-    """`(model, variables, config, classes)` of the run in `workdir`: `variables` are
-    `{'params': ..., **model_state}` of the newest readable checkpoint, or of the one at `step`;
-    with `ema`, the moving average of the weights instead (runs with `ema_decay` > 0)."""
-    if ema and not read_config(workdir).ema_decay:
-        raise VitJaxError(f'the run in {workdir} kept no moving average of the weights '
-                          f'(ema_decay is 0); load its weights without ema')
-    state, run, config, classes = load_state(workdir, step)
-    variables = state.ema if ema else {'params': state.params, **state.model_state}
-    return run.model, variables, config, classes
+    def file(self, name: str) -> epath.Path:
+        """The file `name` in the workdir: the run's own, or one a tool keeps beside them (the
+        ablation study's `point.json`)."""
+        return self.path / name
+
+    # --------------------------------------------------------------------------- the record
+
+    def read_config(self) -> ml_collections.ConfigDict:
+        """The config the run trained with (`config.json`)."""
+        return record.parse_config(json.loads(self._read('config.json')))
+
+    def read_classes(self) -> tuple[str, ...]:
+        """The run's class names, in label order (`classes.txt`)."""
+        return record.parse_classes(self._read('classes.txt'))
+
+    def _read(self, name: str) -> str:
+        target = self.file(name)
+        try:
+            return target.read_text()
+        except FileNotFoundError:
+            raise VitJaxError(f'{self} holds no {name}; is it the --workdir of a run?') from None
+        except OSError as e:
+            raise self.error(e, f'cannot read {target}') from None
+
+    def check_config(self, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+        """The diff of `config` against the run record (`{}` for a new run), when it changes
+        `record.MAY_CHANGE` keys only; else a `ConfigError` naming each other key."""
+        if not self._exists('config.json'):
+            return {}
+        diff = record.config_diff(record.flat_config(self.read_config()), config)
+        record.check_changes(diff, str(self))
+        return diff
+
+    def check_classes(self, class_names: tuple[str, ...]) -> None:
+        """A `ConfigError` when the run recorded other class names than `class_names`."""
+        if self._exists('classes.txt'):
+            record.check_classes(self.read_classes(), class_names, str(self))
+
+    def write_record(self, config: ml_collections.ConfigDict,
+                     class_names: tuple[str, ...]) -> None:
+        """`config.json` (the config of this launch) and `classes.txt`."""
+        storage.write_atomic(self.file('config.json'), record.config_text(config))
+        storage.write_atomic(self.file('classes.txt'), record.classes_text(class_names))
+
+    def log_launch(self, step: int, diff: dict[str, tuple[Any, Any]]) -> None:
+        """Appends this launch to `runs.jsonl`."""
+        target = self.file('runs.jsonl')
+        old = target.read_text() if target.exists() else ''
+        if old and not old.endswith('\n'):  # a line cut short by a kill: complete it
+            old += '\n'
+        storage.write_atomic(target, old + record.launch_entry(step, diff) + '\n')
+
+    def _exists(self, name: str) -> bool:
+        try:
+            return self.file(name).exists()
+        except OSError as e:
+            raise self.error(e, f'cannot read {self}') from None
+
+    def check_writable(self) -> None:
+        """Creates the workdir if needed and writes and removes a probe in it: a one-line
+        `WorkdirError` when that fails (read-only, no permission, full, no such bucket)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.file(f'.write-probe-{os.getpid()}')
+            probe.write_bytes(b'')
+            probe.unlink()
+        except Exception as e:  # noqa: BLE001 -- any store failure: one line
+            raise self.error(e, f'cannot write {self}', resume=False) from None
+
+    def error(self, error: BaseException, doing: str, *, resume: bool = True) -> WorkdirError:
+        """`DOING: CAUSE; WHAT TO DO` for a failed read or write in the workdir."""
+        cause, hint = storage.describe(error, '--workdir')
+        then = ', then run the same command to resume from the last checkpoint' if resume else ''
+        return WorkdirError(f'{doing}: {cause}; {hint}{then}')
+
+    # ------------------------------------------------------------------- lock, checkpoints
+
+    def lock(self) -> WorkdirLock:
+        """The lock one run holds while it trains here."""
+        return WorkdirLock(str(self))
+
+    def checkpointer(self, *, every: int = 0, keep: int = 1,
+                     read_only: bool = False) -> Checkpointer:
+        """The run's checkpoints (`checkpoints/<step>`), saved every `every` steps, the newest
+        `keep` kept; `read_only` for readers of the run."""
+        return Checkpointer(self.file('checkpoints'), every=every, keep=keep,
+                            read_only=read_only)
+
+    # ----------------------------------------------------------------------------- logs
+
+    def metric_writer(self, *, enabled: bool = True) -> MetricWriter:
+        """The writer of `metrics.jsonl` and `tensorboard/`."""
+        return MetricWriter(self.file('metrics.jsonl'), self.file('tensorboard'),
+                            enabled=enabled)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of `metrics.jsonl`, in order (`[]` before the first)."""
+        if not self._exists('metrics.jsonl'):
+            return []
+        return parse_metrics(self._read('metrics.jsonl'))
+
+    def write_skipped(self, lines: tuple[str, ...]) -> epath.Path:
+        """`skipped_images.txt`: the images the dataset's check skipped, one per line."""
+        target = self.file('skipped_images.txt')
+        storage.write_atomic(target, ''.join(f'{line}\n' for line in lines))
+        return target
+
+    # -------------------------------------------------------------------------- outputs
+
+    def export(self, final: dict[str, float], variables: dict[str, Any],
+               ema_variables: dict[str, Any]) -> None:
+        """`final_metrics.json`, `weights.npz` (the original .npz layout) and, when given,
+        `weights_ema.npz` (the moving average of the weights)."""
+        storage.write_atomic(self.file('final_metrics.json'), json.dumps(final, indent=2))
+        weights.save_npz(variables, self.file('weights.npz'))
+        if ema_variables:
+            weights.save_npz(ema_variables, self.file('weights_ema.npz'))
+
+    @property
+    def weights_file(self) -> epath.Path:
+        """`weights.npz`, the trained weights a finished run exported."""
+        return self.file('weights.npz')
+
+    # --------------------------------------------------------------------- reading a run
+
+    def load_model(self) -> tuple[nn.Module, ml_collections.ConfigDict, tuple[str, ...]]:
+        """`(model, config, classes)` of the run, from `config.json` and `classes.txt` (no
+        checkpoint read)."""
+        config = self.read_config()
+        classes = self.read_classes()
+        return build_model(config, len(classes)), config, classes
+
+    def load_variables(self, template: dict[str, Any], step: int | None = None, *,
+                       ema: bool = False) -> tuple[dict[str, Any], int]:
+        """`(variables, step)`: the model's variables (`{'params': ..., **model_state}`) of the
+        newest readable checkpoint (or the one at `step`), or with `ema` their moving average,
+        shaped and placed as `template` (`jax.ShapeDtypeStruct`s with shardings). Reads nothing
+        else of the training state."""
+        checkpointer = self.checkpointer(read_only=True)
+        try:
+            if checkpointer.latest_step() is None:
+                raise VitJaxError(f'{checkpointer.directory} holds no checkpoint; has the run '
+                                  f'in {self} saved one yet?')
+            return checkpointer.restore_variables(template, step, ema=ema)
+        finally:
+            checkpointer.close()
+
+    def load_run(self, step: int | None = None, *, ema: bool = False,
+                 ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict,
+                            tuple[str, ...]]:
+        """`(model, variables, config, classes)` of the run: `variables` of its newest readable
+        checkpoint, or of the one at `step`; with `ema`, the moving average of the weights
+        (runs with `ema_decay` > 0)."""
+        model, config, classes = self.load_model()
+        if ema and not config.ema_decay:
+            raise VitJaxError(f'the run in {self} kept no moving average of the weights '
+                              f'(ema_decay is 0); load its weights without ema')
+        mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+        variables, _ = self.load_variables(abstract_variables(model, mesh, config), step,
+                                           ema=ema)
+        return model, variables, config, classes
+

@@ -29,7 +29,7 @@ from vit_jax.analysis import attention, embeddings
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.normalization import normalize as normalize_pixels
-from vit_jax.workdir import load_run
+from vit_jax.workdir import Workdir
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.workdir:
-            model, variables, config, _ = load_run(args.workdir, args.step)
+            model, variables, config, _ = Workdir(args.workdir).load_run(args.step)
             name, normalization = config.model_name, config.pp.get('normalize', 'minus_one_one')
         else:
             name, normalization = args.model, None

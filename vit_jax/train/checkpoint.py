@@ -1,7 +1,7 @@
-"""Checkpoints in `workdir/checkpoints/<step>` with orbax: the whole `TrainState` (parameters,
-optimizer state, step, RNG key, BatchNorm statistics, the moving average of the weights when
-`ema_decay` > 0) and a JSON record of the run (model name and the data position: how many
-training examples were read).
+"""Checkpoints in a run's `checkpoints/<step>` folders (local or in a bucket) with orbax: the
+whole `TrainState` (parameters, optimizer state, step, RNG key, BatchNorm statistics, the moving
+average of the weights when `ema_decay` > 0) and a JSON record of the run (model name and the
+data position: how many training examples were read).
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
 interrupted at any point is never taken as the latest; leftovers are cleaned up. A save that
@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import serialization
 from jax.experimental import multihost_utils
 
@@ -128,13 +129,26 @@ class _CheckpointManager(ocp.CheckpointManager):
         return False
 
 
-class Checkpointer:
-    """Saves every `every` steps (and when forced), keeps the newest `keep`, restores the
-    newest readable one. `read_only` (for readers of a run, e.g. `vit_jax.workdir`) creates,
-    cleans up and moves nothing: an unreadable checkpoint is skipped where it lies."""
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warning that a read-only manager's directory is read only (it is meant
+    to be)."""
 
-    def __init__(self, workdir: str, *, every: int, keep: int, read_only: bool = False):
-        self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith('Given directory is read only')
+
+
+logging.getLogger('absl').addFilter(_ReadOnlyNotice())
+
+
+class Checkpointer:
+    """Saves in `directory` every `every` steps (and when forced), keeps the newest `keep`,
+    restores the newest readable one. `read_only` (for readers of a run, e.g.
+    `vit_jax.workdir`) creates, cleans up and moves nothing: an unreadable checkpoint is skipped
+    where it lies."""
+
+    def __init__(self, directory: epath.Path, *, every: int, keep: int,
+                 read_only: bool = False):
+        self.directory = directory
         self.every = every
         self.read_only = read_only
         self._manager = _CheckpointManager(
@@ -148,6 +162,7 @@ class Checkpointer:
         self._failed_saves = _FailedSaves()
         logging.getLogger('absl').addFilter(self._failed_saves)
         self._late_writes = _LateWrites()
+        self._reader: ocp.CheckpointManager | None = None
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -217,28 +232,72 @@ class Checkpointer:
         tried.
         """
         target = serialization.to_state_dict(template)
-        steps = self.all_steps() if step is None else [step]
-        for candidate in reversed(steps):
+
+        def read(candidate: int) -> tuple[TrainState, dict[str, Any]]:
+            run = dict(self._restore_item(candidate, 'run', ocp.args.JsonRestore()))
+            metadata = self._manager.item_metadata(candidate)['state']
+            self._check_same_model(candidate, run, metadata, target, model_name)
+            self._check_same_state(candidate, metadata, target)
+            wanted = target if 'ema' in metadata else {
+                k: v for k, v in target.items() if k != 'ema'}
+            restored = {'ema': {}, **self._restore_item(
+                candidate, 'state', ocp.args.StandardRestore(wanted))}
+            return serialization.from_state_dict(template, restored), run
+
+        return self._first_readable(step, read)
+
+    def restore_variables(self, template: dict[str, Any], step: int | None = None, *,
+                          ema: bool = False) -> tuple[dict[str, Any], int]:
+        """`(variables, step)`: the model's variables (`{'params': ..., **model_state}`, or with
+        `ema` their moving average) of the newest readable checkpoint, or of the one at `step`,
+        shaped and placed like `template`; nothing else of the training state is read. Arrays
+        of other names or shapes than `template`'s are a `ConfigError` naming the first."""
+
+        def read(candidate: int) -> tuple[dict[str, Any], int]:
+            metadata = self._manager.item_metadata(candidate)['state']
+            if ema and 'ema' not in metadata:
+                raise ConfigError(f'checkpoint {candidate} in {self.directory} holds no moving '
+                                  f'average of the weights; read its weights without ema')
+            stored = metadata['ema'] if ema else {'params': metadata['params'],
+                                                  **metadata.get('model_state', {})}
+            _check_same_arrays(stored, template, f'checkpoint {candidate} in {self.directory}')
+            wanted = {'ema': template} if ema else {
+                'params': template['params'],
+                'model_state': {k: v for k, v in template.items() if k != 'params'}}
+            restored = self._partial_reader().restore(candidate, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                    partial_restore=True)))['state']
+            variables = restored['ema'] if ema else {'params': restored['params'],
+                                                     **restored['model_state']}
+            return variables, candidate
+
+        return self._first_readable(step, read)
+
+    def _first_readable(self, step: int | None, read: Any) -> Any:
+        """`read(candidate)` of the newest checkpoint it reads (only `step`'s when given): a
+        `ConfigError` stops the search; any other failure sets the checkpoint aside and tries
+        the one before."""
+        for candidate in reversed(self.all_steps() if step is None else [step]):
             try:
-                run = dict(self._restore_item(candidate, 'run', ocp.args.JsonRestore()))
-                metadata = self._manager.item_metadata(candidate)['state']
-                self._check_same_model(candidate, run, metadata, target, model_name)
-                self._check_same_state(candidate, metadata, target)
-                wanted = target if 'ema' in metadata else {
-                    k: v for k, v in target.items() if k != 'ema'}
-                restored = {'ema': {}, **self._restore_item(
-                    candidate, 'state', ocp.args.StandardRestore(wanted))}
+                return read(candidate)
             except ConfigError:
                 raise
             except Exception as e:  # noqa: BLE001 -- unreadable for whatever reason: fall back
                 self._set_aside(candidate, e)
-                continue
-            return serialization.from_state_dict(template, restored), run
         if self.read_only:
             raise TrainingError(f'no readable checkpoint{"" if step is None else f" {step}"} in '
                                 f'{self.directory}; steps there: {self.all_steps()}')
         raise TrainingError(f'no readable checkpoint in {self.directory}; the unreadable ones '
                             f'were moved to corrupt-<step>: delete them or use a new --workdir')
+
+    def _partial_reader(self) -> ocp.CheckpointManager:
+        """A read-only manager whose `state` handler restores a part of the state."""
+        if self._reader is None:
+            self._reader = ocp.CheckpointManager(
+                self.directory, item_handlers={'state': ocp.PyTreeCheckpointHandler()},
+                options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+        return self._reader
 
     def _restore_item(self, step: int, name: str, args: ocp.args.CheckpointArgs) -> Any:
         return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
@@ -298,10 +357,10 @@ class Checkpointer:
         if self.read_only:
             return
         if jax.process_index() == 0:
-            aside = os.path.join(self.directory, f'corrupt-{step}')
-            while os.path.exists(aside):
-                aside += '-again'
-            os.replace(os.path.join(self.directory, str(step)), aside)
+            aside = self.directory / f'corrupt-{step}'
+            while aside.exists():
+                aside = aside.parent / f'{aside.name}-again'
+            (self.directory / str(step)).rename(aside)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f'vit_jax set aside checkpoint {step}')
         self._manager.reload()
@@ -316,8 +375,26 @@ class Checkpointer:
             self.check_saved()
         finally:
             self._manager.close()
+            if self._reader is not None:
+                self._reader.close()
             logging.getLogger('absl').removeFilter(self._failed_saves)
             self._late_writes.close()
+
+
+def _check_same_arrays(stored: Any, template: Any, where: str) -> None:
+    """A `ConfigError` naming the first array whose name or shape differs between `stored`
+    (checkpoint metadata) and `template`."""
+    def shapes(tree_: Any) -> dict[str, tuple[int, ...]]:
+        return {tree.array_name(p): tuple(getattr(x, 'shape', ()))
+                for p, x in jax.tree_util.tree_leaves_with_path(tree_)}
+
+    theirs, ours = shapes(stored), shapes(template)
+    diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if diff:
+        raise ConfigError(
+            f'{where} holds another model: {diff[0]} is {theirs.get(diff[0])} there, '
+            f'{ours.get(diff[0])} here; use the model options and dataset of that run (see '
+            f'its config.json)')
 
 
 def _stored_shape(x: Any) -> tuple[int, ...]:

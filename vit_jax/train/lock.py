@@ -1,7 +1,8 @@
 """One run per workdir: `workdir/lock` names the run training there (host, pid, start time).
 
-    with WorkdirLock(workdir):
+    with WorkdirLock(workdir) as lock:
         ...  # train
+        lock.check()  # before each save: a WorkdirError once the lock is no longer this run's
 
 Process 0 takes the lock for every process of a run, and every process learns whether it got
 it, so all go on or all stop. A second launch is refused in one line naming the holder; a lock
@@ -19,6 +20,9 @@ the holder gone (same host, no such process): where `flock` is local to each hos
 with `nolock`, some FUSE file systems), a live holder on another host is invisible to it, and
 its lock is refused, never taken over. A file system without `flock` falls back to that proof
 alone, as unsafe against two launches taking over at the same moment as it always was.
+
+In an object store (`gs://`, `s3://`), shared by the hosts of a TPU pod, there is no `flock`:
+there the lock is a lease renewed while the run lives (`vit_jax.train.lease`).
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vit_jax import storage
 from vit_jax.errors import WorkdirError
+from vit_jax.train.lease import LEASE_SECONDS, LeaseLock
 
 log = logging.getLogger(__name__)
 
@@ -88,32 +95,59 @@ def _parse(data: bytes) -> dict | None:
     return holder if isinstance(holder, dict) and isinstance(holder.get('pid'), int) else None
 
 
-class WorkdirLock:
-    """Holds `workdir/lock` from `__enter__` to `__exit__` (see the module docstring)."""
+def _on_process_0(step: Callable[[], None], elsewhere: str) -> None:
+    """Runs `step` on process 0; when it raises a `WorkdirError`, every process raises one
+    (`elsewhere` on the others), so that all go on or all stop."""
+    error = ''
+    if jax.process_index() == 0:
+        try:
+            step()
+        except WorkdirError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+        if failed and not error:
+            error = elsewhere
+    if error:
+        raise WorkdirError(error)
 
-    def __init__(self, workdir: str):
+
+class WorkdirLock:
+    """Holds `workdir/lock` from `__enter__` to `__exit__` (see the module docstring); in an
+    object store, as a lease of `lease_seconds`."""
+
+    def __init__(self, workdir: str, *, lease_seconds: float = LEASE_SECONDS):
         self.path = os.path.join(workdir, 'lock')
         self.holder = {'host': socket.gethostname(), 'pid': os.getpid(),
                        'started': datetime.datetime.now().astimezone().isoformat(
                            timespec='seconds')}
         self._fd: int | None = None
+        self._lease = (LeaseLock(storage.path(self.path), self.holder, lease_seconds=lease_seconds)
+                       if storage.is_remote(workdir) else None)
 
     def __enter__(self) -> WorkdirLock:
-        error = ''
-        if jax.process_index() == 0:
-            try:
-                self._acquire()
-            except WorkdirError as e:
-                error = str(e)
-        if jax.process_count() > 1:
-            refused = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
-            if refused and not error:
-                error = f'process 0 could not take {self.path}; see its error'
-        if error:
-            raise WorkdirError(error)
+        _on_process_0(self._acquire, f'process 0 could not take {self.path}; see its error')
         return self
 
+    def check(self) -> None:
+        """Raises a `WorkdirError` (on every process) when the lock is no longer this run's:
+        removed, replaced or taken over by another launch. Call it before each save."""
+        _on_process_0(self._check, f'process 0 lost the lock {self.path}; see its error')
+
+    def _check(self) -> None:
+        if self._lease is not None:
+            self._lease.check()
+        elif self._fd is not None and not _same_file(self._fd, self.path):
+            raise WorkdirError(
+                f'{self.path} was removed or replaced while this run held it; stopping before '
+                f'the next save, since another launch may now write to '
+                f'{os.path.dirname(self.path)}; make sure no other run uses it, then run the '
+                f'same command again to resume from the last checkpoint')
+
     def _acquire(self) -> None:
+        if self._lease is not None:
+            self._lease.acquire()
+            return
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
@@ -185,6 +219,8 @@ class WorkdirLock:
 
     def __exit__(self, kind: type | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self._lease is not None:
+            self._lease.release()
         if self._fd is None:
             return
         try:

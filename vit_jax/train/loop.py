@@ -5,42 +5,32 @@ the loop, export. The one place with side effects (data, logging, progress, chec
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
 from vit_jax import config as config_lib
-from vit_jax import models, tree, weights
+from vit_jax import weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import ConfigError, TrainingError
-from vit_jax.train import distill, fewshot, mix, record, sharding
+from vit_jax.train import distill, fewshot, sharding
 from vit_jax.train.checkpoint import Checkpointer
-from vit_jax.train.lock import WorkdirLock
 from vit_jax.train.metrics import MetricWriter, Progress
-from vit_jax.train.optim import create_optimizer
 from vit_jax.train.preemption import PreemptionWatch
+from vit_jax.train.setup import Setup, make_mesh, setup, with_teacher
 from vit_jax.train.step import (
-    HEAD_BIAS_INIT,
-    MixFn,
-    StepOptions,
     TrainState,
-    create_train_state,
-    make_eval_step,
-    make_train_step,
 )
+from vit_jax.workdir import Workdir
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],
@@ -61,119 +51,6 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],
     return result
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """What a run of a config computes with, built before any data or state exists.
-
-    `abstract_state` is the `TrainState` as `jax.ShapeDtypeStruct`s carrying `state_sharding`;
-    `init(rng)` allocates the initial state so placed. `train_step(state, batch) ->
-    (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
-    the state and `batch_sharding` (the batch split over `data` x `fsdp`) as input shardings, so
-    `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
-
-    With DeiT distillation (`config.distill`), `distillation` holds the teacher and
-    `train_step(state, batch, teacher_variables)` takes the teacher's variables as a third
-    argument, placed as `abstract_teacher` says (the parameter sharding rules applied to the
-    teacher's names); they are not part of the state (`vit_jax.train.distill.load_teacher`
-    reads them from their weights file).
-    """
-
-    model: nn.Module
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    mesh: jax.sharding.Mesh
-    state_sharding: TrainState
-    abstract_state: TrainState
-    batch_sharding: jax.sharding.NamedSharding
-    init: Callable[[jax.Array], TrainState]
-    train_step: Callable[..., tuple[TrainState, dict]]
-    eval_step: Callable[[TrainState, dict], dict]
-    distillation: distill.Distillation | None = None
-    abstract_teacher: Any = None
-
-
-def make_mesh(config: ml_collections.ConfigDict,
-              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """The mesh of `config.mesh` over `devices` (default: every device of every process)."""
-    return sharding.make_mesh(config.mesh, devices)
-
-
-def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
-          ) -> Setup:
-    """The model, optimizer, shardings and jitted steps of `config` on `mesh` (any devices,
-    abstract TPU ones included), after checking that the batches split over it. Reads no data
-    and allocates no state."""
-    sharding.check_rules(config.param_sharding)
-    devices = sharding.batch_devices(mesh)
-    sharding.check_batch_size('batch', config.batch, devices, config.accum_steps)
-    sharding.check_batch_size('batch_eval', config.batch_eval, devices)
-    model = models.create_model(config.model_name, **config_lib.model_overrides(config),
-                                num_classes=num_classes, img_size=config.pp.crop)
-    tx, schedule = create_optimizer(config)
-    init = functools.partial(create_train_state, model, tx,
-                             image_shape=(1, config.pp.crop, config.pp.crop, model.in_chans),
-                             ema=config.ema_decay > 0,
-                             head_bias=HEAD_BIAS_INIT.get(config.loss))
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    state_sharding = sharding.state_shardings(shapes, mesh, config.param_sharding,
-                                              config.fsdp_min_size)
-    abstract_state = jax.tree.map(
-        lambda s, placed: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed),
-        shapes, state_sharding)
-    batch_sharding = sharding.batch_sharding(mesh)
-    options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
-                          ema_decay=config.ema_decay, loss=config.loss,
-                          normalize=config.pp.normalize, erase_prob=config.pp.erase_prob)
-    distillation = distill.from_config(config, num_classes)
-    teacher_sharding, abstract_teacher = (), None
-    if distillation:
-        abstract_teacher = _abstract_variables(distillation.teacher, mesh, config)
-        teacher_sharding = (jax.tree.map(lambda s: s.sharding, abstract_teacher),)
-    train_step = jax.jit(
-        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation,
-                                        state_sharding.params),
-                         mesh),
-        in_shardings=(state_sharding, batch_sharding, *teacher_sharding),
-        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    eval_step = jax.jit(
-        sharding.on_mesh(make_eval_step(model, config.loss, config.pp.normalize), mesh),
-        in_shardings=(state_sharding, batch_sharding), out_shardings=sharding.replicated(mesh))
-    return Setup(model=model, tx=tx, schedule=schedule, mesh=mesh,
-                 state_sharding=state_sharding, abstract_state=abstract_state,
-                 batch_sharding=batch_sharding,
-                 init=jax.jit(init, out_shardings=state_sharding),
-                 train_step=train_step, eval_step=eval_step, distillation=distillation,
-                 abstract_teacher=abstract_teacher)
-
-
-def _abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
-                        config: ml_collections.ConfigDict) -> Any:
-    """`model`'s variables as `jax.ShapeDtypeStruct`s placed by `config.param_sharding` on
-    `mesh`, as the student's parameters are."""
-    shapes = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, model.img_size, model.img_size, model.in_chans))))
-    placement = sharding.state_shardings(dict(shapes), mesh, config.param_sharding,
-                                         config.fsdp_min_size)
-    return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
-                        dict(shapes), placement)
-
-
-def _with_teacher(run: Setup, teacher_variables: Any) -> Setup:
-    """`run` whose `train_step(state, batch)` passes `teacher_variables` along."""
-    step = run.train_step
-    return dataclasses.replace(run, train_step=lambda state, batch: step(state, batch,
-                                                                          teacher_variables))
-
-
-def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:
-    """`mix.mix` with the config's alphas and probabilities, or None when both alphas are 0."""
-    if config.mixup_alpha <= 0 and config.cutmix_alpha <= 0:
-        return None
-    return functools.partial(mix.mix, mixup_alpha=config.mixup_alpha,
-                             cutmix_alpha=config.cutmix_alpha, prob=config.mix_prob,
-                             switch_prob=config.mix_switch_prob)
-
-
 def restore_or_init(config: ml_collections.ConfigDict, run: Setup, checkpointer: Checkpointer,
                     ) -> tuple[TrainState, int, str | None]:
     """`(state, examples_seen, note)`: the newest readable checkpoint of `checkpointer`, else
@@ -181,13 +58,13 @@ def restore_or_init(config: ml_collections.ConfigDict, run: Setup, checkpointer:
     fresh head), else a fresh state; `examples_seen` is the data position to resume at, `note`
     says where the run starts (None when fresh)."""
     if checkpointer.latest_step() is not None:
-        state, record = checkpointer.restore(run.abstract_state, config.model_name)
-        return state, record['examples_seen'], (
+        state, position = checkpointer.restore(run.abstract_state, config.model_name)
+        return state, position['examples_seen'], (
             f'Resumed from {checkpointer.directory} at step {int(state.step)} '
-            f'({record["examples_seen"]:,} training examples read).')
+            f'({position["examples_seen"]:,} training examples read).')
     state = run.init(jax.random.PRNGKey(config.seed))
     if config.init_from:
-        state, step = _init_from(state, config.init_from)
+        state, step = _init_from(state, run, Workdir(config.init_from))
         return state, 0, (f'Starting from the variables of {config.init_from} at step {step} '
                           f'(a fresh optimizer state).')
     if config.pretrained:
@@ -201,35 +78,22 @@ def _place(value: Any, like: jax.Array) -> jax.Array:
     return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
 
 
-def _init_from(state: TrainState, workdir: str) -> tuple[TrainState, int]:
+def _init_from(state: TrainState, run: Setup, other: Workdir) -> tuple[TrainState, int]:
     """`(state, step)`: `state` with the parameters, BatchNorm statistics and moving average of
-    the newest readable checkpoint of the run in `workdir`, and that checkpoint's step; the
-    optimizer state, step and RNG key stay `state`'s. When that run kept no moving average,
-    this one's starts from its parameters."""
-    from vit_jax.workdir import load_state  # the run reader builds on this module's `setup`
-
-    other = load_state(workdir)[0]
-    ours = {'params': state.params, **state.model_state}
-    theirs = {'params': other.params, **other.model_state}
-    _check_same_arrays(theirs, ours, workdir)
-    placed = jax.tree.map(_place, theirs, ours)
-    state = state.replace(params=placed.pop('params'), model_state=placed)
+    the newest readable checkpoint of the run in `other`, read into this run's placement, and
+    that checkpoint's step; the optimizer state, step and RNG key stay `state`'s. When that run
+    kept no moving average, this one's starts from its parameters."""
+    template = {'params': run.abstract_state.params, **run.abstract_state.model_state}
+    try:
+        variables, step = other.load_variables(template)
+    except ConfigError as e:
+        raise ConfigError(f'--config.init_from={other}: {e}') from None
+    state = state.replace(params=variables.pop('params'), model_state=variables)
     if state.ema:
-        state = state.replace(ema=jax.tree.map(_place, other.ema or theirs, state.ema))
-    return state, int(other.step)
-
-
-def _check_same_arrays(theirs: dict, ours: dict, workdir: str) -> None:
-    """A `ConfigError` naming the first array whose name or shape differs."""
-    shapes = [{tree.array_name(p): tuple(np.shape(x))
-               for p, x in jax.tree_util.tree_leaves_with_path(t)} for t in (theirs, ours)]
-    diff = sorted(k for k in shapes[0].keys() | shapes[1].keys()
-                  if shapes[0].get(k) != shapes[1].get(k))
-    if diff:
-        raise ConfigError(
-            f'--config.init_from={workdir} holds another model: {diff[0]} is '
-            f'{shapes[0].get(diff[0])} there, {shapes[1].get(diff[0])} here; use the model '
-            f'options and dataset of that run (see its config.json)')
+        average = other.load_variables(template, step, ema=True)[0] if \
+            other.read_config().ema_decay else {'params': state.params, **state.model_state}
+        state = state.replace(ema=jax.tree.map(_place, average, state.ema))
+    return state, step
 
 
 def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainState:
@@ -266,11 +130,12 @@ def _check_finite(metrics: dict[str, jax.Array], step: int, checkpointer: Checkp
             f'{checkpointer.directory}.')
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None = None,
           ) -> dict[str, float]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final eval
-    (with `preempted_at_step` when SIGTERM stopped the run after saving a checkpoint).
+    """Trains `config` in `workdir` (a local folder, `gs://...` or `s3://...`), resuming from
+    its latest checkpoint; returns final eval (with `preempted_at_step` when SIGTERM stopped the
+    run after saving a checkpoint).
 
     Before anything is written: the workdir must be writable and its run record
     (`vit_jax.train.record`) must allow `config`; then the run takes the workdir's lock
@@ -283,38 +148,42 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     (TensorFlow), `vit_jax.data.arrays.array_datasets` serves numpy arrays.
     """
     config_lib.validate(config)
-    record.check_writable(workdir)
-    diff = record.check_config(workdir, config)
+    run_dir = Workdir(workdir)
+    run_dir.check_writable()
+    diff = run_dir.check_config(config)
     try:
-        with WorkdirLock(workdir):
-            return _train(config, workdir, datasets, diff)
+        with run_dir.lock():
+            return _train(config, run_dir, datasets, diff)
     except OSError as e:  # a write to the workdir failed: disk full, permissions
-        raise record.write_error(workdir, e) from None
+        raise run_dir.error(e, f'cannot write {e.filename or run_dir}') from None
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str,
+def _train(config: ml_collections.ConfigDict, workdir: Workdir,
            datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
            diff: dict[str, tuple[Any, Any]]) -> dict[str, float]:
     """`train` once the workdir is checked and locked."""
     info = _dataset_info(config, datasets)
-    record.check_classes(workdir, info.class_names)
+    workdir.check_classes(info.class_names)
     run = setup(config, info.num_classes, make_mesh(config))
     sharding.check_input_split(run.mesh.devices)
     is_main = jax.process_index() == 0
     progress = Progress(config.total_steps, config.batch,
                         stream=None if is_main else open(os.devnull, 'w'))
-    checkpointer = Checkpointer(workdir, every=config.checkpoint_every,
-                                keep=config.keep_checkpoints)
+    checkpointer = workdir.checkpointer(every=config.checkpoint_every,
+                                        keep=config.keep_checkpoints)
     state, examples_seen, note = restore_or_init(config, run, checkpointer)
     if run.distillation:  # the frozen teacher, read from its weights file (also on resume)
-        run = _with_teacher(run, distill.load_teacher(config, run.distillation.teacher,
-                                                      run.abstract_teacher))
-    writer = MetricWriter(workdir, enabled=is_main)
+        run = with_teacher(run, distill.load_teacher(config, run.distillation.teacher,
+                                                     run.abstract_teacher))
+    writer = workdir.metric_writer(enabled=is_main)
     if is_main:
-        record.write_record(workdir, config, info.class_names)
-        record.log_launch(workdir, int(state.step), diff)
+        workdir.write_record(config, info.class_names)
+        workdir.log_launch(int(state.step), diff)
         writer.truncate(int(state.step))  # steps after the checkpoint are taken again
-        _write_skipped(workdir, info, progress)
+        if info.skipped:
+            skipped = workdir.write_skipped(info.skipped)
+            progress.print(f'Skipped {len(info.skipped)} unreadable images (listed in '
+                           f'{skipped}).')
     if note:
         progress.print(note)
     for key, (old, new) in diff.items():
@@ -345,20 +214,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f'Done: eval accuracy {final["accuracy"]:.4f}{_ema_text(final)} on '
         f'{final["count"]} held-out examples '
         f'in {final["train_seconds"]:.0f}s. Checkpoints: {checkpointer.directory}; metrics: '
-        f'{writer.path} (TensorBoard: {os.path.join(workdir, "tensorboard")}); weights in '
-        f'the original .npz layout: {os.path.join(workdir, "weights.npz")}'
+        f'{writer.path} (TensorBoard: {writer.tensorboard}); weights in the original .npz '
+        f'layout: {workdir.weights_file}'
         f'{" (their moving average: weights_ema.npz)" if state.ema else ""}.')
     return final
-
-
-def _write_skipped(workdir: str, info: DatasetInfo, progress: Progress) -> None:
-    """`skipped_images.txt`: the images the dataset's start-up check skipped, one per line."""
-    if not info.skipped:
-        return
-    path = os.path.join(workdir, 'skipped_images.txt')
-    with open(path, 'w') as f:
-        f.write(''.join(f'{line}\n' for line in info.skipped))
-    progress.print(f'Skipped {len(info.skipped)} unreadable images (listed in {path}).')
 
 
 def _dataset_info(config: ml_collections.ConfigDict,
@@ -414,6 +273,8 @@ def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, exam
         if step % config.progress_every == 0 or step == config.total_steps:
             _log_train(step, metrics, run.schedule, writer, progress)
         checkpointer.check_saved()
+        if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            writer.flush()  # a run resumed from this checkpoint finds its metrics
         position = {'model_name': config.model_name, 'step': step,
                     'examples_seen': examples_seen, 'batch': config.batch,
                     'process_count': jax.process_count()}
@@ -480,17 +341,11 @@ def _log_fewshot(step: int, result: dict[str, float], writer: MetricWriter,
     writer.write(step, result)
 
 
-def export(workdir: str, state: TrainState, final: dict[str, float]) -> None:
-    """`final_metrics.json`, `weights.npz` (the original .npz layout) and, when the state has a
-    moving average of the weights, `weights_ema.npz`. Every process takes part in gathering
-    sharded arrays; process 0 writes them."""
+def export(workdir: Workdir, state: TrainState, final: dict[str, float]) -> None:
+    """The finished run's files (`Workdir.export`): final metrics and the weights (and their
+    moving average). Every process takes part in gathering sharded arrays; process 0 writes."""
     variables = multihost_utils.process_allgather({'params': state.params, **state.model_state},
                                                   tiled=True)
     ema_variables = multihost_utils.process_allgather(state.ema, tiled=True) if state.ema else {}
-    if jax.process_index() != 0:
-        return
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-        json.dump(final, f, indent=2)
-    weights.save_npz(variables, os.path.join(workdir, 'weights.npz'))
-    if ema_variables:
-        weights.save_npz(ema_variables, os.path.join(workdir, 'weights_ema.npz'))
+    if jax.process_index() == 0:
+        workdir.export(final, variables, ema_variables)

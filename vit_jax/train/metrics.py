@@ -1,4 +1,5 @@
-"""Where metrics go: `metrics.jsonl` and TensorBoard events in the workdir, and a progress line."""
+"""Where metrics go: a `metrics.jsonl` and TensorBoard events (`vit_jax.workdir.Workdir` names
+them), and a progress line."""
 
 from __future__ import annotations
 
@@ -8,52 +9,93 @@ import sys
 import time
 from typing import Any, TextIO
 
+from etils import epath
+
+from vit_jax import storage
+
 
 class MetricWriter:
-    """Appends `{"step": s, name: value, ...}` lines to `workdir/metrics.jsonl`, and writes
-    TensorBoard scalars to `workdir/tensorboard` when tensorboardX is installed."""
+    """Appends `{"step": s, name: value, ...}` lines to a `metrics.jsonl` (`path`), and writes
+    TensorBoard scalars to `tensorboard` when tensorboardX is installed.
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
-        self.path = os.path.join(workdir, 'metrics.jsonl')
+    On local disk each line is appended at once. An object in a bucket cannot be appended to:
+    there the lines are kept and the whole object rewritten at `flush` (the loop flushes before
+    each checkpoint save, so a resumed run finds every line up to its checkpoint) and at most
+    every `flush_seconds` between. A writer not `enabled` (processes other than the first)
+    writes nothing.
+    """
+
+    def __init__(self, path: epath.Path, tensorboard: epath.Path | None, *,
+                 enabled: bool = True, flush_seconds: float = 60.0):
+        self.path = path
+        self.tensorboard = tensorboard
         self._enabled = enabled
+        self._remote = storage.is_remote(path)
+        self._lines: list[str] = []
+        self._flush_seconds = flush_seconds
+        self._flushed = time.monotonic()
         self._tb = None
-        if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                return
-            self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        if tensorboard is None or not enabled:
+            return
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return
+        self._tb = SummaryWriter(os.fspath(tensorboard))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self._enabled:
             return
-        with open(self.path, 'a') as f:
-            f.write(json.dumps({'step': step, **scalars}) + '\n')
+        line = json.dumps({'step': step, **scalars})
+        if self._remote:
+            self._lines.append(line)
+            if time.monotonic() - self._flushed > self._flush_seconds:
+                self.flush()
+        else:
+            with self.path.open('a') as f:
+                f.write(line + '\n')
         if self._tb is not None:
             for name, value in scalars.items():
                 self._tb.add_scalar(name, value, step)
             self._tb.flush()
 
     def truncate(self, step: int) -> None:
-        """Drops the records after `step` (a resumed run takes those steps again)."""
-        if not self._enabled or not os.path.isfile(self.path):
+        """Drops the records after `step` (a resumed run takes those steps again), and a torn
+        last line (a write cut short by a kill or a full disk)."""
+        if not self._enabled or not self.path.exists():
             return
-        kept = [r for r in read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
-        tmp = self.path + '.partial'
-        with open(tmp, 'w') as f:
-            f.write(''.join(json.dumps(r) + '\n' for r in kept))
-        os.replace(tmp, self.path)
+        kept = [json.dumps(r) for r in parse_metrics(self.path.read_text()) if r['step'] <= step]
+        if self._remote:
+            self._lines = kept
+        storage.write_atomic(self.path, ''.join(f'{line}\n' for line in kept))
+
+    def flush(self) -> None:
+        """Writes the lines kept for an object store (nothing to do on local disk)."""
+        if self._enabled and self._remote:
+            storage.write_atomic(self.path, ''.join(f'{line}\n' for line in self._lines))
+            self._flushed = time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         if self._tb is not None:
             self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The records of `workdir/metrics.jsonl`, in order."""
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl`'s `text`, in order; a last line cut short (no newline,
+    not JSON: a write interrupted by a kill or a full disk) is left out."""
+    lines = text.split('\n')
+    records = []
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) - 1:  # the torn tail
+                break
+            raise
+    return records
 
 
 class Progress:

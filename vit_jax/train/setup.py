@@ -1,0 +1,149 @@
+"""What a run of a config computes with, built before any data or state exists: the mesh, the
+model, the optimizer, the state's shardings and the jitted train and eval steps (`setup`). The
+trainer, the run reader (`vit_jax.workdir`) and the TPU planner (`vit_jax.plan`) build it alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_jax import config as config_lib
+from vit_jax import models
+from vit_jax.train import distill, mix, sharding
+from vit_jax.train.optim import create_optimizer
+from vit_jax.train.step import (
+    HEAD_BIAS_INIT,
+    MixFn,
+    StepOptions,
+    TrainState,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a run of a config computes with, built before any data or state exists.
+
+    `abstract_state` is the `TrainState` as `jax.ShapeDtypeStruct`s carrying `state_sharding`;
+    `init(rng)` allocates the initial state so placed. `train_step(state, batch) ->
+    (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
+    the state and `batch_sharding` (the batch split over `data` x `fsdp`) as input shardings, so
+    `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
+
+    With DeiT distillation (`config.distill`), `distillation` holds the teacher and
+    `train_step(state, batch, teacher_variables)` takes the teacher's variables as a third
+    argument, placed as `abstract_teacher` says (the parameter sharding rules applied to the
+    teacher's names); they are not part of the state (`vit_jax.train.distill.load_teacher`
+    reads them from their weights file).
+    """
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: jax.sharding.Mesh
+    state_sharding: TrainState
+    abstract_state: TrainState
+    batch_sharding: jax.sharding.NamedSharding
+    init: Callable[[jax.Array], TrainState]
+    train_step: Callable[..., tuple[TrainState, dict]]
+    eval_step: Callable[[TrainState, dict], dict]
+    distillation: distill.Distillation | None = None
+    abstract_teacher: Any = None
+
+
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over `devices` (default: every device of every process)."""
+    return sharding.make_mesh(config.mesh, devices)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The model `config` trains: its `model_name` with the options of `config.model`, a head of
+    `num_classes` and an input of `config.pp.crop` pixels."""
+    return models.create_model(config.model_name, **config_lib.model_overrides(config),
+                               num_classes=num_classes, img_size=config.pp.crop)
+
+
+def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
+          ) -> Setup:
+    """The model, optimizer, shardings and jitted steps of `config` on `mesh` (any devices,
+    abstract TPU ones included), after checking that the batches split over it. Reads no data
+    and allocates no state."""
+    sharding.check_rules(config.param_sharding)
+    devices = sharding.batch_devices(mesh)
+    sharding.check_batch_size('batch', config.batch, devices, config.accum_steps)
+    sharding.check_batch_size('batch_eval', config.batch_eval, devices)
+    model = build_model(config, num_classes)
+    tx, schedule = create_optimizer(config)
+    init = functools.partial(create_train_state, model, tx,
+                             image_shape=(1, config.pp.crop, config.pp.crop, model.in_chans),
+                             ema=config.ema_decay > 0,
+                             head_bias=HEAD_BIAS_INIT.get(config.loss))
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    state_sharding = sharding.state_shardings(shapes, mesh, config.param_sharding,
+                                              config.fsdp_min_size)
+    abstract_state = jax.tree.map(
+        lambda s, placed: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed),
+        shapes, state_sharding)
+    batch_sharding = sharding.batch_sharding(mesh)
+    options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
+                          ema_decay=config.ema_decay, loss=config.loss,
+                          normalize=config.pp.normalize, erase_prob=config.pp.erase_prob)
+    distillation = distill.from_config(config, num_classes)
+    teacher_sharding, abstract_teacher = (), None
+    if distillation:
+        abstract_teacher = abstract_variables(distillation.teacher, mesh, config)
+        teacher_sharding = (jax.tree.map(lambda s: s.sharding, abstract_teacher),)
+    train_step = jax.jit(
+        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation,
+                                        state_sharding.params),
+                         mesh),
+        in_shardings=(state_sharding, batch_sharding, *teacher_sharding),
+        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    eval_step = jax.jit(
+        sharding.on_mesh(make_eval_step(model, config.loss, config.pp.normalize), mesh),
+        in_shardings=(state_sharding, batch_sharding), out_shardings=sharding.replicated(mesh))
+    return Setup(model=model, tx=tx, schedule=schedule, mesh=mesh,
+                 state_sharding=state_sharding, abstract_state=abstract_state,
+                 batch_sharding=batch_sharding,
+                 init=jax.jit(init, out_shardings=state_sharding),
+                 train_step=train_step, eval_step=eval_step, distillation=distillation,
+                 abstract_teacher=abstract_teacher)
+
+
+def abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
+                        config: ml_collections.ConfigDict) -> Any:
+    """`model`'s variables as `jax.ShapeDtypeStruct`s placed by `config.param_sharding` on
+    `mesh`, as a run's parameters are (a teacher's, or those of a run read back)."""
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, model.img_size, model.img_size, model.in_chans))))
+    placement = sharding.state_shardings(dict(shapes), mesh, config.param_sharding,
+                                         config.fsdp_min_size)
+    return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
+                        dict(shapes), placement)
+
+
+def with_teacher(run: Setup, teacher_variables: Any) -> Setup:
+    """`run` whose `train_step(state, batch)` passes `teacher_variables` along."""
+    step = run.train_step
+    return dataclasses.replace(run, train_step=lambda state, batch: step(state, batch,
+                                                                          teacher_variables))
+
+
+def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:
+    """`mix.mix` with the config's alphas and probabilities, or None when both alphas are 0."""
+    if config.mixup_alpha <= 0 and config.cutmix_alpha <= 0:
+        return None
+    return functools.partial(mix.mix, mixup_alpha=config.mixup_alpha,
+                             cutmix_alpha=config.cutmix_alpha, prob=config.mix_prob,
+                             switch_prob=config.mix_switch_prob)
