@@ -10,6 +10,11 @@ import stores
 # JAX computes on the CPU in every test and every process a test starts; libtpu (the `tpu`
 # extra, for `vit_jax.plan`) only compiles for TPU topologies, it never runs.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Read once a process: etils.epath caches at its first gs:// or s3:// path whether to go through
+# tf.io.gfile, which ignores the local stores (tests/stores.py); gcsfs decides on import whether to
+# probe each bucket over gRPC, which the GCS emulator does not serve.
+os.environ.setdefault('EPATH_USE_TF', 'false')
+os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 # The repository root, for the few uses at import time (e.g. lists to parametrize over);
 # tests take the `repo` fixture.
@@ -117,8 +122,8 @@ def s3() -> Iterator[stores.S3]:
 
 @pytest.fixture
 def s3_env(s3, monkeypatch) -> stores.S3:
-    """`s3` with `s3.env` in `os.environ` for this test."""
-    for key, value in s3.env.items():
+    """`s3` with `s3.client_env` in `os.environ` for this test."""
+    for key, value in s3.client_env.items():
         monkeypatch.setenv(key, value)
     return s3
 

@@ -132,6 +132,26 @@ def _with_offsets(ls):
     return ls_with_offsets
 
 
+def _move(request, response, storage, *args, **kwargs):
+    """GCS's `objects.move` (`POST .../o/SOURCE/moveTo/o/DESTINATION`), which the emulator lacks:
+    gcsfs renames with it, and retries the emulator's 501 for half a minute before it falls back
+    to copy and delete."""
+    bucket = request.params['bucket_name']
+    _ = request.data
+    try:
+        moved = objects._copy(request.base_url, storage, bucket, request.params['object_id'],
+                              bucket, request.params['dest_object_id'])
+    except NotFound:
+        response.status = HTTPStatus.NOT_FOUND
+        return
+    storage.delete_file(bucket, request.params['object_id'])
+    response.json(moved)
+
+
+def _move_target(request, storage) -> tuple[str, str]:
+    return request.params['bucket_name'], request.params['dest_object_id']
+
+
 def _kind(method: str, request) -> str:
     """A request's kind for the counter, e.g. 'POST upload', 'GET media', 'GET list'."""
     path = request.path
@@ -186,6 +206,9 @@ def patch() -> None:
     patched = {fn: getattr(objects, name) for name, fn in originals.items()}
     emulator.HANDLERS = (
         (r'^/_requests$', {'GET': _report_requests}),
+        (r'^/storage/v1/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)'
+         r'/moveTo/o/(?P<dest_object_id>.*[^/]+)$',
+         {'POST': _conditional(_move, _move_target, read=False)}),
         *((regex, {method: patched.get(fn, fn) for method, fn in methods.items()})
           for regex, methods in emulator.HANDLERS),
     )

@@ -4,6 +4,7 @@ a subprocess that a test can stop and restart), moto's S3 server and an HTTP fil
 import functools
 import http.server
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -58,7 +59,7 @@ class Gcs:
             'TENSORSTORE_GCS_HTTP_URL': self.url,  # tensorstore (orbax's arrays)
             'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',  # tensorstore: no credentials lookup
             'CLOUD_STORAGE_EMULATOR_ENDPOINT': self.url,  # array_record's C++ GCS client
-            'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',  # gcsfs: no 60 s gRPC probe per bucket
+            'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',  # gcsfs: no gRPC probe of each bucket
             'EPATH_USE_TF': 'false',  # etils.epath through gcsfs, not tf.io.gfile
         }
 
@@ -110,6 +111,7 @@ class S3:
     def __init__(self):
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger('werkzeug').setLevel(logging.WARNING)  # No line per request on stderr.
         self._server = ThreadedMotoServer(ip_address='127.0.0.1', port=free_port(),
                                           verbose=False)
         self._server.start()
@@ -118,7 +120,9 @@ class S3:
 
     @property
     def env(self) -> dict[str, str]:
-        """The endpoint, dummy credentials and a region: all botocore and tensorstore need."""
+        """What a user sets to point vit_jax at this server: the endpoint, dummy credentials and
+        a region, all botocore (boto3, s3fs) needs. Tensorstore takes only the credentials: its
+        endpoint comes from the kvstore spec."""
         return {
             'AWS_ENDPOINT_URL': self.url,
             'AWS_ACCESS_KEY_ID': 'testing',
@@ -126,6 +130,11 @@ class S3:
             'AWS_REGION': 'us-east-1',
             'AWS_DEFAULT_REGION': 'us-east-1',
         }
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """`env`, and etils.epath through s3fs rather than tf.io.gfile."""
+        return {**self.env, 'EPATH_USE_TF': 'false'}
 
     def bucket(self) -> str:
         """A new empty bucket: `s3://name`."""
@@ -154,5 +163,5 @@ class HttpFiles:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    def log_message(self, format, *args):
         pass
