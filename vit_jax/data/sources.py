@@ -1,18 +1,30 @@
 """Random-access sources of encoded examples: a tfds ArrayRecord split, an ArrayRecord copy of a
 TFRecord split, the files of an image folder. Each reads `(encoded images, labels)` by index, so
-the train stream can start at any position without reading what comes before."""
+the train stream can start at any position without reading what comes before.
+
+Who reads what in a bucket: tfds reads a dataset's metadata (`dataset_info.json`,
+`features.json`) through etils.epath (fsspec, as `vit_jax.storage` configures it); array_record's
+own C++ reader reads the ArrayRecord files by byte range (its GCS client, pointed at an emulator
+by `CLOUD_STORAGE_EMULATOR_ENDPOINT`); TFRecord files and image files are read through
+`vit_jax.storage` (TensorFlow's gfile ignores emulators)."""
 
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, Protocol
 
+import google_crc32c
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
+from vit_jax import storage
+from vit_jax.errors import DataError
+
 _LABEL = struct.Struct('<q')  # An ArrayRecord copy's record: int64 label, then the image bytes.
+_TFRECORD_HEAD = struct.Struct('<QI')  # A TFRecord: length, its masked CRC, data, data's CRC.
+_CRC = struct.Struct('<I')
 
 
 class Source(Protocol):
@@ -36,6 +48,40 @@ class TfdsSource:
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         examples = [self._data[int(i)] for i in indices]
         return [e['image'] for e in examples], np.array([e['label'] for e in examples], np.int64)
+
+
+def tfrecord_examples(builder: tfds.core.DatasetBuilder, split: str
+                      ) -> Iterator[tuple[bytes, int]]:
+    """`(encoded image, label)` of each example of `split` of a TFRecord tfds dataset, in order,
+    read through `vit_jax.storage` (local or in a bucket), each record's CRC checked."""
+    features = builder.info.features
+    decoders = {'image': tfds.decode.SkipDecoding()}
+    for shard in builder.info.splits[split].file_instructions:
+        with storage.path(shard.filename).open('rb') as f:
+            for k, record in enumerate(_tfrecords(f, shard.filename)):
+                if k >= shard.skip + shard.take:
+                    break
+                if k >= shard.skip:
+                    example = features.deserialize_example_np(record, decoders=decoders)
+                    yield example['image'], example['label']
+
+
+def _tfrecords(f: BinaryIO, name: str) -> Iterator[bytes]:
+    """The records of the TFRecord file `f` (named `name` in errors)."""
+    while head := f.read(_TFRECORD_HEAD.size):
+        length, length_crc = _TFRECORD_HEAD.unpack(head.ljust(_TFRECORD_HEAD.size, b'\0'))
+        whole = len(head) == _TFRECORD_HEAD.size and length_crc == _masked_crc(head[:8])
+        record = f.read(length) if whole else b''
+        if not whole or len(record) != length or f.read(4) != _CRC.pack(_masked_crc(record)):
+            raise DataError(f'{name}: a damaged or cut-short TFRecord file (a CRC does not '
+                            'match); prepare that dataset again.')
+        yield record
+
+
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of `data`."""
+    crc = google_crc32c.value(data)
+    return ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 class ArrayRecordFile:
@@ -69,15 +115,11 @@ def write_array_record(examples: Iterable[tuple[bytes, int]], path: str) -> None
 
 
 class FileList:
-    """Image files and their labels."""
+    """Image files (local paths or URLs) and their labels."""
 
     def __init__(self, paths: list[str], labels: list[int]):
         self._paths, self._labels = paths, np.array(labels, np.int64)
         self.size = len(paths)
 
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        images = []
-        for i in indices:
-            with open(self._paths[i], 'rb') as f:
-                images.append(f.read())
-        return images, self._labels[indices]
+        return [storage.path(self._paths[i]).read_bytes() for i in indices], self._labels[indices]
