@@ -70,6 +70,9 @@ class Workdir:
         try:
             return target.read_text()
         except FileNotFoundError:
+            if storage.bucket_missing(self.path):
+                raise WorkdirError(f'cannot read {self}: no such bucket; create the bucket or '
+                                   f'fix its name') from None
             raise VitJaxError(f'{self} holds no {name}; is it the --workdir of a run?') from None
         except OSError as e:
             raise self.error(e, f'cannot read {target}') from None
