@@ -202,15 +202,18 @@ def reporting(doing: str, location: str | os.PathLike, what: str = 'location') -
     except VitJaxError:
         raise
     except Exception as e:  # noqa: BLE001 -- any store failure: one line
-        cause, hint = describe(e, what)
-        if isinstance(e, FileNotFoundError) and bucket_missing(location):
-            cause, hint = 'no such bucket', 'create the bucket or fix its name'
+        cause, hint = describe(e, what, location)
         raise StorageError(f'{doing}: {cause}; {hint}') from None
 
 
-def describe(error: BaseException, what: str = 'location') -> tuple[str, str]:
+def describe(error: BaseException, what: str = 'location',
+             location: str | os.PathLike | None = None) -> tuple[str, str]:
     """`(cause, what to do)` of a failed file or object-store operation, in words; `what`
-    names the location in the advice (e.g. `--workdir`)."""
+    names the location in the advice (e.g. `--workdir`); given the `location` operated on, a
+    missing object in a missing bucket is told as the bucket."""
+    if isinstance(error, FileNotFoundError) and location is not None and \
+            bucket_missing(location):
+        return 'no such bucket', 'create the bucket or fix its name'
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
     name = type(error).__name__
     lowered = f'{name} {text}'.lower()
