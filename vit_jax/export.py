@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from vit_jax import cli, models, predict, weights
+from vit_jax import cli, models, predict, storage, weights
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
 from vit_jax.workdir import Workdir
@@ -50,7 +51,7 @@ def input_shape(model: Any) -> tuple[int, int, int]:
     return model.img_size, model.img_size, model.in_chans
 
 
-def to_stablehlo(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
+def to_stablehlo(serve: Serve, shape: tuple[int, int, int], path: str | os.PathLike) -> None:
     """Writes `serve` as serialised StableHLO (`jax.export`) with a symbolic batch size."""
     batch, = jax.export.symbolic_shape('batch')
     spec = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
@@ -67,10 +68,18 @@ def _tf_function(serve: Serve) -> Any:
     return tf.function(converted, autograph=False)
 
 
-def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
+def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str | os.PathLike) -> None:
     """Writes a TensorFlow SavedModel with signatures for uint8 (`serving_default`) and float32
-    (`serving_float`) pixels, any batch size."""
+    (`serving_float`) pixels, any batch size. In a bucket: written to a local temporary folder,
+    then uploaded (TensorFlow's gfile ignores emulators), `saved_model.pb` last."""
     import tensorflow as tf
+
+    if storage.is_remote(path):
+        with tempfile.TemporaryDirectory() as local:
+            to_savedmodel(serve, shape, local)
+            with storage.reporting(f'cannot write {os.fspath(path)}', path, '--out'):
+                storage.upload_tree(local, storage.path(path), last='saved_model.pb')
+        return
 
     module = tf.Module()
     module.serve = _tf_function(serve)
@@ -81,7 +90,8 @@ def to_savedmodel(serve: Serve, shape: tuple[int, int, int], path: str) -> None:
     tf.saved_model.save(module, path, signatures=signatures)
 
 
-def to_tflite(serve: Serve, shape: tuple[int, int, int], path: str, int8: bool = False) -> None:
+def to_tflite(serve: Serve, shape: tuple[int, int, int], path: str | os.PathLike,
+              int8: bool = False) -> None:
     """Writes TensorFlow Lite float32 (or, with `int8`, dynamic-range int8 weights) taking
     uint8 pixels, any batch size: the input is `[1, *shape]` until
     `interpreter.resize_tensor_input(index, [batch, *shape])`."""
@@ -97,9 +107,10 @@ def to_tflite(serve: Serve, shape: tuple[int, int, int], path: str, int8: bool =
     _write(path, converter.convert())
 
 
-def export(serve: Serve, shape: tuple[int, int, int], fmt: str, path: str,
+def export(serve: Serve, shape: tuple[int, int, int], fmt: str, path: str | os.PathLike,
            int8: bool = False) -> None:
-    """Writes `serve` (`serving_function`) in format `fmt` (one of `FORMATS`) to `path`."""
+    """Writes `serve` (`serving_function`) in format `fmt` (one of `FORMATS`) to `path` (a
+    local path, `gs://...` or `s3://...`)."""
     if fmt not in FORMATS:
         raise ModelError(f'--format={fmt!r} is not supported; choose one of {FORMATS}')
     if int8 and fmt != 'tflite':
@@ -112,12 +123,12 @@ def export(serve: Serve, shape: tuple[int, int, int], fmt: str, path: str,
         to_tflite(serve, shape, path, int8)
 
 
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _write(path: str | os.PathLike, data: bytes) -> None:
+    target = storage.path(path)
+    with storage.reporting(f'cannot write {os.fspath(path)}', path, '--out'):
+        if not storage.is_remote(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        storage.write_atomic(target, data)
 
 
 def _load(args: Any) -> tuple[Any, dict, dict]:
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', required=True, help='file (tflite, stablehlo) or directory')
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        storage.path(args.out)  # an unknown scheme fails before the model loads
         model, variables, cfg = _load(args)
         serve = serving_function(model, variables, cfg['mean'], cfg['std'])
         export(serve, input_shape(model), args.format, args.out, args.int8)

@@ -18,13 +18,14 @@ normalisation than the variant's usual one.
 from __future__ import annotations
 
 import importlib.resources
+import io
 import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import cli, models, weights
+from vit_jax import cli, models, storage, weights
 from vit_jax.errors import VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
 from vit_jax.workdir import Workdir
@@ -34,13 +35,17 @@ HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')
 
 
 def class_names(num_classes: int, path: str | None = None) -> list[str]:
-    """Names from `path` (one per line), ImageNet's for 1000 or 21843 classes, else indices."""
-    if path is None and num_classes in IMAGENET_CLASSES:
-        path = importlib.resources.files('vit_jax.data') / IMAGENET_CLASSES[num_classes]
-    if path is None:
+    """Names from `path` (one per line; a local file, `gs://...` or `s3://...`), ImageNet's for
+    1000 or 21843 classes, else indices."""
+    if path is not None:
+        with storage.reporting(f'cannot read {path}', path, '--classes'):
+            text = storage.path(path).read_text()
+    elif num_classes in IMAGENET_CLASSES:
+        path = IMAGENET_CLASSES[num_classes]
+        text = (importlib.resources.files('vit_jax.data') / path).read_text()
+    else:
         return [f'class {i}' for i in range(num_classes)]
-    with open(path) as f:
-        names = [line.rstrip('\n') for line in f]
+    names = text.splitlines()
     if len(names) != num_classes:
         raise VitJaxError(f'{path} names {len(names)} classes but the model has {num_classes}')
     return names
@@ -66,13 +71,14 @@ def preprocess(path: str, pretrained_cfg: dict, size: int) -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """The image file `path` as uint8 RGB `[height, width, 3]`, decoded as the training
-    pipeline decodes it (`tf.io.decode_image`): gray becomes RGB, 16-bit gray keeps its high
-    byte."""
+    """The image file `path` (local, `gs://...` or `s3://...`) as uint8 RGB
+    `[height, width, 3]`, decoded as the training pipeline decodes it (`tf.io.decode_image`):
+    gray becomes RGB, 16-bit gray keeps its high byte."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        source = io.BytesIO(storage.path(path).read_bytes()) if storage.is_remote(path) else path
+        with Image.open(source) as image:
             if image.mode.startswith('I'):  # 16-bit gray: PIL's RGB conversion would clip it
                 gray = (np.asarray(image, np.uint32) >> 8).astype(np.uint8)
                 return np.repeat(gray[..., None], 3, axis=-1)

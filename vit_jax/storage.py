@@ -17,14 +17,17 @@ is told to use fsspec (`EPATH_USE_TF=false`): TensorFlow's gfile ignores emulato
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pathlib
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from etils import epath
 
-from vit_jax.errors import StorageError
+from vit_jax.errors import StorageError, VitJaxError
 
 SCHEMES = ('gs', 's3')
 
@@ -111,6 +114,39 @@ def append_line(target: epath.Path, line: str) -> None:
         f.write(line + '\n')
 
 
+def upload_tree(source: str | os.PathLike, target: epath.Path, *, last: str = '') -> None:
+    """Copies the local folder `source` into `target`, file by file, the file named `last`
+    after all others (a reader that looks for it finds the rest); when a copy fails, the files
+    already copied are deleted (as far as the store lets) and the error raised."""
+    root = pathlib.Path(source)
+    files = sorted((p for p in root.rglob('*') if p.is_file()), key=lambda p: p.name == last)
+    copied = []
+    try:
+        for file in files:
+            dest = target / file.relative_to(root).as_posix()
+            if not is_remote(target):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(file.read_bytes())
+            copied.append(dest)
+    except BaseException:
+        for dest in copied:
+            with contextlib.suppress(Exception):
+                dest.unlink()
+        raise
+
+
+def bucket_missing(location: str | os.PathLike) -> bool:
+    """Whether `location` is in an object store whose bucket does not exist."""
+    kind = scheme(location)
+    if kind not in SCHEMES:
+        return False
+    bucket = os.fspath(location).split('://', 1)[1].partition('/')[0]
+    try:
+        return not epath.Path(f'{kind}://{bucket}').exists()
+    except Exception:  # noqa: BLE001 -- unreachable or no permission: not known to be missing
+        return False
+
+
 # ------------------------------------------------------------ conditional writes (for a lock)
 
 
@@ -183,9 +219,27 @@ _HINTS = {
 }
 
 
-def describe(error: BaseException, what: str = 'location') -> tuple[str, str]:
+@contextlib.contextmanager
+def reporting(doing: str, location: str | os.PathLike, what: str = 'location') -> Iterator[None]:
+    """Turns a file or store operation on `location` in the block that fails into a one-line
+    `StorageError`, `DOING: CAUSE; WHAT TO DO` (`what` as in `describe`)."""
+    try:
+        yield
+    except VitJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- any store failure: one line
+        cause, hint = describe(e, what, location)
+        raise StorageError(f'{doing}: {cause}; {hint}') from None
+
+
+def describe(error: BaseException, what: str = 'location',
+             location: str | os.PathLike | None = None) -> tuple[str, str]:
     """`(cause, what to do)` of a failed file or object-store operation, in words; `what`
-    names the location in the advice (e.g. `--workdir`)."""
+    names the location in the advice (e.g. `--workdir`); given the `location` operated on, a
+    missing object in a missing bucket is told as the bucket."""
+    if isinstance(error, FileNotFoundError) and location is not None and \
+            bucket_missing(location):
+        return 'no such bucket', 'create the bucket or fix its name'
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
     name = type(error).__name__
     lowered = f'{name} {text}'.lower()

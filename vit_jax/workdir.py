@@ -69,7 +69,9 @@ class Workdir:
         target = self.file(name)
         try:
             return target.read_text()
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if storage.bucket_missing(self.path):
+                raise self.error(e, f'cannot read {self}', resume=False) from None
             raise VitJaxError(f'{self} holds no {name}; is it the --workdir of a run?') from None
         except OSError as e:
             raise self.error(e, f'cannot read {target}') from None
@@ -121,7 +123,7 @@ class Workdir:
 
     def error(self, error: BaseException, doing: str, *, resume: bool = True) -> WorkdirError:
         """`DOING: CAUSE; WHAT TO DO` for a failed read or write in the workdir."""
-        cause, hint = storage.describe(error, '--workdir')
+        cause, hint = storage.describe(error, '--workdir', self.path)
         then = ', then run the same command to resume from the last checkpoint' if resume else ''
         return WorkdirError(f'{doing}: {cause}; {hint}{then}')
 

@@ -1,21 +1,33 @@
-"""The analyses as figures (matplotlib): each function returns the figure and, given `path`,
-writes it there as a PNG."""
+"""The analyses as figures (matplotlib): each function returns the figure and, given `path` (a
+local path, `gs://...` or `s3://...`), writes it there as a PNG."""
 
 from __future__ import annotations
+
+import io
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from vit_jax import storage
 
-def _save(fig: Figure, path: str | None) -> Figure:
+
+def save(fig: Figure, path: str | os.PathLike) -> None:
+    """Writes `fig` to `path` as a PNG, whole or not at all (`storage.write_atomic`)."""
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=100, bbox_inches='tight')
+    storage.write_atomic(storage.path(path), png.getvalue())
+
+
+def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
     if path:
-        fig.savefig(path, dpi=100, bbox_inches='tight')
+        save(fig, path)
     return fig
 
 
 def attention_distance(distances: np.ndarray, *, max_distance: float | None = None,
-                       title: str = '', path: str | None = None) -> Figure:
+                       title: str = '', path: str | os.PathLike | None = None) -> Figure:
     """One dot per head: mean attention distance (pixels) against block depth.
 
     `distances`: `[layers, heads]`, from `mean_attention_distance`.
@@ -35,7 +47,7 @@ def attention_distance(distances: np.ndarray, *, max_distance: float | None = No
 
 
 def attention_overlay(image: np.ndarray, maps: dict[str, np.ndarray], *, title: str = '',
-                      path: str | None = None) -> Figure:
+                      path: str | os.PathLike | None = None) -> Figure:
     """The image, then each attention map `[rows, cols]` (values in [0, 1]) upsampled and
     overlaid on it. `image`: `[height, width, 3]` (or `[height, width]`) with values in [0, 1]."""
     fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.4 * (1 + len(maps)), 2.6))
@@ -55,7 +67,7 @@ def attention_overlay(image: np.ndarray, maps: dict[str, np.ndarray], *, title: 
 
 
 def position_similarity(similarity: np.ndarray, *, title: str = '',
-                        path: str | None = None) -> Figure:
+                        path: str | os.PathLike | None = None) -> Figure:
     """The grid of small maps: at (row i, column j), the cosine similarity of patch (i, j)'s
     position embedding with every patch's. `similarity`: `[rows, cols, rows, cols]`."""
     rows, cols = similarity.shape[:2]
@@ -77,7 +89,7 @@ def position_similarity(similarity: np.ndarray, *, title: str = '',
 
 
 def filters(components: np.ndarray, explained: np.ndarray | None = None, *, title: str = '',
-            path: str | None = None) -> Figure:
+            path: str | os.PathLike | None = None) -> Figure:
     """Each component `[k, k, channels]` drawn as an image (scaled to its own range)."""
     n = len(components)
     cols = min(n, 7)

@@ -24,11 +24,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import cli, models, weights
+from vit_jax import cli, models, storage, weights
 from vit_jax.analysis import attention, embeddings
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.normalization import normalize as normalize_pixels
+from vit_jax.predict import read_image
 from vit_jax.workdir import Workdir
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
@@ -36,13 +37,14 @@ SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
 
 def sample_images(names: Sequence[str], size: int) -> dict[str, np.ndarray]:
     """Images `[size, size, 3]` in [0, 1], centre-cropped and resized: each name is a
-    scikit-image sample (`astronaut`, `chelsea`, `coffee`, ...) or an image file."""
+    scikit-image sample (`astronaut`, `chelsea`, `coffee`, ...) or an image file (local,
+    `gs://...` or `s3://...`)."""
     from PIL import Image
 
     out = {}
     for name in names:
-        if os.path.isfile(name):
-            image = np.asarray(Image.open(name).convert('RGB'))
+        if storage.is_remote(name) or os.path.isfile(name):
+            image = read_image(name)
             key = os.path.splitext(os.path.basename(name))[0]
         else:
             import skimage.data
@@ -71,9 +73,10 @@ def normalize(images: np.ndarray, model_name: str, normalization: str | None = N
 
 
 def analyze(model: nn.Module, variables: Mapping[str, Any], images: Mapping[str, np.ndarray],
-            out_dir: str | None = None, *, model_name: str = 'ViT-B_16',
+            out_dir: str | os.PathLike | None = None, *, model_name: str = 'ViT-B_16',
             normalization: str | None = None, num_components: int = 28) -> dict[str, Any]:
-    """Runs the four analyses; with `out_dir`, writes the PNGs and `analysis.json` there.
+    """Runs the four analyses; with `out_dir` (a local folder, `gs://...` or `s3://...`),
+    writes the PNGs and `analysis.json` there.
 
     `images`: name -> `[size, size, 3]` in [0, 1] (`size` = the model's `img_size`); they are
     normalised as `normalization` (a `pp.normalize` name) or else as `model_name`'s registered
@@ -110,26 +113,26 @@ def analyze(model: nn.Module, variables: Mapping[str, Any], images: Mapping[str,
     if out_dir is None:
         return results
 
-    os.makedirs(out_dir, exist_ok=True)
-    figures = [plots.attention_distance(
-        distance, max_distance=float(np.hypot(*grid) * patch_size),
-        path=os.path.join(out_dir, 'attention_distance.png'))]
+    figures = {'attention_distance': plots.attention_distance(
+        distance, max_distance=float(np.hypot(*grid) * patch_size))}
     for i, (name, image) in enumerate(images.items()):
         overlays = {'rollout': maps['rollout'][i]}
         overlays.update({f'last block, head {h + 1}': m
                          for h, m in enumerate(maps['last_layer'][i][:6])})
-        figures.append(plots.attention_overlay(
-            image, overlays, title=name, path=os.path.join(out_dir, f'attention_{name}.png')))
+        figures[f'attention_{name}'] = plots.attention_overlay(image, overlays, title=name)
     if similarity is not None:
-        figures.append(plots.position_similarity(
-            similarity, path=os.path.join(out_dir, 'position_similarity.png')))
+        figures['position_similarity'] = plots.position_similarity(similarity)
     if components is not None:
-        figures.append(plots.filters(components, explained,
-                                     path=os.path.join(out_dir, 'patch_filters.png')))
-    for fig in figures:
+        figures['patch_filters'] = plots.filters(components, explained)
+    out = storage.path(out_dir)
+    with storage.reporting(f'cannot write {os.fspath(out_dir)}', out_dir, '--out'):
+        if not storage.is_remote(out):
+            out.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            plots.save(fig, out / f'{name}.png')
+        storage.write_atomic(out / 'analysis.json', json.dumps(results))
+    for fig in figures.values():
         plots.close(fig)
-    with open(os.path.join(out_dir, 'analysis.json'), 'w') as f:
-        json.dump(results, f)
     return results
 
 
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', required=True, help='folder for the PNGs and analysis.json')
     args = parser.parse_args(argv)
     try:
+        out = storage.path(args.out)  # an unknown scheme fails before the model loads
         if args.workdir:
             model, variables, config, _ = Workdir(args.workdir).load_run(args.step)
             name, normalization = config.model_name, config.pp.get('normalize', 'minus_one_one')
@@ -169,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         images = sample_images(args.images.split(','), model.img_size)
         results = analyze(model, variables, images, args.out, model_name=name,
                           normalization=normalization)
+        with storage.reporting(f'cannot list {args.out}', args.out, '--out'):
+            written = sorted(p.name for p in out.iterdir())
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     distance = np.asarray(results['mean_attention_distance'])
     print(f'{name} on {jax.devices()[0].platform}: mean attention distance per block '
           f'(pixels, mean over heads) {np.round(distance.mean(1), 1).tolist()}; '
-          f'wrote {sorted(os.listdir(args.out))} to {args.out}')
+          f'wrote {written} to {args.out}')
     return 0
