@@ -460,3 +460,20 @@ def test_nan_weights_are_never_saved(tmp_path):
                                             r'checkpoint \(step none\)'):
         train_here(tmp_path, ('base_lr', 'inf'), ('checkpoint_every', '1'))
     assert os.listdir(tmp_path / 'checkpoints') == []
+
+
+def test_a_torn_last_line_of_metrics_is_dropped_at_the_relaunch(tmp_path):
+    # What a kill or a full disk in the middle of an append leaves; the relaunch resumes at 4.
+    workdir = Workdir(tmp_path)
+    workdir.file('metrics.jsonl').write_text(
+        '{"step": 2, "train_loss": 1.5}\n{"step": 4, "train_loss": 1.2}\n'
+        '{"step": 6, "train_loss": 1.0}\n{"step": 8, "trai')
+    with pytest.raises(ValueError):
+        json.loads(workdir.file('metrics.jsonl').read_text().splitlines()[-1])
+    writer = workdir.metric_writer()
+    writer.truncate(4)
+    writer.write(6, {'train_loss': 0.9})
+    writer.close()
+    assert workdir.read_metrics() == [{'step': 2, 'train_loss': 1.5},
+                                      {'step': 4, 'train_loss': 1.2},
+                                      {'step': 6, 'train_loss': 0.9}]
