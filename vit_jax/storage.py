@@ -85,6 +85,18 @@ def cache_dir() -> epath.Path:
     return path(location)
 
 
+def files_below(folder: epath.Path) -> list[str]:
+    """Every file below `folder`, sub-folders included, sorted: local paths (symlinked folders
+    followed) or URLs (one listing of the whole prefix; etils.epath's `walk` drops the scheme)."""
+    if not is_remote(folder):
+        return sorted(os.path.join(root, name) for root, _, names in
+                      os.walk(os.fspath(folder), followlinks=True) for name in names)
+    import fsspec
+
+    fs, prefix = fsspec.core.url_to_fs(os.fspath(folder))
+    return sorted(f'{scheme(folder)}://{name}' for name in fs.find(prefix))
+
+
 def write_atomic(target: epath.Path, data: str | bytes) -> None:
     """Writes `data` to `target` so that readers see the old file or the whole new one: through
     a temporary file on local disk; one upload (atomic by itself) in an object store."""

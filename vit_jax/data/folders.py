@@ -49,8 +49,8 @@ def list_images(split_dir: epath.Path, names: tuple[str, ...]) -> tuple[list[str
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        found = sorted(os.fspath(root / f) for root, files in _walk(class_dir)
-                       for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        found = [f for f in storage.files_below(class_dir)
+                 if f.lower().endswith(IMAGE_EXTENSIONS)]
         empty += [] if found else [os.fspath(class_dir)]
         paths += found
         labels += [label] * len(found)
@@ -65,15 +65,6 @@ def list_images(split_dir: epath.Path, names: tuple[str, ...]) -> tuple[list[str
             f'(ending in {", ".join(IMAGE_EXTENSIONS)}) or remove the folder.'
         )
     return paths, labels
-
-
-def _walk(folder: epath.Path) -> list[tuple[epath.Path, list[str]]]:
-    """`(folder, file names)` of `folder` and every folder below it; local symlinked folders
-    are followed, as by `ImageFolder`."""
-    if storage.is_remote(folder):
-        return [(root, files) for root, _, files in folder.walk()]
-    return [(epath.Path(root), files)
-            for root, _, files in os.walk(os.fspath(folder), followlinks=True)]
 
 
 def image_problem(path: str) -> str | None:
