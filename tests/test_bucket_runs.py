@@ -5,6 +5,7 @@ bucket, a SIGKILL during a save then a bit-exact resume, and two processes on on
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,3 +136,40 @@ def test_two_processes_on_one_bucket_workdir_equal_one(gcs_env, tmp_path):
             w.proc.kill()
     assert [w.proc.returncode for w in workers] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert max_diff(reference, dict(np.load(tmp_path / 'two.npz'))) < 1e-6
+
+
+@pytest.mark.slow
+def test_the_store_gone_mid_run_is_one_line_and_the_same_command_resumes(
+        gcs, digits_data_dir, tmp_path):
+    gcs.start()
+    bucket = gcs.bucket()
+    command = [sys.executable, '-m', 'vit_jax.main', *DIGITS, f'--workdir={bucket}/run',
+               f'--config.tfds_data_dir={digits_data_dir}', '--config.total_steps=400',
+               '--config.checkpoint_every=5', '--config.progress_every=5']
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('TENSORSTORE_', 'CLOUD_STORAGE', 'GCSFS_', 'EPATH_', 'GOOGLE_'))}
+    env.update(gcs.env)
+    run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line.startswith('step 30/'):
+                break
+        gcs.stop()  # the network goes away while the run saves every 5 steps
+        _, stderr = run.communicate(timeout=400)
+    finally:
+        run.kill()
+        gcs.start()
+    assert run.returncode == 2
+    errors = [line for line in stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'Traceback' not in stderr, stderr[-3000:]
+    assert re.match(rf'error: (saving a checkpoint in {bucket}/run/checkpoints failed|could not '
+                    rf'renew the lease on {bucket}/run/lock) .*the same command', errors[0]), errors
+    saved = int(re.search(r'step (\d+)', errors[0].split('resume from')[-1]).group(1)) \
+        if 'resume from' in errors[0] else None
+    resumed = subprocess.run([*command[:-3], '--config.total_steps=40'], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(re.search(r'Resumed from .* at step (\d+)', resumed.stdout).group(1))
+    assert start >= 25 and (saved is None or start == saved)
+    assert 'Done: eval accuracy' in resumed.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import pathlib
 import tempfile
@@ -48,7 +49,28 @@ def configure_environment(environ: dict[str, str] | os._Environ = os.environ) ->
         environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 
+class _RetriedRequests(logging.Filter):
+    """Drops gcsfs's log of a request out of retries (a traceback per request): the error
+    reaches the caller, which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith('_request out of retries')
+
+
+logging.getLogger('gcsfs').addFilter(_RetriedRequests())
+
+
+def _no_listing_cache() -> None:
+    """gcsfs and s3fs list each folder afresh: their listing cache would hide the objects other
+    processes (the other hosts of a run, a later launch's lock) wrote since."""
+    import fsspec
+
+    for protocol in ('gs', 'gcs', 's3', 's3a'):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault('use_listings_cache', False)
+
+
 configure_environment()
+_no_listing_cache()
 
 
 def scheme(location: str | os.PathLike) -> str | None:

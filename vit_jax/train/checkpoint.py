@@ -30,7 +30,7 @@ from etils import epath
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from vit_jax import tree
+from vit_jax import storage, tree
 from vit_jax.errors import ConfigError, TrainingError, WorkdirError
 from vit_jax.train.step import TrainState
 
@@ -213,17 +213,20 @@ class Checkpointer:
     def _save_error(self, error: BaseException) -> WorkdirError:
         self._late_writes.settle(failed=True)
         code = re.search(r"os_error_code='(\d+)'", str(error))  # tensorstore's errors
-        if isinstance(error, OSError):
+        if isinstance(error, OSError) and error.errno:
             cause = f'{error.filename or self.directory}: {error.strerror or error}'
         elif code:
-            cause = os.strerror(int(code.group(1)))
+            error = OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+            cause = error.strerror
         else:
             cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else \
                 type(error).__name__
+        hint = storage.describe(error, '--workdir')[1].removesuffix(
+            ', then run the same command again')
         kept = self.all_steps()
         return WorkdirError(
             f'saving a checkpoint in {self.directory} failed ({cause}); the run stopped. '
-            f'Free space or fix the permissions, then run the same command to resume from '
+            f'{hint[0].upper()}{hint[1:]}, then run the same command to resume from '
             f'step {kept[-1] if kept else 0}')
 
     def restore(self, template: TrainState, model_name: str, step: int | None = None,
