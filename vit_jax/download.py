@@ -269,7 +269,7 @@ def _describe(error: Exception) -> tuple[str, str]:
     if isinstance(error, (http.client.HTTPException, ConnectionError, TimeoutError)):
         return (f'the download broke off: {str(error) or type(error).__name__}',
                 'check the network, then run the same command again')
-    if isinstance(error, ImportError):
-        return (f'{error.name} is not installed',
+    if isinstance(error, ImportError):  # fsspec's: 'Install s3fs to access S3'
+        return (str(error) or f'{error.name} is not installed',
                 "pip install 'vit_jax[gcs]' (gs://) or 'vit_jax[s3]' (s3://)")
     return storage.describe(error)
