@@ -2,13 +2,13 @@
 
     path = download.fetch('https://host/ViT-B_16.npz')  # a local file, read as any other
 
-The cache is `$VIT_JAX_CACHE` (default `~/.cache/vit_jax`). A URL's file lives at
-`weights/<16 hex digits of the URL's sha256>/<file name>`, with `<file name>.json` beside it
-recording the URL and the size and sha256 of the bytes downloaded (and the version of an object
-in a store, see `fetch`). Every use checks both, with no network request, so a warm cache works
-offline. A file that no longer matches its record (a flipped byte, cut short) is downloaded
-again, with a warning. A file put there by hand (on a machine without network access) is
-adopted: its size and sha256 are recorded on first use.
+The cache is `storage.cache_dir()` (`$VIT_JAX_CACHE`, default `~/.cache/vit_jax`). A URL's file
+lives at `weights/<16 hex digits of the URL's sha256>/<file name>`, with `<file name>.json`
+beside it recording the URL and the size and sha256 of the bytes downloaded (and the version of
+an object in a store, see `fetch`). Every use checks both, with no network request, so a warm
+cache works offline. A file that no longer matches its record (a flipped byte, cut short) is
+downloaded again, with a warning. A file put there by hand (on a machine without network
+access) is adopted: its size and sha256 are recorded on first use.
 
 A download streams into a temporary file in the same folder, is checked (its length against
 `Content-Length`, its sha256 against a pinned one) and then renamed into place, so no half file
@@ -56,16 +56,12 @@ CACHE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 ABSENT = 'absent'
 
 
-def cache_dir() -> str:
-    """The cache folder: `$VIT_JAX_CACHE`, default `~/.cache/vit_jax`."""
-    return os.path.expanduser(os.environ.get('VIT_JAX_CACHE') or '~/.cache/vit_jax')
-
-
 def cache_path(url: str, filename: str | None = None) -> str:
     """Where the cache keeps the file of `url` (named `filename`, default the URL's last part)."""
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     name = filename or urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(url).path))
-    return os.path.join(cache_dir(), 'weights', key, name.replace(os.sep, '_') or 'weights')
+    folder = os.fspath(storage.cache_dir() / 'weights' / key)
+    return os.path.join(folder, name.replace(os.sep, '_') or 'weights')
 
 
 def fetch(url: str, *, sha256: str | None = None, filename: str | None = None,
@@ -273,7 +269,7 @@ def _describe(error: Exception) -> tuple[str, str]:
     if isinstance(error, (http.client.HTTPException, ConnectionError, TimeoutError)):
         return (f'the download broke off: {str(error) or type(error).__name__}',
                 'check the network, then run the same command again')
-    if isinstance(error, ImportError):
-        return (f'{error.name} is not installed',
+    if isinstance(error, ImportError):  # fsspec's: 'Install s3fs to access S3'
+        return (str(error) or f'{error.name} is not installed',
                 "pip install 'vit_jax[gcs]' (gs://) or 'vit_jax[s3]' (s3://)")
     return storage.describe(error)
