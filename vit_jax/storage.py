@@ -137,17 +137,6 @@ def write_atomic(target: epath.Path, data: str | bytes) -> None:
         raise
 
 
-def append_line(target: epath.Path, line: str) -> None:
-    """Appends `line` and a newline to `target`. On local disk one `write` of the line; an
-    object cannot be appended to, so there the object is rewritten whole (one upload)."""
-    if is_remote(target):
-        old = target.read_bytes() if target.exists() else b''
-        target.write_bytes(old + line.encode() + b'\n')
-        return
-    with open(os.fspath(target), 'a') as f:
-        f.write(line + '\n')
-
-
 def upload_tree(source: str | os.PathLike, target: epath.Path, *, last: str = '') -> None:
     """Copies the local folder `source` into `target`, file by file, the file named `last`
     after all others (a reader that looks for it finds the rest); when a copy fails, the files
