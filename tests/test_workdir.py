@@ -477,3 +477,14 @@ def test_a_torn_last_line_of_metrics_is_dropped_at_the_relaunch(tmp_path):
     assert workdir.read_metrics() == [{'step': 2, 'train_loss': 1.5},
                                       {'step': 4, 'train_loss': 1.2},
                                       {'step': 6, 'train_loss': 0.9}]
+
+
+@pytest.mark.parametrize('text, message', [('{"seed": 0,', 'is not valid JSON'),
+                                           ('[1, 2]', 'holds no config \\(a JSON list\\)')])
+def test_a_broken_config_json_is_one_line_and_nothing_is_written(tmp_path, text, message):
+    (tmp_path / 'config.json').write_text(text)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(WorkdirError, match=rf'^{tmp_path}/config.json {message}.*start a new '
+                                           r'--workdir$'):
+        train_here(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == before

@@ -59,7 +59,16 @@ class Workdir:
 
     def read_config(self) -> ml_collections.ConfigDict:
         """The config the run trained with (`config.json`)."""
-        return record.parse_config(json.loads(self._read('config.json')))
+        try:
+            saved = json.loads(self._read('config.json'))
+        except ValueError as e:
+            raise WorkdirError(f'{self.file("config.json")} is not valid JSON ({e}); restore it '
+                               f'from a copy, or start a new --workdir') from None
+        if not isinstance(saved, dict):
+            raise WorkdirError(f'{self.file("config.json")} holds no config (a JSON '
+                               f'{type(saved).__name__}); restore it from a copy, or start a '
+                               f'new --workdir')
+        return record.parse_config(saved)
 
     def read_classes(self) -> tuple[str, ...]:
         """The run's class names, in label order (`classes.txt`)."""
