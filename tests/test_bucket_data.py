@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from test_data import make_config, write_image
 
 from vit_jax.data import create_datasets, digits
-from vit_jax.errors import DataError
+from vit_jax.errors import DataError, StorageError
 
 LATE = 1437 * 100_000 + 5  # a resume position 100,000 epochs in
 
@@ -195,3 +195,11 @@ def test_bad_bucket_input_is_one_line(gcs_env, cache, dataset, data_dir, message
         create_datasets(config)
     assert '\n' not in str(error.value)
     assert objects(gcs_env, bucket) == before and not cache.exists()
+
+
+def test_a_cache_in_a_bucket_is_one_line(monkeypatch):
+    monkeypatch.setenv('VIT_JAX_CACHE', 'gs://b/cache')
+    with pytest.raises(StorageError, match=r'^VIT_JAX_CACHE=gs://b/cache: the cache must be a '
+                                           r'local folder; set VIT_JAX_CACHE to a folder on '
+                                           r'this machine.$'):
+        create_datasets(make_config())
