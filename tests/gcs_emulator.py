@@ -11,6 +11,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import threading
 import time
 from functools import partial
@@ -111,6 +112,28 @@ def _with_generation_headers(download):
     return download_with_headers
 
 
+def _with_suffix_ranges(download):
+    """`download`, answering a suffix range (`Range: bytes=-N`, the last N bytes) as GCS does:
+    array_record's reader reads a file's footer so, and the emulator sends the whole object,
+    which it takes for the footer of any file over 1 MiB ("Invalid Riegeli/records file")."""
+
+    def download_suffix(request, response, storage, *args, **kwargs):
+        suffix = re.fullmatch(r'\s*bytes=-(\d+)\s*', request.get_header('range', None) or '')
+        if suffix:
+            try:
+                size = len(storage.get_file(request.params['bucket_name'],
+                                            request.params['object_id']))
+            except NotFound:
+                size = 0  # download answers 404
+            start = f'bytes={max(0, size - int(suffix[1]))}-'
+            plain = request.get_header
+            request.get_header = lambda key, default=None: (
+                start if key.lower() == 'range' else plain(key, default))
+        download(request, response, storage, *args, **kwargs)
+
+    return download_suffix
+
+
 def _with_offsets(ls):
     """`ls`, keeping only the names in [startOffset, endOffset) as GCS's `objects.list` does:
     tensorstore's range delete lists with these bounds and deletes every name it gets back."""
@@ -197,8 +220,9 @@ def patch() -> None:
     objects.insert = _conditional(objects.insert, _upload_target, read=False)
     objects.upload_partial = _conditional(objects.upload_partial, _upload_target, read=False)
     objects.delete = _conditional(objects.delete, _object_target, read=False)
-    objects.download = _conditional(_with_generation_headers(objects.download), _object_target,
-                                    read=True)
+    objects.download = _conditional(
+        _with_generation_headers(_with_suffix_ranges(objects.download)), _object_target,
+        read=True)
     objects.get = _conditional(objects.get, _object_target, read=True)
     objects.ls = _with_offsets(objects.ls)
     emulator.Router.handle = _counted_and_serial(emulator.Router.handle)

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from test_data import make_config, write_image
 
 from vit_jax.data import create_datasets, digits
-from vit_jax.errors import DataError
+from vit_jax.errors import DataError, StorageError
 
 LATE = 1437 * 100_000 + 5  # a resume position 100,000 epochs in
 
@@ -25,14 +25,19 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / 'cache'
 
 
-def store_digits(data_dir: str, name: str, file_format: str) -> str:
-    """The digits as the tfds dataset `name` 1.0.0 in `data_dir`; returns its folder."""
+def store_digits(data_dir: str, name: str, file_format: str, px: int = 8) -> str:
+    """The digits as the tfds dataset `name` 1.0.0 in `data_dir`; returns its folder. With
+    `px` > 8 they are scaled up and noise added (images that do not compress: `px=16` makes a
+    train file over 1 MiB)."""
     images, labels = digits.images_and_labels()
+    if px > 8:
+        images = np.repeat(np.repeat(images, px // 8, 1), px // 8, 2)
+        images = images ^ np.random.default_rng(0).integers(0, 32, images.shape, np.uint8)
     path = os.path.join(data_dir, name, '1.0.0')
     digits.store_atomically(
         data_dir, path, name=name, version='1.0.0', file_format=file_format,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(8, 8, 3)),
+            'image': tfds.features.Image(shape=images.shape[1:]),
             'label': tfds.features.ClassLabel(num_classes=10)}),
         split_datasets={split: [(int(i), {'image': images[i], 'label': labels[i]})
                                 for i in indices]
@@ -68,12 +73,14 @@ def assert_same(got, want) -> None:
 
 def test_a_tfds_dataset_in_a_bucket_is_read_there_by_index(gcs_env, tmp_path, cache):
     local = str(tmp_path / 'tfds')
-    store_digits(local, 'bucket_digits', 'array_record')
+    path = store_digits(local, 'bucket_digits', 'array_record', px=16)
+    train_file = os.path.join(path, 'bucket_digits-train.array_record-00000-of-00001')
+    assert os.path.getsize(train_file) > 2 ** 20  # its footer is read with a suffix range
     bucket = gcs_env.bucket()
     upload(local, f'{bucket}/tfds')
     before = objects(gcs_env, bucket)
     config = make_config('bucket_digits', local)
-    config.pp.update(augment='inception', flip=True, crop=6, test='test[:50]')
+    config.pp.update(augment='inception', flip=True, crop=12, test='test[:50]')
     want = [stream(config), stream(config, LATE)]
     config.tfds_data_dir = f'{bucket}/tfds'
     for start, expected in zip((0, LATE), want, strict=True):  # epoch 0, then a late resume
@@ -188,3 +195,11 @@ def test_bad_bucket_input_is_one_line(gcs_env, cache, dataset, data_dir, message
         create_datasets(config)
     assert '\n' not in str(error.value)
     assert objects(gcs_env, bucket) == before and not cache.exists()
+
+
+def test_a_cache_in_a_bucket_is_one_line(monkeypatch):
+    monkeypatch.setenv('VIT_JAX_CACHE', 'gs://b/cache')
+    with pytest.raises(StorageError, match=r'^VIT_JAX_CACHE=gs://b/cache: the cache must be a '
+                                           r'local folder; set VIT_JAX_CACHE to a folder on '
+                                           r'this machine.$'):
+        create_datasets(make_config())
