@@ -18,6 +18,7 @@ import scale_worker
 from test_scale import Worker, max_diff, train_here, two_processes
 
 from vit_jax import tree
+from vit_jax.errors import WorkdirError
 from vit_jax.workdir import Workdir
 
 DIGITS = ['--config=configs/digits.py', '--config.total_steps=12', '--config.warmup_steps=2',
@@ -174,3 +175,9 @@ def test_the_store_gone_mid_run_is_one_line_and_the_same_command_resumes(
     start = int(re.search(r'Resumed from .* at step (\d+)', resumed.stdout).group(1))
     assert start > 0 and (saved is None or start == saved)
     assert 'Done: eval accuracy' in resumed.stdout
+
+
+def test_a_workdir_in_a_missing_bucket_is_one_line(gcs_env):
+    with pytest.raises(WorkdirError, match=r'^cannot write gs://no-such-bucket-4b1d/run: no such '
+                                           r'bucket; create the bucket or fix its name$'):
+        train_here('gs://no-such-bucket-4b1d/run')
