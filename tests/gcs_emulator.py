@@ -92,6 +92,31 @@ def _conditional(handler, target, *, read: bool):
     return conditional
 
 
+# Buckets that refuse writes as GCS does for an account without `storage.objects.create` (403)
+# and when a quota or rate limit is reached (429): a test names its bucket with the prefix.
+_REFUSALS = {'denied-': (403, 'forbidden', 'anonymous caller does not have storage.objects.create '
+                         'access to the Google Cloud Storage object.'),
+             'quota-': (429, 'rateLimitExceeded', 'The project exceeded the rate limit for '
+                        'creating and deleting buckets or writing objects.')}
+
+
+def _refusing(handler):
+    """`handler`, answering a bucket named `denied-*` or `quota-*` as GCS refuses a write."""
+
+    def refusing(request, response, storage, *args, **kwargs):
+        bucket = request.params.get('bucket_name', '')
+        for prefix, (code, reason, message) in _REFUSALS.items():
+            if bucket.startswith(prefix):
+                _ = request.data  # read the body, as _failed does
+                response.status = HTTPStatus(code)
+                response.json({'error': {'code': code, 'message': message,
+                                         'errors': [{'reason': reason, 'message': message}]}})
+                return None
+        return handler(request, response, storage, *args, **kwargs)
+
+    return refusing
+
+
 def _object_target(request, storage) -> tuple[str, str]:
     return request.params['bucket_name'], request.params['object_id']
 
@@ -217,8 +242,9 @@ def patch() -> None:
     """Installs the patches above into the emulator's handlers and routes."""
     originals = {name: getattr(objects, name)
                  for name in ('insert', 'upload_partial', 'delete', 'download', 'get', 'ls')}
-    objects.insert = _conditional(objects.insert, _upload_target, read=False)
-    objects.upload_partial = _conditional(objects.upload_partial, _upload_target, read=False)
+    objects.insert = _refusing(_conditional(objects.insert, _upload_target, read=False))
+    objects.upload_partial = _refusing(
+        _conditional(objects.upload_partial, _upload_target, read=False))
     objects.delete = _conditional(objects.delete, _object_target, read=False)
     objects.download = _conditional(
         _with_generation_headers(_with_suffix_ranges(objects.download)), _object_target,

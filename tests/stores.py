@@ -90,9 +90,10 @@ class Gcs:
             self._process.wait(timeout=10)
             self._process = None
 
-    def bucket(self) -> str:
-        """A new empty bucket: `gs://name`."""
-        name = unique_name('gcs')
+    def bucket(self, prefix: str = 'gcs') -> str:
+        """A new empty bucket: `gs://name`; `prefix` `denied` or `quota` makes one that refuses
+        writes as GCS does without permission or over a quota (tests/gcs_emulator.py)."""
+        name = unique_name(prefix)
         request = urllib.request.Request(
             f'{self.url}/storage/v1/b', data=json.dumps({'name': name}).encode(),
             headers={'Content-Type': 'application/json'}, method='POST')

@@ -181,3 +181,16 @@ def test_a_workdir_in_a_missing_bucket_is_one_line(gcs_env):
     with pytest.raises(WorkdirError, match=r'^cannot write gs://no-such-bucket-4b1d/run: no such '
                                            r'bucket; create the bucket or fix its name$'):
         train_here('gs://no-such-bucket-4b1d/run')
+
+
+@pytest.mark.parametrize('prefix, message', [
+    ('denied', 'permission denied; grant this account access, or use a --workdir this user may '
+               'write to'),
+    pytest.param('quota', 'the store refused for quota or rate; wait, or raise the quota',
+                 marks=pytest.mark.slow),  # gcsfs retries a 429 for about a minute first
+])
+def test_a_bucket_that_refuses_writes_is_one_line_before_anything_is_built(gcs_env, prefix,
+                                                                          message):
+    bucket = gcs_env.bucket(prefix)
+    with pytest.raises(WorkdirError, match=rf'^cannot write {bucket}/run: {re.escape(message)}$'):
+        train_here(f'{bucket}/run')
