@@ -36,7 +36,13 @@ def test_ridge_equals_sklearn(n, dim):
     for l2 in (1.0, fewshot.L2_REG):
         w, _, _ = fewshot.ridge_weights(jnp.asarray(train_x), jnp.asarray(train_y), 5, l2)
         coef, predictions = sklearn_reference(train_x, train_y, test_x, 5, l2)
-        np.testing.assert_allclose(w, coef, rtol=2e-3, atol=2e-5)
+        exact, _ = sklearn_reference(train_x.astype(np.float64), train_y,
+                                     test_x.astype(np.float64), 5, l2)
+        # As close to the exact (float64) solution as scikit-learn's own float32 solve: with
+        # fewer examples than features the system is ill-conditioned (the bias feature is 100),
+        # and two float32 solves differ by their rounding (3e-5 here), not by an error of ours.
+        assert np.abs(w - exact).max() <= 2 * np.abs(coef - exact).max() + 1e-6
+        np.testing.assert_allclose(w, exact, rtol=2e-3, atol=1e-4)
         accuracy = fewshot.ridge_accuracy(train_x, train_y, test_x, test_y, 5, l2)
         assert accuracy == pytest.approx(np.mean(predictions == test_y), abs=1e-6)
     assert accuracy > 0.8  # separable clusters: the classifier works at all
