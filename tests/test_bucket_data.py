@@ -223,3 +223,15 @@ def test_a_cache_in_a_bucket_is_one_line(monkeypatch):
                                            r'local folder; set VIT_JAX_CACHE to a folder on '
                                            r'this machine.$'):
         create_datasets(make_config())
+
+
+@pytest.mark.slow
+def test_a_store_out_of_reach_is_one_line(gcs_env):
+    bucket = gcs_env.bucket()
+    gcs_env.stop()
+    try:
+        with pytest.raises(StorageError, match=rf'^cannot read {bucket}/tfds: the store is '
+                                               r'unreachable \(.*\); check the network'):
+            create_datasets(make_config('bucket_digits', f'{bucket}/tfds'))
+    finally:
+        gcs_env.start()

@@ -298,15 +298,11 @@ def _to_uint8(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
 
 
 def _check_bucket(location: str, key: str) -> None:
-    """Raises a one-line `DataError` unless the bucket of the URL `location` (`config.<key>`)
-    exists and can be read."""
-    kind, rest = location.split('://', 1)
-    try:
-        found = storage.path(f'{kind}://{rest.split("/")[0]}').exists()
-    except Exception as error:  # The store's own errors (gcsfs, s3fs): described in words.
-        cause, hint = storage.describe(error)
-        raise DataError(f'{location} (--config.{key}): {cause}; {hint}.') from None
-    if not found:
+    """Raises a one-line error unless the bucket of the URL `location` (`config.<key>`) exists
+    and can be reached."""
+    with storage.reporting(f'cannot read {location}', location, f'--config.{key}'):
+        storage.path(location).exists()  # no credentials, the store unreachable, ...
+    if storage.bucket_missing(location):
         raise DataError(f'{location} (--config.{key}): no such bucket; create the bucket or '
                         f'fix --config.{key}.')
 
