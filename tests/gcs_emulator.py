@@ -221,15 +221,26 @@ def _client(request) -> str:
 
 def _counted_and_serial(handle):
     """`Router.handle`, one request at a time (the emulator's storage is not thread-safe, and a
-    check-then-write must be atomic for the conditions above), each counted by kind."""
+    check-then-write must be atomic for the conditions above), each counted by kind. The answer
+    is sent after the lock is let go: a client may leave a read open (array_record's reader
+    reads the start of an open-ended range, then asks for another), and sending the rest of it
+    under the lock would block every other request."""
+    close = emulator.Response.close
 
     def handle_serially(router, method):
+        answers = []
         with _lock:
             request = emulator.Request(router._request_handler, method)
             if request.path != '/_requests':
                 _requests['by_kind'][_kind(method, request)] += 1
                 _requests['by_client'][_client(request)] += 1
-            handle(router, method)
+            emulator.Response.close = lambda response: answers.append(response)  # sent below
+            try:
+                handle(router, method)
+            finally:
+                emulator.Response.close = close
+        for response in answers:
+            close(response)
 
     return handle_serially
 

@@ -47,7 +47,7 @@ def store_digits(data_dir: str, name: str, file_format: str, px: int = 8) -> str
 
 
 def upload(local: str, url: str) -> None:
-    fsspec.filesystem('gs').put(local, url, recursive=True)
+    fsspec.filesystem(url.split('://')[0]).put(local, url, recursive=True)
 
 
 def objects(gcs, bucket: str) -> dict[str, str]:
@@ -86,6 +86,25 @@ def test_a_tfds_dataset_in_a_bucket_is_read_there_by_index(gcs_env, tmp_path, ca
     for start, expected in zip((0, LATE), want, strict=True):  # epoch 0, then a late resume
         assert_same(stream(config, start), expected)
     assert objects(gcs_env, bucket) == before and not cache.exists()
+
+
+def test_a_tfds_dataset_in_s3_is_read_from_a_local_copy(s3_env, tmp_path, cache):
+    # array_record's reader opens local files and gs:// only: the files of the splits read and
+    # the metadata are copied to the cache once.
+    local = str(tmp_path / 'tfds')
+    store_digits(local, 'bucket_digits', 'array_record')
+    bucket = s3_env.bucket()
+    upload(local, f'{bucket}/tfds')
+    config = make_config('bucket_digits', local)
+    config.pp.update(augment='inception', flip=True, test='test[:50]')
+    want = stream(config, LATE)
+    config.tfds_data_dir = f'{bucket}/tfds'
+    for _ in range(2):  # copies, then reads the copy
+        assert_same(stream(config, LATE), want)
+    copies = cache / 'array_record' / 's3' / bucket.removeprefix('s3://') / 'tfds' / \
+        'bucket_digits' / '1.0.0'
+    assert sorted(os.listdir(copies)) == sorted(os.listdir(os.path.join(local, 'bucket_digits',
+                                                                        '1.0.0')))
 
 
 def test_digits_with_a_bucket_data_dir_is_built_in_the_local_cache(gcs_env, digits_data_dir,
@@ -154,11 +173,12 @@ def image_folder(root) -> None:
     write_image(root / 'test' / 'dog' / 'g.png', 5, (8, 8, 1))
 
 
-def test_an_image_folder_in_a_bucket_reads_the_same_pixels(gcs_env, tmp_path):
+@pytest.mark.parametrize('store', ['gcs_env', 's3_env'])
+def test_an_image_folder_in_a_bucket_reads_the_same_pixels(store, tmp_path, request):
     image_folder(tmp_path / 'images')
     (tmp_path / 'images' / 'train' / 'dog' / 'cut.jpg').write_bytes(
         (tmp_path / 'images' / 'train' / 'cat' / 'b.JPG').read_bytes()[:-20])
-    bucket = gcs_env.bucket()
+    bucket = request.getfixturevalue(store).bucket()
     upload(str(tmp_path / 'images'), f'{bucket}/images')
     config = make_config(str(tmp_path / 'images'))
     config.pp.update(augment='inception', flip=True, crop=6)
@@ -203,3 +223,15 @@ def test_a_cache_in_a_bucket_is_one_line(monkeypatch):
                                            r'local folder; set VIT_JAX_CACHE to a folder on '
                                            r'this machine.$'):
         create_datasets(make_config())
+
+
+@pytest.mark.slow
+def test_a_store_out_of_reach_is_one_line(gcs_env):
+    bucket = gcs_env.bucket()
+    gcs_env.stop()
+    try:
+        with pytest.raises(StorageError, match=rf'^cannot read {bucket}/tfds: the store is '
+                                               r'unreachable \(.*\); check the network'):
+            create_datasets(make_config('bucket_digits', f'{bucket}/tfds'))
+    finally:
+        gcs_env.start()

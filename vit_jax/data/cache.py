@@ -6,6 +6,8 @@ dir is where prepared data is read from, as for tfds and big_vision).
   `$VIT_JAX_CACHE/tensorflow_datasets`, default `~/.cache/vit_jax/tensorflow_datasets`.
 - The ArrayRecord copy of a TFRecord split (`array_record_copy`) lies beside a local dataset,
   and under `$VIT_JAX_CACHE/array_record/<scheme>/<bucket>/<path>/` for one in a bucket.
+- ArrayRecord files in a store array_record's reader cannot open (it opens local files and
+  `gs://` only, so `s3://`) are copied there too (`copies_of`), with the dataset's metadata.
 """
 
 import re
@@ -24,7 +26,12 @@ def array_record_copy(data_dir: str, split: str) -> epath.Path:
     """The local file of the ArrayRecord copy of `split` of the tfds dataset in `data_dir`
     (its `name/config/version` folder, local or a URL)."""
     name = re.sub(r'[^\w.%-]+', '_', split) + '.array_record'
-    kind = storage.scheme(data_dir)
-    if kind is None:
+    if not storage.is_remote(data_dir):
         return storage.path(data_dir) / 'vit_jax_array_record' / name
-    return storage.cache_dir() / 'array_record' / kind / data_dir.split('://', 1)[1] / name
+    return copies_of(data_dir) / name
+
+
+def copies_of(data_dir: str) -> epath.Path:
+    """The local folder of the copies of files of the tfds dataset in the bucket `data_dir`."""
+    kind, rest = data_dir.split('://', 1)
+    return storage.cache_dir() / 'array_record' / kind / rest.strip('/')

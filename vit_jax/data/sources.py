@@ -5,10 +5,12 @@ the train stream can start at any position without reading what comes before.
 Who reads what in a bucket: tfds reads a dataset's metadata (`dataset_info.json`,
 `features.json`) through etils.epath (fsspec, as `vit_jax.storage` configures it); array_record's
 own C++ reader reads the ArrayRecord files by byte range (its GCS client, pointed at an emulator
-by `CLOUD_STORAGE_EMULATOR_ENDPOINT`); TFRecord files and image files are read through
-`vit_jax.storage` (TensorFlow's gfile ignores emulators)."""
+by `CLOUD_STORAGE_EMULATOR_ENDPOINT`; it opens no other store, so files in `s3://` are copied
+first: `local_copy`); TFRecord files and image files are read through `vit_jax.storage`
+(TensorFlow's gfile ignores emulators)."""
 
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -18,6 +20,7 @@ import google_crc32c
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
+from etils import epath
 
 from vit_jax import storage
 from vit_jax.errors import DataError
@@ -48,6 +51,28 @@ class TfdsSource:
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         examples = [self._data[int(i)] for i in indices]
         return [e['image'] for e in examples], np.array([e['label'] for e in examples], np.int64)
+
+
+def local_copy(builder: tfds.core.DatasetBuilder, split: str, folder: epath.Path
+               ) -> tfds.core.DatasetBuilder:
+    """A builder of the files of `split` and the metadata of the ArrayRecord dataset of
+    `builder` (in a bucket), copied once to the local `folder`, each file through a temporary
+    name."""
+    source = storage.path(builder.data_dir)
+    shards = [storage.path(f.filename).name for f in builder.info.splits[split].file_instructions]
+    metadata = [p.name for p in source.iterdir() if not p.name.startswith(f'{builder.name}-')]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in metadata + shards:
+        if not (folder / name).exists():
+            fd, tmp = tempfile.mkstemp(prefix='.partial-', dir=os.fspath(folder))
+            try:
+                with (source / name).open('rb') as src, os.fdopen(fd, 'wb') as dst:
+                    shutil.copyfileobj(src, dst, 16 << 20)
+                os.replace(tmp, os.fspath(folder / name))
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+    return tfds.builder_from_directory(os.fspath(folder))
 
 
 def tfrecord_examples(builder: tfds.core.DatasetBuilder, split: str
