@@ -340,13 +340,11 @@ class Checkpointer:
     def _check_same_state(self, step: int, metadata: Any, target: Any) -> None:
         """A `ConfigError` when checkpoint `step` holds other arrays than `target` besides the
         moving average (e.g. another optimizer's state): it is readable, so it stays."""
-        def shapes(tree_, shape):
-            return {tree.array_name(p): shape(x)
-                    for p, x in jax.tree_util.tree_leaves_with_path(tree_)
-                    if not tree.array_name(p).startswith('ema/')}
-        saved = shapes(metadata, lambda m: tuple(getattr(m, 'shape', ())))
-        wanted = shapes(target, _stored_shape)
-        diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        def outside_ema(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+            return {k: v for k, v in shapes.items() if not k.startswith('ema/')}
+        saved = outside_ema(_shapes(metadata))
+        wanted = outside_ema(_shapes(target, _stored_shape))
+        diff = _differing(saved, wanted)
         if diff:
             raise ConfigError(
                 f'checkpoint {step} in {self.directory} holds another training state than '
@@ -392,17 +390,25 @@ class Checkpointer:
 def _check_same_arrays(stored: Any, template: Any, where: str) -> None:
     """A `ConfigError` naming the first array whose name or shape differs between `stored`
     (checkpoint metadata) and `template`."""
-    def shapes(tree_: Any) -> dict[str, tuple[int, ...]]:
-        return {tree.array_name(p): tuple(getattr(x, 'shape', ()))
-                for p, x in jax.tree_util.tree_leaves_with_path(tree_)}
-
-    theirs, ours = shapes(stored), shapes(template)
-    diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    theirs, ours = _shapes(stored), _shapes(template)
+    diff = _differing(theirs, ours)
     if diff:
         raise ConfigError(
             f'{where} holds another model: {diff[0]} is {theirs.get(diff[0])} there, '
             f'{ours.get(diff[0])} here; use the model options and dataset of that run (see '
             f'its config.json)')
+
+
+def _shapes(tree_: Any, shape: Callable[[Any], tuple[int, ...]] = lambda x: tuple(
+        getattr(x, 'shape', ()))) -> dict[str, tuple[int, ...]]:
+    """`{array name: shape}` of the leaves of `tree_` (arrays, abstract arrays or checkpoint
+    metadata)."""
+    return {tree.array_name(p): shape(x) for p, x in jax.tree_util.tree_leaves_with_path(tree_)}
+
+
+def _differing(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The names, sorted, whose shape differs between `saved` and `wanted` (or only one has)."""
+    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 
 def _stored_shape(x: Any) -> tuple[int, ...]:
