@@ -222,6 +222,8 @@ def test_a_workdir_in_a_missing_bucket_is_one_line(gcs_env):
 
 
 @pytest.mark.parametrize('prefix, message', [
+    ('anonymous', 'no credentials for the store; run `gcloud auth application-default login` or '
+                  'set GOOGLE_APPLICATION_CREDENTIALS (STORAGE_EMULATOR_HOST for an emulator)'),
     ('denied', 'permission denied; grant this account access, or use a --workdir this user may '
                'write to'),
     pytest.param('quota', 'the store refused for quota or rate; wait, or raise the quota',

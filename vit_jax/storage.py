@@ -49,15 +49,17 @@ def configure_environment(environ: dict[str, str] | os._Environ = os.environ) ->
         environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 
-class _RetriedRequests(logging.Filter):
-    """Drops gcsfs's log of a request out of retries (a traceback per request): the error
-    reaches the caller, which reports it in one line."""
+class _GcsfsNoise(logging.Filter):
+    """Drops gcsfs's log of a request out of retries (a traceback per request) and of a bucket
+    whose type it could not learn (a warning per file opened, when there are no credentials):
+    the error reaches the caller, which reports it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith('_request out of retries')
+        return not record.getMessage().startswith(('_request out of retries',
+                                                   'Could not determine bucket type'))
 
 
-logging.getLogger('gcsfs').addFilter(_RetriedRequests())
+logging.getLogger('gcsfs').addFilter(_GcsfsNoise())
 
 
 def _no_listing_cache() -> None:
@@ -291,7 +293,8 @@ def describe(error: BaseException, what: str = 'location',
     lowered = f'{name} {text}'.lower()
     if isinstance(error, OSError) and error.errno in _HINTS:
         return error.strerror or text or name, _HINTS[error.errno].format(what=what)
-    if 'credential' in lowered or 'refresherror' in lowered or 'nocredentials' in lowered:
+    if any(word in lowered for word in ('credential', 'refresherror', 'anonymous caller',
+                                        '401')):
         return 'no credentials for the store', _LOG_IN.get(
             scheme(location) if location is not None else None, ' or '.join(_LOG_IN.values()))
     if 'nosuchbucket' in lowered or 'bucket does not exist' in lowered or (
