@@ -44,14 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger('vit_jax').setLevel(logging.INFO)  # e.g. which arrays weights.load adapted
     try:
         from vit_jax import config as config_lib
-        from vit_jax import train
-        from vit_jax.train import sharding
+        from vit_jax.train import loop, sharding
 
         if args.multiprocess:
             sharding.initialize_processes(args.coordinator_address, args.num_processes,
                                                 args.process_id)
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-        train.train(config, args.workdir)
+        loop.train(config, args.workdir)
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

