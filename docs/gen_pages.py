@@ -58,4 +58,5 @@ def main() -> None:
         f.writelines(nav.build_literate_nav())
 
 
-main()
+if __name__ == '<run_path>':  # how mkdocs-gen-files runs it (runpy.run_path)
+    main()
