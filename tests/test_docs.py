@@ -39,3 +39,13 @@ def test_a_missing_docstring_is_a_warning():
     assert gen_pages.undocumented(module) == ['m', 'm.bare', 'm.Bare']
     module = griffe.visit('m', filepath=pathlib.Path('m.py'), code='"""A module."""\n' + code)
     assert gen_pages.undocumented(module) == ['m.bare', 'm.Bare']
+
+
+def test_lists_read_as_on_github():
+    spec = importlib.util.spec_from_file_location('hooks', os.path.join(REPO, 'docs', 'hooks.py'))
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    text = 'A paragraph:\n- one\n  more of one\n\n  ```bash\n  x\n  ```\n- two\n\n```\n- code\n```'
+    assert hooks.github_lists(text) == (
+        'A paragraph:\n\n- one\n    more of one\n\n    ```bash\n    x\n    ```\n- two\n\n'
+        '```\n- code\n```')
