@@ -216,6 +216,7 @@ def write_plots(all_points: list[Point], workdir: epath.Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the ablation study of `--config` (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.ablate', __doc__)
     parser.add_argument('--config', required=True, help='study config file, FILE.py[:ARG]')
     parser.add_argument('--workdir', required=True, help='one sub-workdir per point goes here')

@@ -39,6 +39,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Trains from `--config` into `--workdir` (the CLI); returns the exit status (2: bad input)."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('vit_jax').setLevel(logging.INFO)  # e.g. which arrays weights.load adapted

@@ -436,6 +436,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Plans the run of `--config` on `--topology` (the CLI); returns the exit status."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)

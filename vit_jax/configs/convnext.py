@@ -33,6 +33,7 @@ DROP_PATH = {'tiny': (0.1, 0.0), 'small': (0.4, 0.1), 'base': (0.5, 0.2), 'large
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET[,ft]` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
     c = base_config()
     c.model_name = common.model_name('convnext', arg.model)

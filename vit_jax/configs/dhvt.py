@@ -43,6 +43,7 @@ OTHER_RECIPE = dict(batch=512, lr=1e-3, warmup=20, pp=dict(augment='inception', 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny_cifar_patch4', dataset='cifar100')
     c = base_config()
     c.model_name = common.model_name('dhvt', arg.model)

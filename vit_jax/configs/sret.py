@@ -30,6 +30,7 @@ from . import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='imagenet2012')
     c = base_config()
     c.model_name = common.model_name('sret', arg.model)

@@ -33,6 +33,7 @@ DROP_PATH = {'tiny': (0.2, 0.1), 'small': (0.3, 0.2), 'base': (0.5, 0.2), 'large
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET[,ft]` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
     c = base_config()
     c.model_name = common.model_name('swin', arg.model)

@@ -28,6 +28,7 @@ TOTAL_STEPS = {'cifar10': 10_000, 'cifar100': 10_000, 'imagenet2012': 20_000,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='b16', dataset='cifar10')
     c = base_config()
     c.model_name = common.model_name('vit', arg.model)

@@ -34,6 +34,7 @@ WARMUP_STEPS = 10_000
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `VARIANT[,DATASET][,epochs=N]` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, variant='s16', dataset='imagenet2012', epochs='90')
     if arg.variant not in VARIANTS or not arg.epochs.isdigit():
         raise ConfigError(f'configs/vit_i1k.py:{arg.variant},epochs={arg.epochs}: choose a '

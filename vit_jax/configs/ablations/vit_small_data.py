@@ -44,6 +44,7 @@ def train_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The study: its base run and its axes; see the module docstring."""
     c = ml_collections.ConfigDict()
     c.name = 'Small-data ViT ablation (MNIST, 5k training images)'
     c.base = train_config()
