@@ -1,5 +1,6 @@
 """Writes the API reference (run by mkdocs-gen-files on every build): one page per module of
-vit_jax/, rendered from its docstrings by mkdocstrings, so a new module needs no docs edit.
+vit_jax/, rendered from its docstrings by mkdocstrings, so a new module needs no docs edit; and
+the config reference, from `vit_jax.train.config_keys`.
 
 It also warns, through mkdocs' logger, about each public module, function or class without a
 docstring (public: no leading underscore, defined in that module), which `mkdocs build
@@ -56,6 +57,19 @@ def main() -> None:
         mkdocs_gen_files.set_edit_path(page, pathlib.Path(module.filepath).relative_to(ROOT))
     with mkdocs_gen_files.open('reference/SUMMARY.md', 'w') as f:
         f.writelines(nav.build_literate_nav())
+    with mkdocs_gen_files.open('config-reference.md', 'w') as f:
+        f.write(config_reference())
+
+
+def config_reference() -> str:
+    """The config reference page: every key as `vit_jax.train.config_keys` declares it."""
+    from vit_jax.train import config_keys
+
+    return ('# Config reference\n\nEvery key of a training config (`--config.KEY=VALUE`), as '
+            '`vit_jax/train/config_keys.py` declares it; `model.*` keys are the chosen '
+            "model's options ([Models](models.md)). A relaunch of a run may change only the "
+            'keys marked so; `validate` checks every value against this table before anything '
+            'runs.\n\n' + config_keys.reference())
 
 
 if __name__ == '<run_path>':  # how mkdocs-gen-files runs it (runpy.run_path)
