@@ -17,8 +17,8 @@ import concurrent.futures
 import difflib
 import itertools
 import math
-import re
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import jax
