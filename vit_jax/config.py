@@ -49,7 +49,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     try:
         module = _import_file(path)
     except SyntaxError as e:
-        raise ConfigError(f'{e.filename}:{e.lineno}: {e.msg}; fix the config file') from None
+        where = f'{e.filename}:{e.lineno}' if e.filename else path
+        raise ConfigError(f'{where}: {e.msg}; fix the config file') from None
     except VitJaxError:
         raise
     except Exception as e:  # noqa: BLE001 -- the config file's own error, at its own line
