@@ -70,10 +70,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
                       '(see the file\'s docstring)') from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
-    missing = _missing_keys(config, base_config())
-    if missing:
-        raise ConfigError(f'{path}: get_config() returns a config without {", ".join(missing)}; '
-                          f'build it on vit_jax.config.base_config(), as the packaged configs do')
     return config
 
 
@@ -366,7 +362,11 @@ _PROBABILITIES = ('mix_prob', 'mix_switch_prob')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises a one-line `ConfigError` for a value that cannot work."""
+    """Raises a one-line `ConfigError` for a value that cannot work, or a key missing."""
+    missing = _missing_keys(config, base_config())
+    if missing:
+        raise ConfigError(f'the config has no {", ".join(missing)}; build it on '
+                          f'vit_jax.config.base_config(), as the packaged config files do')
     def get(key: str) -> Any:
         node = config
         for part in key.split('.'):
