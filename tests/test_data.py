@@ -340,13 +340,14 @@ def test_folder_skips_bad_images_when_asked(image_folder):
 
 def test_an_image_that_fails_to_decode_mid_run_names_its_record(image_folder):
     # Whole by its first and last bytes, broken inside: the decoder fails; the error names
-    # the dataset, the split and the record.
+    # the dataset, the split and the record: in a folder, its file (issue 27).
     jpeg = tf.io.encode_jpeg(tf.fill((8, 8, 3), tf.constant(9, tf.uint8))).numpy()
     (image_folder / 'test' / 'dog' / 'g.png').unlink()
     (image_folder / 'test' / 'dog' / 'g.jpg').write_bytes(jpeg[:3] + bytes(50) + jpeg[-2:])
     _, make_eval_iterator, _ = create_datasets(make_config(str(image_folder)))
-    with pytest.raises(DataError, match=rf"^cannot decode record 1 of split 'test' of "
-                                        rf"'{image_folder}' \(.*\); the data is damaged"):
+    with pytest.raises(DataError, match=rf"^cannot decode {image_folder}/test/dog/g.jpg of "
+                                        rf"split 'test' of '{image_folder}' \(jpeg::Uncompress "
+                                        r"failed.*\); the data is damaged"):
         list(make_eval_iterator())
 
 
@@ -423,7 +424,7 @@ def test_inception_crop_decodes_the_same_box_of_a_jpeg_and_a_png():
 
     photo = tf.constant(skdata.astronaut()[:301, :437])
     jpeg, png = tf.io.encode_jpeg(photo, quality=90), tf.io.encode_png(photo)
-    decoded = tf.io.decode_jpeg(jpeg).numpy()
+    decoded = pipeline._decode(jpeg).numpy()  # the whole image, decoded as training does
     for i in range(20):
         seed = tf.constant([0, i], tf.int64)
         window = pipeline._decode_inception_crop(jpeg, seed, 0.05).numpy()
@@ -461,3 +462,55 @@ def test_tfrecord_split_is_copied_once_to_array_record_and_reads_the_same(digits
             np.concatenate([b['image'] for b in create_datasets(config)[1]()]), expected[1])
     copies = sorted(os.listdir(os.path.join(builder.data_dir, 'vit_jax_array_record')))
     assert copies == ['test_50_.array_record', 'train.array_record']
+
+
+# Issue 27: folder datasets are never silently wrong.
+
+@pytest.mark.parametrize('mode, options', [
+    ('RGB', {'quality': 95}), ('RGB', {'quality': 60, 'subsampling': 2}),
+    ('RGB', {'progressive': True}), ('L', {}), ('CMYK', {})])
+def test_training_and_predict_decode_a_jpeg_to_the_same_pixels(tmp_path, mode, options):
+    from PIL import Image
+
+    from vit_jax.data import pipeline
+    from vit_jax.predict import read_image
+
+    rng = np.random.RandomState(0)
+    smooth = np.clip(np.cumsum(rng.randn(30, 40, 3) * 8, axis=1) + 128, 0, 255)
+    path = tmp_path / 'x.jpg'
+    Image.fromarray(smooth.astype(np.uint8)).convert(mode).save(path, 'JPEG', **options)
+    encoded = tf.constant(path.read_bytes())
+    pixels = read_image(str(path))
+    np.testing.assert_array_equal(pipeline._decode(encoded).numpy(), pixels)
+    crop = pipeline._decode_inception_crop(encoded, tf.constant([1, 2], tf.int64), 0.3).numpy()
+    assert any(np.array_equal(pixels[i:i + crop.shape[0], j:j + crop.shape[1]], crop)
+               for i in range(31 - crop.shape[0]) for j in range(41 - crop.shape[1]))
+
+
+@pytest.mark.parametrize('breakage, message', [
+    ('loop', r"cat/up/cat is .*train/cat again \(a symlink loop, or two links to one folder\)"),
+    ('newline', r"class folder names \['ca\\nt'\] in .* hold a line break"),
+    ('one_class', r"train holds one class folder, 'cat'; a classifier needs two or more"),
+])
+def test_folder_symlink_loops_odd_class_names_and_one_class_are_refused(image_folder, breakage,
+                                                                        message):
+    if breakage == 'loop':
+        os.symlink('..', image_folder / 'train' / 'cat' / 'up')
+    elif breakage == 'newline':
+        os.rename(image_folder / 'train' / 'cat', image_folder / 'train' / 'ca\nt')
+    else:
+        for split in ('train', 'test'):
+            for path in (image_folder / split / 'dog').iterdir():
+                path.unlink()
+            (image_folder / split / 'dog').rmdir()
+    with pytest.raises(DataError, match=message):
+        create_datasets(make_config(str(image_folder)))
+
+
+def test_folder_symlinks_to_files_and_folders_are_followed(image_folder, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp('elsewhere')
+    write_image(elsewhere / 'a.jpg', 250, (8, 8, 3))
+    os.symlink(elsewhere, image_folder / 'train' / 'cat' / 'more')
+    os.symlink(elsewhere / 'a.jpg', image_folder / 'train' / 'cat' / 'b.jpg')
+    info = create_datasets(make_config(str(image_folder)))[2]
+    assert (info.class_names, info.num_train) == (('cat', 'dog'), 7)

@@ -308,18 +308,26 @@ def test_a_store_down_at_launch_is_one_line(workdir, outage):
 
 
 def test_the_local_lock_checks_its_file(tmp_path):
-    # On local disk: the lock file removed, or replaced by another, under a live run.
-    for replace in (False, True):
+    # On local disk: the lock file removed, replaced by another, or rewritten in place by
+    # another holder (issue 27), under a live run.
+    for change in ('remove', 'replace', 'rewrite'):
         with WorkdirLock(tmp_path / 'lock') as lock:
             lock.check()
-            os.remove(tmp_path / 'lock')
-            if replace:
+            if change == 'rewrite':
+                with open(tmp_path / 'lock', 'r+') as f:
+                    f.write('{"host": "other", "pid": 1}')
+                    f.truncate()
+            else:
+                os.remove(tmp_path / 'lock')
+            if change == 'replace':
                 (tmp_path / 'lock').write_text('{}')
             with pytest.raises(WorkdirError, match=(
-                    rf'^{tmp_path}/lock was removed or replaced while this run held it; stopping '
-                    r'before the next save')):
+                    rf'^{tmp_path}/lock was removed, replaced or rewritten while this run held '
+                    r'it; stopping before the next save')):
                 lock.check()
-        assert os.path.exists(tmp_path / 'lock') == replace  # not ours: left alone
+        assert os.path.exists(tmp_path / 'lock') == (change != 'remove')  # not ours: left alone
+        if change != 'remove':
+            os.remove(tmp_path / 'lock')
 
 
 @pytest.mark.parametrize('store', ['gcs', 's3'])

@@ -6,7 +6,6 @@ per workdir, failed writes stop the run in one line, NaN weights are never saved
 
 import asyncio
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 import scale_worker
 import tensorstore as ts
+from trees import tree_bytes
 
 from vit_jax import tree, weights
 from vit_jax.data.arrays import array_datasets
@@ -45,17 +45,6 @@ def ema_run(tmp_path_factory):
     loop.train(config, workdir, datasets=array_datasets(
         *scale_worker.synthetic(), num_classes=scale_worker.NUM_CLASSES))
     return workdir
-
-
-def tree_bytes(directory):
-    """Every file under `directory` (path -> sha256), to show that nothing changed."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def assert_same(variables, expected):
@@ -488,3 +477,96 @@ def test_a_broken_config_json_is_one_line_and_nothing_is_written(tmp_path, text,
                                            r'--workdir$'):
         train_here(tmp_path)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+# Issue 27: the workdir's own files are input too.
+
+def relaunch(workdir, *overrides):
+    """The ema_run's config, three steps longer, in `workdir`."""
+    return train_here(workdir, *EMA, ('total_steps', '9'), *overrides)
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda d: (d / 'metrics.jsonl').write_text('{"step": 3}\nxx\n{"step": 6}\n'),
+     r'metrics.jsonl: line 2 is not JSON; delete that line, or move the file aside'),
+    (lambda d: (d / 'metrics.jsonl').write_text('{"step": 3}\n[1]\n'),
+     r'metrics.jsonl: line 2 is no record \(a JSON object with an integer "step"\)'),
+    (lambda d: (d / 'metrics.jsonl').write_bytes(b'{"step": 3}\n\xff\n'),
+     r'metrics.jsonl is not UTF-8 text \(invalid start byte at byte 12\)'),
+    (lambda d: ((d / 'runs.jsonl').unlink(), (d / 'runs.jsonl').mkdir()),
+     r'^cannot read .*runs.jsonl: .*Is a directory'),
+    (lambda d: (shutil.rmtree(d / 'checkpoints'), (d / 'checkpoints').write_text('x')),
+     r'checkpoints is not a folder; restore it from a copy'),
+    (lambda d: (d / 'config.json').write_text('{"model_name": "testing", "model": [1]}'),
+     r'config.json names no model \(a string model_name, objects model and pp\)'),
+    (lambda d: (d / 'classes.txt').write_bytes(b'\xff\n1\n2\n3\n'),
+     r'classes.txt is not UTF-8 text'),
+    (lambda d: (d / 'classes.txt').write_text('0\n0\n2\n3\n'),
+     r"classes.txt names \['0'\] more than once; restore it from a copy"),
+    # The record gone beside checkpoints: nothing would stop a changed config.
+    (lambda d: (d / 'config.json').unlink(),
+     r'holds checkpoints but no config.json, so nothing says what they were trained with; '
+     r'restore config.json from a copy, or start a new --workdir from their weights with '
+     r'--config.init_from='),
+    (lambda d: (d / 'classes.txt').unlink(), r'holds checkpoints but no classes.txt'),
+])
+def test_damaged_run_files_are_one_line_and_nothing_is_written(ema_run, tmp_path, damage,
+                                                               message):
+    workdir = tmp_path / 'copy'
+    shutil.copytree(ema_run, workdir)
+    damage(workdir)
+    before = tree_bytes(workdir), sorted(os.listdir(workdir))
+    # With the record gone, a change that the record would refuse.
+    changed = [('label_smoothing', '0.1')] if 'no config.json' in message else []
+    with pytest.raises(WorkdirError, match=message):
+        relaunch(workdir, *changed)
+    assert (tree_bytes(workdir), sorted(os.listdir(workdir))) == before
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"model_name": 7, "model": {}, "pp": {}}', 'names no model'),
+    ('{"model_name": "testing", "model": {}}', r"describes no model vit_jax builds \("),
+])
+def test_a_config_json_that_names_no_model_reads_as_one_line(ema_run, tmp_path, text, message):
+    workdir = tmp_path / 'copy'
+    shutil.copytree(ema_run, workdir)
+    (workdir / 'config.json').write_text(text)
+    with pytest.raises(WorkdirError, match=rf'^{workdir}/config.json {message}.*start a new '
+                                           r'--workdir$'):
+        Workdir(workdir).load_run()
+
+
+def test_run_logs_are_repaired_or_kept_byte_for_byte(tmp_path):
+    # A torn last line of runs.jsonl is completed; bytes that are not UTF-8 are kept as they
+    # are (runs.jsonl is only ever appended to); classes.txt reads with any line ending.
+    workdir = Workdir(tmp_path)
+    workdir.file('runs.jsonl').write_bytes(b'\xff{"start_step": 0}\n{"start')
+    workdir.log_launch(3, {})
+    lines = workdir.file('runs.jsonl').read_bytes().split(b'\n')
+    assert lines[:2] == [b'\xff{"start_step": 0}', b'{"start'] and lines[-1] == b''
+    assert json.loads(lines[2])['start_step'] == 3
+    workdir.file('classes.txt').write_bytes(b'cat\r\ndog\r\n')
+    assert workdir.read_classes() == ('cat', 'dog')
+
+
+def test_a_latest_checkpoint_without_array_metadata_falls_back(ema_run, tmp_path, caplog):
+    # The README promises the previous checkpoint for a latest one that lost files.
+    workdir = tmp_path / 'copy'
+    shutil.copytree(ema_run, workdir)
+    os.remove(workdir / 'checkpoints' / '6' / 'state' / '_METADATA')
+    config = Workdir(workdir).read_config()
+    run = setup(config, 4, make_mesh(config, jax.local_devices()[:1]))
+    checkpointer = Workdir(workdir).checkpointer(every=3, keep=2)
+    state, position = checkpointer.restore(run.abstract_state, config.model_name)
+    checkpointer.close()
+    assert int(state.step) == 3 and position['step'] == 3
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', 'corrupt-6']
+    assert 'array metadata (state/_METADATA) is missing or damaged' in caplog.text
+
+
+def test_reading_a_run_logs_nothing_from_orbax(ema_run, caplog):
+    # `--workdir` readers printed `WARNING:absl:...read only...` before their answer.
+    with caplog.at_level(logging.INFO, logger='absl'):
+        Workdir(ema_run).load_run()
+        Workdir(ema_run).load_run(step=3, ema=True)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

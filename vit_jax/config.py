@@ -54,7 +54,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     try:
         module = _import_file(path)
     except SyntaxError as e:
-        raise ConfigError(f'{e.filename}:{e.lineno}: {e.msg}; fix the config file') from None
+        where = f'{e.filename}:{e.lineno}' if e.filename else path
+        raise ConfigError(f'{where}: {e.msg}; fix the config file') from None
+    except VitJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the config file's own error, at its own line
+        raise _failed(e, path, 'failed to load', 'fix the config file (or install the module '
+                      'it imports)') from None
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path!r} has no get_config() function')
     if arg and not inspect.signature(module.get_config).parameters:
@@ -65,15 +71,20 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     except VitJaxError:
         raise
     except Exception as e:  # noqa: BLE001 -- the config file's own error, at its own line
-        line = next((f for f in reversed(traceback.extract_tb(e.__traceback__))
-                     if os.path.samefile(f.filename, path)), None)
-        where = f'{path}:{line.lineno}' if line else path
-        raise ConfigError(f'{where}: get_config({arg!r}) failed ({type(e).__name__}: {e}); '
-                          f'check the argument after the ":" (see the file\'s docstring)'
-                          ) from None
+        raise _failed(e, path, f'get_config({arg!r}) failed', 'check the argument after the ":" '
+                      '(see the file\'s docstring)') from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f'{path}: get_config() must return an ml_collections.ConfigDict')
     return config
+
+
+def _failed(error: Exception, path: str, what: str, hint: str) -> ConfigError:
+    """`PATH:LINE: WHAT (ERROR); HINT` for `error` raised by the config file `path`, at the
+    innermost line of that file in its traceback."""
+    line = next((f for f in reversed(traceback.extract_tb(error.__traceback__))
+                 if os.path.abspath(f.filename) == os.path.abspath(path)), None)
+    where = f'{path}:{line.lineno}' if line else path
+    return ConfigError(f'{where}: {what} ({type(error).__name__}: {error}); {hint}')
 
 
 def config_path(path: str) -> str:

@@ -39,7 +39,12 @@ def class_names(num_classes: int, path: str | None = None) -> list[str]:
     1000 or 21843 classes, else indices."""
     if path is not None:
         with storage.reporting(f'cannot read {path}', path, '--classes'):
-            text = storage.path(path).read_text()
+            data = storage.path(path).read_bytes()
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise VitJaxError(f'{path} is not UTF-8 text; save the class names as UTF-8, one '
+                              f'per line') from None
     elif num_classes in IMAGENET_CLASSES:
         path = IMAGENET_CLASSES[num_classes]
         text = (importlib.resources.files('vit_jax.data') / path).read_text()
@@ -140,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not (args.workdir or (args.model and args.weights)):
         parser.error('give --model and --weights, or --workdir')
+    for name in ('top', 'img_size'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name} must be 1 or more, got {getattr(args, name)}')
     try:
         if args.workdir:
             model, variables, names, cfg = _from_workdir(args.workdir, args.img_size)

@@ -28,7 +28,7 @@ from typing import Any
 
 from etils import epath
 
-from vit_jax.errors import StorageError, VitJaxError
+from vit_jax.errors import DataError, StorageError, VitJaxError
 
 SCHEMES = ('gs', 's3')
 
@@ -111,10 +111,18 @@ def cache_dir() -> epath.Path:
 
 def files_below(folder: epath.Path) -> list[str]:
     """Every file below `folder`, sub-folders included, sorted: local paths (symlinked folders
-    followed) or URLs (one listing of the whole prefix; etils.epath's `walk` drops the scheme)."""
+    followed; a folder reached twice, by a symlink loop or two links, is a `DataError`) or URLs
+    (one listing of the whole prefix; etils.epath's `walk` drops the scheme)."""
     if not is_remote(folder):
-        return sorted(os.path.join(root, name) for root, _, names in
-                      os.walk(os.fspath(folder), followlinks=True) for name in names)
+        files, seen = [], {}
+        for root, _, names in os.walk(os.fspath(folder), followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                raise DataError(f'{root} is {seen[real]} again (a symlink loop, or two links to '
+                                f'one folder), so its files would count twice; remove the link')
+            seen[real] = root
+            files += [os.path.join(root, name) for name in names]
+        return sorted(files)
     import fsspec
 
     fs, prefix = fsspec.core.url_to_fs(os.fspath(folder))

@@ -153,9 +153,29 @@ def _read_hf_directory(path: str) -> Flat:
                          f'directory')
     if not name.endswith('.index.json'):
         return read(os.path.join(path, name))
-    with open(os.path.join(path, name)) as f:
-        shards = sorted(set(json.load(f)['weight_map'].values()))
+    index = os.path.join(path, name)
+    contents = _read_json(index)
+    weight_map = contents.get('weight_map') if isinstance(contents, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) for f in weight_map.values()):
+        raise ModelError(f'{index!r} has no weight_map of array names to shard files; save the '
+                         f'model again, or pass one of its shards')
+    shards = sorted(set(weight_map.values()))
+    outside = [f for f in shards if os.path.isabs(f) or os.path.normpath(f).startswith('..')]
+    if outside:
+        raise ModelError(f'{index!r} names shard files outside its directory ({outside[0]!r}); '
+                         f'a save_pretrained directory keeps its shards beside the index')
     return {k: v for shard in shards for k, v in read(os.path.join(path, shard)).items()}
+
+
+def _read_json(path: str) -> Any:
+    """The JSON file `path` of a Hugging Face directory; a `ModelError` when it is none."""
+    try:
+        with open(path, 'rb') as f:
+            return json.loads(f.read())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ModelError(f'{path!r} is not valid JSON ({e}); download or save the model '
+                         f'again') from None
 
 
 def _is_npz(path: str) -> bool:
@@ -288,6 +308,9 @@ def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: Wei
             raise ModelError(f'{key} has shape {value.shape} in the checkpoint but '
                              f'{tuple(spec.shape)} in the {name}{hint}')
         out[key] = np.asarray(value, dtype=spec.dtype)
+        if not np.isfinite(out[key]).all():
+            raise ModelError(f'{key} holds NaN or infinite values in the checkpoint; it was '
+                             f'saved from a diverged run: load an earlier checkpoint')
     unused = sorted(arrays.keys() - target.keys())
     if unused and strict:
         raise ModelError(f'the checkpoint has {len(unused)} arrays the {name} does not use, '
@@ -313,13 +336,42 @@ def hf_model(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
     family, the config its size), with `overrides` of its options; load its weights with
     `load(model, directory)`."""
     config = hf_config(directory)
-    family = _HF.get(config.get('model_type'))
+    kind = config.get('model_type')
+    family = _HF.get(kind) if isinstance(kind, str) else None
     if family is None:
-        raise ModelError(f'{os.fspath(directory)!r} holds a Hugging Face '
-                         f'{config.get("model_type")!r} model; vit_jax builds '
-                         f'{", ".join(sorted(_HF))}')
+        raise ModelError(f'{os.fspath(directory)!r} holds a Hugging Face {kind!r} model; vit_jax '
+                         f'builds {", ".join(sorted(_HF))}')
     names = frozenset(read(directory))
-    return family.module(**{**family.options(config, names), **overrides})
+    where = os.path.join(os.fspath(directory), 'config.json')
+    try:
+        options = family.options(config, names)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelError(f'{where!r} is no {kind} config vit_jax reads ({type(e).__name__}: '
+                         f'{e}); download or save the model again') from None
+    _check_sizes(family.module, options, where)
+    return family.module(**{**options, **overrides})
+
+
+def _check_sizes(module: type[nn.Module], options: dict[str, Any], where: str) -> None:
+    """A `ModelError` for an option read from `where` that is not a positive number (a count
+    of classes: not negative) where `module`'s default is one, or a tuple of them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(module)}
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for key, value in options.items():
+        default = defaults.get(key)
+        if number(default):
+            fits = number(value) and (value >= 0 if key == 'num_classes' else value > 0)
+        elif isinstance(default, tuple) and default and all(map(number, default)):
+            fits = isinstance(value, tuple) and bool(value) and all(
+                number(v) and v > 0 for v in value)
+        else:
+            continue
+        if not fits or (isinstance(default, int) and not isinstance(value, int)):
+            raise ModelError(f'{where!r} gives {key}={value!r}, which a model cannot have; '
+                             f'download or save the model again')
 
 
 def hf_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -329,8 +381,11 @@ def hf_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f'{os.fspath(directory)!r} has no config.json; pass a Hugging Face '
                          f'save_pretrained directory, or create the model and load the weights '
                          f'file')
-    with open(path) as f:
-        return json.load(f)
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise ModelError(f'{path!r} holds no config (a JSON {type(config).__name__}); download '
+                         f'or save the model again')
+    return config
 
 
 def rename(arrays: Flat, rules: Rules) -> Flat:
@@ -501,8 +556,9 @@ def save_hf(model: nn.Module, variables: Mapping[str, Any], directory: str | os.
     config, arrays = family.export(model, flat)
     config.setdefault('id2label', {str(i): f'LABEL_{i}' for i in range(model.num_classes)})
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=2)
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()},
-              os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+    with storage.reporting(f'cannot write {directory}', directory, 'directory'):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, 'config.json'), 'w') as f:
+            json.dump(config, f, indent=2)
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()},
+                  os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})

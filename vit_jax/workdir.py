@@ -62,22 +62,34 @@ class Workdir:
         try:
             saved = json.loads(self._read('config.json'))
         except ValueError as e:
-            raise WorkdirError(f'{self.file("config.json")} is not valid JSON ({e}); restore it '
-                               f'from a copy, or start a new --workdir') from None
-        if not isinstance(saved, dict):
-            raise WorkdirError(f'{self.file("config.json")} holds no config (a JSON '
-                               f'{type(saved).__name__}); restore it from a copy, or start a '
-                               f'new --workdir')
-        return record.parse_config(saved)
+            raise self._damaged('config.json', f'is not valid JSON ({e})') from None
+        try:
+            return record.parse_config(saved)
+        except ValueError as e:
+            raise self._damaged('config.json', str(e)) from None
 
     def read_classes(self) -> tuple[str, ...]:
         """The run's class names, in label order (`classes.txt`)."""
-        return record.parse_classes(self._read('classes.txt'))
+        try:
+            return record.parse_classes(self._read('classes.txt'))
+        except ValueError as e:
+            raise self._damaged('classes.txt', str(e)) from None
+
+    def _damaged(self, name: str, what: str) -> WorkdirError:
+        return WorkdirError(f'{self.file(name)} {what}; restore it from a copy, or start a new '
+                            f'--workdir')
 
     def _read(self, name: str) -> str:
+        try:  # universal newlines, as Python's text files read them
+            return self._read_bytes(name).decode().replace('\r\n', '\n').replace('\r', '\n')
+        except UnicodeDecodeError as e:
+            raise self._damaged(name, f'is not UTF-8 text ({e.reason} at byte {e.start})'
+                                ) from None
+
+    def _read_bytes(self, name: str) -> bytes:
         target = self.file(name)
         try:
-            return target.read_text()
+            return target.read_bytes()
         except FileNotFoundError as e:
             if storage.bucket_missing(self.path):
                 raise self.error(e, f'cannot read {self}', resume=False) from None
@@ -87,17 +99,42 @@ class Workdir:
 
     def check_config(self, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
         """The diff of `config` against the run record (`{}` for a new run), when it changes
-        `record.MAY_CHANGE` keys only; else a `ConfigError` naming each other key."""
+        `record.MAY_CHANGE` keys only; else a `ConfigError` naming each other key. A run with
+        checkpoints but no `config.json` is a `WorkdirError`: nothing would hold the config."""
         if not self._exists('config.json'):
+            self._check_record_kept('config.json')
             return {}
         diff = record.config_diff(record.flat_config(self.read_config()), config)
         record.check_changes(diff, str(self))
         return diff
 
     def check_classes(self, class_names: tuple[str, ...]) -> None:
-        """A `ConfigError` when the run recorded other class names than `class_names`."""
+        """A `ConfigError` when the run recorded other class names than `class_names`; a
+        `WorkdirError` when a run with checkpoints has no `classes.txt`."""
         if self._exists('classes.txt'):
             record.check_classes(self.read_classes(), class_names, str(self))
+        else:
+            self._check_record_kept('classes.txt')
+
+    def _check_record_kept(self, name: str) -> None:
+        """A `WorkdirError` when the run record's `name` is gone but checkpoints are left."""
+        checkpoints = self.file('checkpoints')
+        if self._exists('checkpoints') and checkpoints.is_dir() and any(
+                p.name.isdigit() for p in checkpoints.iterdir()):
+            raise WorkdirError(
+                f'{self} holds checkpoints but no {name}, so nothing says what they were '
+                f'trained with; restore {name} from a copy, or start a new --workdir from '
+                f'their weights with --config.init_from={self}')
+
+    def check_files(self) -> None:
+        """Reads the files a launch rewrites (`metrics.jsonl`, `runs.jsonl`) and finds
+        `checkpoints` a folder: a damaged one is a one-line `WorkdirError`, before anything is
+        written. (A torn last line is no damage: the launch repairs it.)"""
+        self.read_metrics()
+        if self._exists('runs.jsonl'):
+            self._read_bytes('runs.jsonl')
+        if self._exists('checkpoints') and not self.file('checkpoints').is_dir():
+            raise self._damaged('checkpoints', 'is not a folder')
 
     def write_record(self, config: ml_collections.ConfigDict,
                      class_names: tuple[str, ...]) -> None:
@@ -108,10 +145,10 @@ class Workdir:
     def log_launch(self, step: int, diff: dict[str, tuple[Any, Any]]) -> None:
         """Appends this launch to `runs.jsonl`."""
         target = self.file('runs.jsonl')
-        old = target.read_text() if target.exists() else ''
-        if old and not old.endswith('\n'):  # a line cut short by a kill: complete it
-            old += '\n'
-        storage.write_atomic(target, old + record.launch_entry(step, diff) + '\n')
+        old = target.read_bytes() if target.exists() else b''
+        if old and not old.endswith(b'\n'):  # a line cut short by a kill: complete it
+            old += b'\n'
+        storage.write_atomic(target, old + f'{record.launch_entry(step, diff)}\n'.encode())
 
     def _exists(self, name: str) -> bool:
         try:
@@ -161,7 +198,11 @@ class Workdir:
         """The records of `metrics.jsonl`, in order (`[]` before the first)."""
         if not self._exists('metrics.jsonl'):
             return []
-        return parse_metrics(self._read('metrics.jsonl'))
+        try:
+            return parse_metrics(self._read('metrics.jsonl'))
+        except ValueError as e:
+            raise WorkdirError(f'{self.file("metrics.jsonl")}: {e}; delete that line, or move '
+                               f'the file aside, then run the same command again') from None
 
     def write_skipped(self, lines: tuple[str, ...]) -> epath.Path:
         """`skipped_images.txt`: the images the dataset's check skipped, one per line."""
@@ -192,7 +233,11 @@ class Workdir:
         checkpoint read)."""
         config = self.read_config()
         classes = self.read_classes()
-        return build_model(config, len(classes)), config, classes
+        try:
+            return build_model(config, len(classes)), config, classes
+        except (AttributeError, KeyError, TypeError) as e:  # a key missing or of another type
+            raise self._damaged('config.json', f'describes no model vit_jax builds '
+                                f'({type(e).__name__}: {e})') from None
 
     def load_variables(self, template: dict[str, Any], step: int | None = None, *,
                        ema: bool = False) -> tuple[dict[str, Any], int]:

@@ -37,6 +37,10 @@ def class_names(split_dir: epath.Path) -> tuple[str, ...]:
             f'No class folders in {split_dir}: put the images of each class into their own '
             f'folder, {split_dir}/<class>/*.jpg.'
         )
+    broken = [name for name in names if '\n' in name or '\r' in name]
+    if broken:
+        raise DataError(f'class folder names {broken} in {split_dir} hold a line break, which '
+                        f'the run\'s classes.txt (one name per line) cannot; rename them.')
     return tuple(names)
 
 

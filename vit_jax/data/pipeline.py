@@ -19,6 +19,7 @@ import importlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import jax
@@ -46,6 +47,8 @@ from vit_jax.normalization import fill_color
 AUTOTUNE = tf.data.AUTOTUNE
 # The datasets built locally from files that ship with a Python package: name -> prepare().
 ARRAY_RECORD_OPENS = (None, 'gs')  # where array_record's reader opens files: local and gs://
+# libjpeg's accurate integer DCT, PIL's: TensorFlow's default (fast) differs by a few levels.
+_JPEG_DCT = 'INTEGER_ACCURATE'
 
 
 def create_datasets(
@@ -82,13 +85,13 @@ def create_datasets(
         for batch in itertools.islice(batches, num_eval_batches):
             yield pad_batch(batch, eval_batch)
 
-    def find_bad(k: int) -> int | None:  # the first record of train batch k that fails
+    def find_bad(k: int) -> str | None:  # the first record of train batch k that fails
         positions = next(itertools.islice(
             _train_positions(start, config.batch, index * rows, rows), k, None))
         return _first_undecodable(train, EpochOrder(train.size, config.seed,
                                                     config.pp.repeated_aug).chunk(positions)[1])
 
-    def find_bad_eval(k: int) -> int | None:
+    def find_bad_eval(k: int) -> str | None:
         return _first_undecodable(test, shard[k * eval_batch:(k + 1) * eval_batch])
 
     def eval_batches() -> Iterator[Batch]:
@@ -99,20 +102,21 @@ def create_datasets(
                                 find_bad), eval_batches, info)
 
 
-def _first_undecodable(source: Source, indices: np.ndarray) -> int | None:
-    """The first of `indices` whose image TensorFlow cannot decode, or None."""
+def _first_undecodable(source: Source, indices: np.ndarray) -> str | None:
+    """The first of `indices` whose image TensorFlow cannot decode, in words (its file in an
+    image folder), or None."""
     for i in indices:
         try:
             _decode(tf.constant(source.read(np.array([i]))[0][0]))
         except tf.errors.OpError:
-            return int(i)
+            return source.describe(int(i))
     return None
 
 
 def _naming_bad_records(batches: Iterator[Batch], name: str, split: str,
-                        find_bad: Callable[[int], int | None]) -> Iterator[Batch]:
+                        find_bad: Callable[[int], str | None]) -> Iterator[Batch]:
     """`batches`, with a decoding failure in batch `k` turned into a one-line `DataError`
-    naming the dataset, the split and the record (`find_bad(k)`)."""
+    naming the dataset, the split and the record or file (`find_bad(k)`)."""
     k = 0
     while True:
         try:
@@ -121,7 +125,7 @@ def _naming_bad_records(batches: Iterator[Batch], name: str, split: str,
             return
         except tf.errors.OpError as e:
             bad = find_bad(k)
-            record = f'record {bad}' if bad is not None else f'a record of batch {k}'
+            record = bad if bad is not None else f'a record of batch {k}'
             raise DataError(f'cannot decode {record} of split {split!r} of {name!r} '
                             f'({_first_line(e)[:200]}); the data is damaged: rebuild or '
                             f'repair that dataset.') from None
@@ -284,13 +288,18 @@ def _decode_inception_crop(encoded: tf.Tensor, seed: tf.Tensor, area_min: float)
         use_image_if_no_bounding_boxes=True,
     )
     window = tf.stack([begin[0], begin[1], box[0], box[1]])
-    return tf.cond(is_jpeg, lambda: tf.io.decode_and_crop_jpeg(encoded, window, channels=3),
+    return tf.cond(is_jpeg, lambda: tf.io.decode_and_crop_jpeg(encoded, window, channels=3,
+                                                               dct_method=_JPEG_DCT),
                    lambda: tf.slice(_decode(encoded), begin, box))
 
 
 def _decode(encoded: tf.Tensor) -> tf.Tensor:
-    """Decodes JPEG/PNG/GIF/BMP bytes to uint8 [height, width, 3] (gray becomes RGB)."""
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    """Decodes JPEG/PNG/GIF/BMP bytes to uint8 [height, width, 3] (gray becomes RGB), JPEGs
+    with libjpeg's accurate integer DCT, as PIL (`vit_jax.predict`) decodes them: the same
+    pixels."""
+    return tf.cond(tf.io.is_jpeg(encoded),
+                   lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=_JPEG_DCT),
+                   lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
 
 def _to_uint8(image: tf.Tensor, pp: ml_collections.ConfigDict) -> tf.Tensor:
@@ -331,8 +340,9 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def _first_line(error: Exception) -> str:
-    """Returns the first line of an error's message, for one-line `DataError`s."""
-    return str(error).strip().split('\n')[0].rstrip(' .:')
+    """Returns the first line of an error's message, for one-line `DataError`s, without
+    TensorFlow's `{{function_node ...}}` prefix."""
+    return re.sub(r'^\{\{.*?\}\}\s*', '', str(error).strip().split('\n')[0]).rstrip(' .:')
 
 
 def _from_tfds(
@@ -398,6 +408,9 @@ def _from_folder(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source
     train_dir = root / config.pp.train.split('[')[0]
     test_dir = root / config.pp.test.split('[')[0]
     class_names = folders.class_names(train_dir)
+    if len(class_names) < 2:
+        raise DataError(f'{train_dir} holds one class folder, {class_names[0]!r}; a classifier '
+                        f'needs two or more: add a folder of images per class.')
     unknown = sorted(set(folders.class_names(test_dir)) - set(class_names))
     if unknown:
         raise DataError(

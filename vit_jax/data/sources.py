@@ -38,6 +38,9 @@ class Source(Protocol):
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         """The encoded images and int64 labels `[n]` of examples `indices` `[n]`."""
 
+    def describe(self, index: int) -> str:
+        """Example `index` in words, for an error naming it."""
+
 
 class TfdsSource:
     """A split of a tfds dataset stored as ArrayRecord (`tfds.data_source`); raises
@@ -51,6 +54,9 @@ class TfdsSource:
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         examples = [self._data[int(i)] for i in indices]
         return [e['image'] for e in examples], np.array([e['label'] for e in examples], np.int64)
+
+    def describe(self, index: int) -> str:
+        return f'record {index}'
 
 
 def local_copy(builder: tfds.core.DatasetBuilder, split: str, folder: epath.Path
@@ -121,6 +127,9 @@ class ArrayRecordFile:
         return ([r[_LABEL.size:] for r in records],
                 np.array([_LABEL.unpack_from(r)[0] for r in records], np.int64))
 
+    def describe(self, index: int) -> str:
+        return f'record {index}'
+
 
 def write_array_record(examples: Iterable[tuple[bytes, int]], path: str) -> None:
     """Writes `(encoded image, label)` pairs, in order, to the ArrayRecord file `path` (through a
@@ -148,3 +157,6 @@ class FileList:
 
     def read(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         return [storage.path(self._paths[i]).read_bytes() for i in indices], self._labels[indices]
+
+    def describe(self, index: int) -> str:
+        return self._paths[index]

@@ -433,12 +433,17 @@ def _from_hf(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat:
     return out
 
 
+# Hugging Face's `hidden_act` names -> this model's `act_layer` (the first of each is written).
+_HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh',
+                   'relu': 'relu', 'silu': 'silu'}
+
+
 def _hf_options(config: dict, names: frozenset[str]) -> dict:
     """`VisionTransformer` options of a Hugging Face ViT or DeiT `config.json`: DeiT's
     embeddings always hold a distillation token (`distilled=True`), read by a head of its own
     only in `DeiTForImageClassificationWithTeacher` (`dist_head`)."""
-    act = config.get('hidden_act', 'gelu')
-    if not config.get('qkv_bias', True) or act not in layers.ACTIVATIONS:
+    act = _HF_ACTIVATIONS.get(config.get('hidden_act', 'gelu'))
+    if not config.get('qkv_bias', True) or act is None:
         raise ModelError(f'a Hugging Face ViT with qkv_bias={config.get("qkv_bias")} and '
                          f'hidden_act={config.get("hidden_act")!r} has no vit_jax equivalent')
     dist_head = 'distillation_classifier.weight' in names
@@ -496,7 +501,7 @@ def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.
         hidden_size=model.embed_dim, num_hidden_layers=model.depth,
         num_attention_heads=model.num_heads,
         intermediate_size=model.mlp_dim or int(model.embed_dim * model.mlp_ratio),
-        hidden_act='gelu' if model.act_layer == 'gelu' else 'gelu_pytorch_tanh',
+        hidden_act=next(k for k, v in _HF_ACTIVATIONS.items() if v == model.act_layer),
         layer_norm_eps=model.norm_eps, qkv_bias=True, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         pooler_output_size=model.representation_size or model.embed_dim,

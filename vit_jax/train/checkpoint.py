@@ -248,7 +248,7 @@ class Checkpointer:
 
         def read(candidate: int) -> tuple[TrainState, dict[str, Any]]:
             run = dict(self._restore_item(candidate, 'run', ocp.args.JsonRestore()))
-            metadata = self._manager.item_metadata(candidate)['state']
+            metadata = self._state_metadata(candidate)
             self._check_same_model(candidate, run, metadata, target, model_name)
             self._check_same_state(candidate, metadata, target)
             wanted = target if 'ema' in metadata else {
@@ -267,7 +267,7 @@ class Checkpointer:
         of other names or shapes than `template`'s are a `ConfigError` naming the first."""
 
         def read(candidate: int) -> tuple[dict[str, Any], int]:
-            metadata = self._manager.item_metadata(candidate)['state']
+            metadata = self._state_metadata(candidate)
             if ema and 'ema' not in metadata:
                 raise ConfigError(f'checkpoint {candidate} in {self.directory} holds no moving '
                                   f'average of the weights; read its weights without ema')
@@ -290,7 +290,10 @@ class Checkpointer:
     def _first_readable(self, step: int | None, read: Any) -> Any:
         """`read(candidate)` of the newest checkpoint it reads (only `step`'s when given): a
         `ConfigError` stops the search; any other failure sets the checkpoint aside and tries
-        the one before."""
+        the one before. A `step` that is not kept is an error at once."""
+        if step is not None and step not in self.all_steps():
+            raise TrainingError(f'no readable checkpoint {step} in {self.directory}; steps there: '
+                                f'{self.all_steps()}')
         for candidate in reversed(self.all_steps() if step is None else [step]):
             try:
                 return read(candidate)
@@ -304,12 +307,22 @@ class Checkpointer:
         raise TrainingError(f'no readable checkpoint in {self.directory}; the unreadable ones '
                             f'were moved to corrupt-<step>: delete them or use a new --workdir')
 
+    def _state_metadata(self, step: int) -> Any:
+        """The array metadata (names, shapes) of checkpoint `step`'s state; a `ValueError` (the
+        checkpoint is unreadable) when its `state/_METADATA` is missing or holds no shapes."""
+        metadata = self._manager.item_metadata(step)['state']
+        leaves = jax.tree_util.tree_leaves(metadata, is_leaf=lambda x: x is None)
+        if not leaves or any(getattr(x, 'shape', None) is None for x in leaves):
+            raise ValueError('its array metadata (state/_METADATA) is missing or damaged')
+        return metadata
+
     def _partial_reader(self) -> ocp.CheckpointManager:
         """A read-only manager whose `state` handler restores a part of the state."""
         if self._reader is None:
             self._reader = ocp.CheckpointManager(
                 self.directory, item_handlers={'state': ocp.PyTreeCheckpointHandler()},
-                options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+                options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                     save_interval_steps=0))
         return self._reader
 
     def _restore_item(self, step: int, name: str, args: ocp.args.CheckpointArgs) -> Any:

@@ -255,9 +255,25 @@ def _value(config: ml_collections.ConfigDict, name: str) -> Any:
     return node
 
 
+def _first_missing(config: ml_collections.ConfigDict, name: str) -> str | None:
+    """The shortest part of the dotted `name` that `config` lacks (`pp` for `pp.crop` when it
+    has no `pp`), or None."""
+    node, parts = config, name.split('.')
+    for depth, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return '.'.join(parts[:depth + 1])
+        node = node[part]
+    return None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises a one-line `ConfigError` for a value `KEYS` does not allow, or a combination of
-    values that cannot work (`ModelError` for an unknown model)."""
+    values that cannot work (`ModelError` for an unknown model), or a key it lacks."""
+    missing = sorted({_first_missing(config, name) for name in [key.name for key in KEYS] +
+                      ['model']} - {None})
+    if missing:
+        raise ConfigError(f'the config has no {", ".join(missing)}; build it on '
+                          f'vit_jax.config.base_config(), as the packaged config files do')
     for key in KEYS:
         key.check(_value(config, key.name))
     for rule in _rules(config):

@@ -131,18 +131,24 @@ class WorkdirLock:
 
     def check(self) -> None:
         """Raises a `WorkdirError` (on every process) when the lock is no longer this run's:
-        removed, replaced or taken over by another launch. Call it before each save."""
+        removed, replaced, rewritten or taken over by another launch. Call it before each
+        save."""
         _on_process_0(self._check, f'process 0 lost the lock {self.path}; see its error')
 
     def _check(self) -> None:
         if self._lease is not None:
             self._lease.check()
-        elif self._fd is not None and not _same_file(self._fd, self.path):
+        elif self._fd is not None and not self._holds():
             raise WorkdirError(
-                f'{self.path} was removed or replaced while this run held it; stopping before '
-                f'the next save, since another launch may now write to '
+                f'{self.path} was removed, replaced or rewritten while this run held it; '
+                f'stopping before the next save, since another launch may now write to '
                 f'{os.path.dirname(self.path)}; make sure no other run uses it, then run the '
                 f'same command again to resume from the last checkpoint')
+
+    def _holds(self) -> bool:
+        """Whether the lock file is still the one this run holds, naming this run."""
+        return _same_file(self._fd, self.path) and \
+            _parse(os.pread(self._fd, 1 << 16, 0)) == self.holder
 
     def _acquire(self) -> None:
         if self._lease is not None:
@@ -224,7 +230,7 @@ class WorkdirLock:
         if self._fd is None:
             return
         try:
-            if _same_file(self._fd, self.path):
+            if self._holds():
                 os.remove(self.path)
         finally:
             os.close(self._fd)  # after the removal: a launch waiting for it then retries

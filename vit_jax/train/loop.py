@@ -136,11 +136,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     its latest checkpoint; returns final eval (with `preempted_at_step` when SIGTERM stopped the
     run after saving a checkpoint).
 
-    Before anything is written: the workdir must be writable and its run record
-    (`vit_jax.train.record`) must allow `config`; then the run takes the workdir's lock
-    (`vit_jax.train.lock`). Writes `weights.npz` (the trained weights) and, with
-    `config.ema_decay` > 0, `weights_ema.npz` (their moving average, also evaluated:
-    `ema_accuracy`, `ema_loss`).
+    Before anything is written: the workdir must be writable, its run record
+    (`vit_jax.train.record`) must allow `config` and its logs must read back; then the run
+    takes the workdir's lock (`vit_jax.train.lock`). Writes `weights.npz` (the trained
+    weights) and, with `config.ema_decay` > 0, `weights_ema.npz` (their moving average, also
+    evaluated: `ema_accuracy`, `ema_loss`).
 
     `datasets(config, start)` returns `(train_iterator, make_eval_iterator, info)` with the
     train stream starting after `start` examples; the default is `vit_jax.data.create_datasets`
@@ -150,6 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     run_dir = Workdir(workdir)
     run_dir.check_writable()
     diff = run_dir.check_config(config)
+    run_dir.check_files()
     try:
         with run_dir.lock() as lock:
             return _train(config, run_dir, lock, datasets, diff)

@@ -97,18 +97,22 @@ class MetricWriter:
 
 def parse_metrics(text: str) -> list[dict[str, Any]]:
     """The records of a `metrics.jsonl`'s `text`, in order; a last line cut short (no newline,
-    not JSON: a write interrupted by a kill or a full disk) is left out."""
+    not JSON: a write interrupted by a kill or a full disk) is left out. Any other line that is
+    not a record (a JSON object with an integer `step`) is a `ValueError` naming its number."""
     lines = text.split('\n')
     records = []
-    for number, line in enumerate(lines):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
-            if number == len(lines) - 1:  # the torn tail
+            if number == len(lines):  # the torn tail
                 break
-            raise
+            raise ValueError(f'line {number} is not JSON') from None
+        if not isinstance(record, dict) or type(record.get('step')) is not int:
+            raise ValueError(f'line {number} is no record (a JSON object with an integer "step")')
+        records.append(record)
     return records
 
 

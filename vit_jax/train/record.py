@@ -42,8 +42,14 @@ def config_text(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(indent=2)
 
 
-def parse_config(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-    """The config `config.json` holds (lists of model options read back as tuples)."""
+def parse_config(saved: Any) -> ml_collections.ConfigDict:
+    """The config `config.json` holds (lists of model options read back as tuples); a
+    `ValueError` saying what is missing when it holds none."""
+    if not isinstance(saved, dict):
+        raise ValueError(f'holds no config (a JSON {type(saved).__name__})')
+    if not isinstance(saved.get('model_name'), str) or not all(
+            isinstance(saved.get(key, {}), dict) for key in ('model', 'pp')):
+        raise ValueError('names no model (a string model_name, objects model and pp)')
     saved['model'] = {k: tuple(v) if isinstance(v, list) else v
                       for k, v in saved.get('model', {}).items()}
     return ml_collections.ConfigDict(saved)
@@ -55,8 +61,15 @@ def classes_text(class_names: tuple[str, ...]) -> str:
 
 
 def parse_classes(text: str) -> tuple[str, ...]:
-    """The class names `classes.txt` holds."""
-    return tuple(text.removesuffix('\n').split('\n')) if text else ()
+    """The class names `classes.txt` holds; a `ValueError` when it holds none, or a name
+    twice."""
+    names = tuple(text.removesuffix('\n').split('\n')) if text else ()
+    if not names:
+        raise ValueError('holds no class name')
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f'names {twice} more than once')
+    return names
 
 
 def config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
