@@ -1,4 +1,5 @@
-"""The README's TPU table, measured with `vit_jax.plan` on this machine (libtpu, no TPU).
+"""The TPU tables of docs/results/fits.md, measured with `vit_jax.plan` on this machine (libtpu,
+no TPU).
 
     python scripts/plan_table.py --kind=v5e --models=b16,l16,h14,g14,G14,e14 --batch=4096
     python scripts/plan_table.py --topology=v5e:2x2 --config=swin.py:base,imagenet2012 \

@@ -18,7 +18,7 @@ import scale_worker
 import tensorstore as ts
 from orbax.checkpoint._src.serialization import serialization
 
-from vit_jax import main, train
+from vit_jax import main
 from vit_jax.data.arrays import array_datasets
 from vit_jax.train import loop
 
@@ -42,7 +42,7 @@ async def full_disk(rslices, spec, full_at, **kwargs):
 if __name__ == '__main__':
     serialization.async_serialize_from_host = functools.partial(full_disk,
                                                                 full_at=int(sys.argv[1]))
-    train.train = functools.partial(loop.train, datasets=array_datasets(
+    loop.train = functools.partial(loop.train, datasets=array_datasets(
         *scale_worker.synthetic(), num_classes=scale_worker.NUM_CLASSES))
     code = main.main([f'--config={scale_worker.__file__}', *sys.argv[2:]])
     for promise in in_flight:  # the writes left in flight complete

@@ -92,16 +92,19 @@ def _conditional(handler, target, *, read: bool):
     return conditional
 
 
-# Buckets that refuse writes as GCS does for an account without `storage.objects.create` (403)
-# and when a quota or rate limit is reached (429): a test names its bucket with the prefix.
-_REFUSALS = {'denied-': (403, 'forbidden', 'anonymous caller does not have storage.objects.create '
-                         'access to the Google Cloud Storage object.'),
+# Buckets that refuse writes as GCS does for a request without credentials (401), for an
+# account without `storage.objects.create` (403) and when a quota or rate limit is reached (429):
+# a test names its bucket with the prefix.
+_REFUSALS = {'anonymous-': (401, 'required', 'Anonymous caller does not have '
+                            'storage.objects.create access to the Google Cloud Storage object.'),
+             'denied-': (403, 'forbidden', 'runner@project.iam.gserviceaccount.com does not have '
+                         'storage.objects.create access to the Google Cloud Storage object.'),
              'quota-': (429, 'rateLimitExceeded', 'The project exceeded the rate limit for '
                         'creating and deleting buckets or writing objects.')}
 
 
 def _refusing(handler):
-    """`handler`, answering a bucket named `denied-*` or `quota-*` as GCS refuses a write."""
+    """`handler`, answering a bucket named after a `_REFUSALS` prefix as GCS refuses a write."""
 
     def refusing(request, response, storage, *args, **kwargs):
         bucket = request.params.get('bucket_name', '')

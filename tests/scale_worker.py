@@ -87,7 +87,7 @@ def run(spec):
     import jax
 
     from vit_jax.data.arrays import array_datasets
-    from vit_jax.train import train
+    from vit_jax.train.loop import train
     config = make_config(spec.get('overrides', ()))
     result = train(config, spec['workdir'],
                    datasets=array_datasets(*synthetic(), num_classes=NUM_CLASSES))

@@ -91,8 +91,9 @@ class Gcs:
             self._process = None
 
     def bucket(self, prefix: str = 'gcs') -> str:
-        """A new empty bucket: `gs://name`; `prefix` `denied` or `quota` makes one that refuses
-        writes as GCS does without permission or over a quota (tests/gcs_emulator.py)."""
+        """A new empty bucket: `gs://name`; `prefix` `anonymous`, `denied` or `quota` makes one
+        that refuses writes as GCS does without credentials, without permission or over a
+        quota (tests/gcs_emulator.py)."""
         name = unique_name(prefix)
         request = urllib.request.Request(
             f'{self.url}/storage/v1/b', data=json.dumps({'name': name}).encode(),

@@ -95,7 +95,7 @@ def test_filter_components_match_sklearn_pca():
 
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory, digits_config):
-    from vit_jax.train import train
+    from vit_jax.train.loop import train
 
     workdir = str(tmp_path_factory.mktemp('trained'))
     config = digits_config(

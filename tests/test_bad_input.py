@@ -1,7 +1,8 @@
 """Bad input as a new user would give it: each is a one-line error naming what to change.
 
-The other rows of the README's table are tested beside their code (test_config, test_models,
-test_data, test_scale); these are the weights, mesh, batch-split and workdir rows.
+The other rows of the bad-input table (docs/bad-input.md) are tested beside their code
+(test_config, test_models, test_data, test_scale); these are the weights, mesh, batch-split and
+workdir rows.
 """
 
 import os

@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
@@ -185,3 +186,26 @@ def test_fewshot_reads_the_bucket_run(gcs, bucket_run):
     result = run_cli(gcs, cwd, 'fewshot', f'--workdir={workdir}', '--shots=1,2')
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.findall(r'^fewshot_k(\d) = ', result.stdout, re.M) == ['1', '2']
+
+
+def test_no_credentials_for_the_store_is_one_line_saying_how_to_give_them(s3, tmp_path):
+    """No AWS credentials anywhere (no variables, no ~/.aws, no instance metadata): training
+    into an `s3://` workdir and reading a run from one each stop with one line."""
+    bucket = s3.bucket()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('AWS_', 'EPATH_'))}
+    env.update(HOME=str(tmp_path), AWS_ENDPOINT_URL=s3.url, AWS_EC2_METADATA_DISABLED='true',
+               PYTHONPATH=REPO)
+    commands = [['vit_jax.main', '--config=configs/digits.py', f'--workdir={bucket}/run'],
+                ['vit_jax.predict', f'--workdir={bucket}/run', str(tmp_path / 'image.png')]]
+    for command in commands:
+        result = subprocess.run([sys.executable, '-m', *command], capture_output=True,
+                                text=True, cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+        assert re.fullmatch(
+            rf'error: cannot (write|read) {bucket}/run\S*: no credentials for the store; set '
+            r'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE \(AWS_ENDPOINT_URL '
+            r'for another S3 endpoint\)', result.stderr.strip()), result.stderr
+    listing = urllib.request.urlopen(f'{s3.url}/{bucket.removeprefix("s3://")}?list-type=2',
+                                     timeout=10).read().decode()
+    assert '<Key>' not in listing  # nothing written

@@ -17,7 +17,7 @@ import pytest
 import scale_worker
 from test_scale import Worker, max_diff, train_here, two_processes
 
-from vit_jax import tree
+from vit_jax import storage, tree
 from vit_jax.errors import WorkdirError
 from vit_jax.workdir import Workdir
 
@@ -83,6 +83,44 @@ def test_the_main_job_runs_in_a_bucket_resumes_and_refuses_another_config(
         refused.stderr[-2000:]
     assert 'Traceback' not in refused.stderr
     assert objects(gcs, bucket) == before  # every name and generation
+
+
+def test_the_main_job_runs_in_s3_and_resumes(s3_env, digits_data_dir, tmp_path):
+    bucket = s3_env.bucket()
+    workdir = f'{bucket}/run'
+    env = {k: v for k, v in os.environ.items() if not k.startswith('EPATH_')}
+
+    def launch() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, '-m', 'vit_jax.main', *DIGITS, f'--workdir={workdir}',
+             f'--config.tfds_data_dir={digits_data_dir}'],
+            env={**env, **s3_env.env}, cwd=str(tmp_path), capture_output=True, text=True,
+            timeout=600)
+
+    first = launch()
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert os.listdir(tmp_path) == []  # nothing local: no ./s3:/ folder
+    assert not [line for line in first.stderr.splitlines() if '.aws/' in line]
+    names = {name.removeprefix(f'{workdir}/')
+             for name in storage.files_below(Workdir(workdir).file(''))}
+    for name in ('config.json', 'runs.jsonl', 'metrics.jsonl', 'weights.npz',
+                 'checkpoints/6/commit_success.txt', 'checkpoints/12/commit_success.txt'):
+        assert name in names, sorted(names)
+    assert not [name for name in names if 'orbax-checkpoint-tmp' in name]
+
+    again = launch()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f'Resumed from {workdir}/checkpoints at step 12' in again.stdout
+    local = tmp_path / 'local'
+    reference = subprocess.run(
+        [sys.executable, '-m', 'vit_jax.main', *DIGITS, f'--workdir={local}',
+         f'--config.tfds_data_dir={digits_data_dir}'],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    remote = tree.flatten(Workdir(workdir).load_run()[1])
+    assert max_diff({k: np.asarray(v) for k, v in tree.flatten(
+        Workdir(str(local)).load_run()[1]).items()},
+        {k: np.asarray(v) for k, v in remote.items()}) == 0.0
 
 
 def test_load_run_and_init_from_read_a_bucket(gcs_env, tmp_path):
@@ -184,6 +222,8 @@ def test_a_workdir_in_a_missing_bucket_is_one_line(gcs_env):
 
 
 @pytest.mark.parametrize('prefix, message', [
+    ('anonymous', 'no credentials for the store; run `gcloud auth application-default login` or '
+                  'set GOOGLE_APPLICATION_CREDENTIALS (STORAGE_EMULATOR_HOST for an emulator)'),
     ('denied', 'permission denied; grant this account access, or use a --workdir this user may '
                'write to'),
     pytest.param('quota', 'the store refused for quota or rate; wait, or raise the quota',

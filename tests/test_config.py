@@ -11,7 +11,7 @@ from vit_jax import list_models
 from vit_jax import main as cli
 from vit_jax.configs import common
 from vit_jax.errors import ConfigError, ModelError
-from vit_jax.train import train
+from vit_jax.train.loop import train
 
 
 def test_overrides_parse_as_the_keys_type(load_config):

@@ -4,11 +4,11 @@ r"""Ablation studies: a sweep of training runs, one axis at a time, with a resul
 
 A study config's `get_config()` returns `base` (a normal training config), `axes` — a list of
 `(name, [(label, [(config key, value), ...]), ...])` — and `quick`, overrides that make every
-point a few steps long (`--quick`). Each distinct point is a normal `vit_jax.train.train` run in
-its own sub-workdir (a point equal to the base is trained once, in `base/`): an interrupted
-study resumes from the checkpoints, and finished points are skipped. The workdir gets
-`results.md`, `results.csv` and `curves_<axis>.png` (held-out accuracy and training loss per
-setting).
+point a few steps long (`--quick`). Each distinct point is a normal `vit_jax.train.loop.train`
+run in its own sub-workdir (a point equal to the base is trained once, in `base/`): an
+interrupted study resumes from the checkpoints, and finished points are skipped. The workdir
+gets `results.md`, `results.csv` and `curves_<axis>.png` (held-out accuracy and training loss
+per setting).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def _key(config: ml_collections.ConfigDict) -> str:
 def run_point(config: ml_collections.ConfigDict, location: epath.Path) -> dict[str, Any]:
     """Trains one point in the workdir `location` unless already done; returns its
     `point.json` record."""
-    from vit_jax import train, weights
+    from vit_jax import weights
+    from vit_jax.train import loop
     from vit_jax.workdir import Workdir
 
     workdir = Workdir(location)
@@ -95,7 +96,7 @@ def run_point(config: ml_collections.ConfigDict, location: epath.Path) -> dict[s
         return json.loads(done.read_text())
     start = time.perf_counter()
     try:
-        final = train.train(config, str(workdir))
+        final = loop.train(config, str(workdir))
         outcome = {'eval_accuracy': final['accuracy'], 'eval_loss': final['loss'], 'error': None}
     except TrainingError as e:  # e.g. a diverged point: recorded, the study goes on
         outcome = {'eval_accuracy': None, 'eval_loss': None, 'error': str(e)}
@@ -212,6 +213,7 @@ def write_plots(all_points: list[Point], workdir: epath.Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the ablation study of `--config` (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.ablate', __doc__)
     parser.add_argument('--config', required=True, help='study config file, FILE.py[:ARG]')
     parser.add_argument('--workdir', required=True, help='one sub-workdir per point goes here')

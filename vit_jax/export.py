@@ -147,6 +147,7 @@ def _load(args: Any) -> tuple[Any, dict, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exports a model to `--format` at `--out` (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.export', __doc__)
     parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
     parser.add_argument('--weights', help='weights file, URL or published name, or a Hugging '

@@ -42,6 +42,7 @@ def run_fewshot(model: nn.Module, variables: dict, config: ml_collections.Config
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prints the few-shot accuracies of a run or weights (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.fewshot', __doc__)
     parser.add_argument('--workdir', help='a training run: model, weights and data from it')
     parser.add_argument('--step', type=int, help="the run's checkpoint (default: the latest)")

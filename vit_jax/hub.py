@@ -16,6 +16,7 @@ from vit_jax.errors import VitJaxError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Lists or fetches published weights (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.hub', __doc__)
     parser.add_argument('--list', action='store_true', help='print the catalogue')
     parser.add_argument('--fetch', nargs='+', default=[], metavar='NAME_OR_URL',

@@ -39,19 +39,19 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Trains from `--config` into `--workdir` (the CLI); returns the exit status (2: bad input)."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('vit_jax').setLevel(logging.INFO)  # e.g. which arrays weights.load adapted
     try:
         from vit_jax import config as config_lib
-        from vit_jax import train
-        from vit_jax.train import sharding
+        from vit_jax.train import loop, sharding
 
         if args.multiprocess:
             sharding.initialize_processes(args.coordinator_address, args.num_processes,
                                                 args.process_id)
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-        train.train(config, args.workdir)
+        loop.train(config, args.workdir)
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

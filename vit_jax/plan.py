@@ -7,7 +7,7 @@ steps for a TPU topology ahead of time (MaxText's `train_compile.py`), no TPU ne
 The run is built by the trainer's own `vit_jax.train.setup.setup` on a mesh of `config.mesh`
 over the topology's abstract devices (`jax.experimental.topologies`; XLA for TPU from libtpu:
 `pip install 'vit_jax[tpu]'`). No data is read: the image size is `config.pp.crop`, the class
-count `--num_classes`, else `KNOWN_CLASS_COUNTS[config.dataset]`, else the dataset's metadata
+count `--num_classes`, else the one `vit_jax.data.known` records, else the dataset's metadata
 (`vit_jax.data.dataset_info`, which needs TensorFlow and the dataset prepared).
 
 Per chip it prints the parameters and optimizer state, the temporaries (activations), their
@@ -44,6 +44,7 @@ import numpy as np
 
 from vit_jax import cli
 from vit_jax import config as config_lib
+from vit_jax.data import known
 from vit_jax.errors import ConfigError, PlanError, VitJaxError
 from vit_jax.train import xla_costs
 from vit_jax.train.setup import Setup, make_mesh, setup
@@ -57,10 +58,6 @@ GIB = 2 ** 30
 # v6e 32 GiB: https://cloud.google.com/tpu/docs/v6e
 HBM_GIB = {'v2': 16, 'v3': 32, 'v4': 32, 'v5e': 16, 'v5p': 95, 'v6e': 32}
 # Class counts of tfds datasets (their metadata) and of `digits`, so that a plan needs no data.
-KNOWN_CLASS_COUNTS = {'imagenet2012': 1000, 'imagenet21k': 21843, 'imagenet_v2': 1000,
-                      'cifar10': 10, 'cifar100': 100, 'oxford_iiit_pet': 37,
-                      'oxford_flowers102': 102, 'caltech101': 102, 'food101': 101,
-                      'sun397': 397, 'mnist': 10, 'digits': 10}
 # Sizes of the `model` (tensor-parallel) mesh axis that `--search` tries.
 MODEL_SIZES = (1, 2, 4)
 
@@ -122,8 +119,8 @@ def class_count(config: ml_collections.ConfigDict, num_classes: int | None = Non
     """`num_classes` if given, else the known count of `config.dataset`, else its metadata."""
     if num_classes:
         return num_classes
-    if config.dataset in KNOWN_CLASS_COUNTS:
-        return KNOWN_CLASS_COUNTS[config.dataset]
+    if known.dataset(config.dataset).num_classes:
+        return known.dataset(config.dataset).num_classes
     from vit_jax import data  # the input pipeline imports TensorFlow: only when needed
 
     try:
@@ -436,6 +433,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Plans the run of `--config` on `--topology` (the CLI); returns the exit status."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)

@@ -125,6 +125,7 @@ def _from_workdir(workdir: str, img_size: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prints the top classes of each image (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.predict', __doc__)
     parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...)')
     parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')

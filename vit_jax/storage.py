@@ -49,15 +49,17 @@ def configure_environment(environ: dict[str, str] | os._Environ = os.environ) ->
         environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 
-class _RetriedRequests(logging.Filter):
-    """Drops gcsfs's log of a request out of retries (a traceback per request): the error
-    reaches the caller, which reports it in one line."""
+class _GcsfsNoise(logging.Filter):
+    """Drops gcsfs's log of a request out of retries (a traceback per request) and of a bucket
+    whose type it could not learn (a warning per file opened, when there are no credentials):
+    the error reaches the caller, which reports it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith('_request out of retries')
+        return not record.getMessage().startswith(('_request out of retries',
+                                                   'Could not determine bucket type'))
 
 
-logging.getLogger('gcsfs').addFilter(_RetriedRequests())
+logging.getLogger('gcsfs').addFilter(_GcsfsNoise())
 
 
 def _no_listing_cache() -> None:
@@ -173,17 +175,31 @@ def bucket_missing(location: str | os.PathLike) -> bool:
 # ------------------------------------------------------------ conditional writes (for a lock)
 
 
+def kvstore_spec(folder: str) -> dict[str, Any]:
+    """The tensorstore kvstore spec of `folder`, a local path or a `gs://` / `s3://` URL.
+
+    For S3 the endpoint comes from `AWS_ENDPOINT_URL` (tensorstore does not read it), and the
+    credentials from the environment when `AWS_ACCESS_KEY_ID` is set there (tensorstore's
+    default chain would first look for `~/.aws` files, logging each one missing)."""
+    kind = scheme(folder)
+    if kind is None:
+        return {'driver': 'file', 'path': folder.rstrip('/') + '/'}
+    bucket, _, key = folder.split('://', 1)[1].partition('/')
+    spec: dict[str, Any] = {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}
+    if key.strip('/'):
+        spec['path'] = key.strip('/') + '/'
+    if kind == 's3':
+        if os.environ.get('AWS_ENDPOINT_URL'):
+            spec['endpoint'] = os.environ['AWS_ENDPOINT_URL']
+        if os.environ.get('AWS_ACCESS_KEY_ID'):
+            spec['aws_credentials'] = {'type': 'environment'}
+    return spec
+
+
 def _kvstore_spec(target: epath.Path) -> tuple[dict[str, Any], str]:
     """`(tensorstore kvstore spec of target's folder, key)`."""
-    text = os.fspath(target)
-    kind = scheme(text)
-    if kind is None:
-        return {'driver': 'file', 'path': os.path.dirname(text) + '/'}, os.path.basename(text)
-    bucket, _, key = text.split('://', 1)[1].partition('/')
-    spec = {'driver': {'gs': 'gcs'}.get(kind, kind), 'bucket': bucket}
-    if kind == 's3' and os.environ.get('AWS_ENDPOINT_URL'):  # tensorstore does not read it
-        spec['endpoint'] = os.environ['AWS_ENDPOINT_URL']
-    return spec, key
+    folder, _, key = os.fspath(target).rpartition('/')
+    return kvstore_spec(folder), key
 
 
 # A few quick retries: a store that is down shows as its cause within seconds, not as a wait
@@ -255,6 +271,15 @@ def reporting(doing: str, location: str | os.PathLike, what: str = 'location') -
         raise StorageError(f'{doing}: {cause}; {hint}') from None
 
 
+# How to give each store credentials (or point it at an emulator).
+_LOG_IN = {
+    'gs': 'run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS '
+          '(STORAGE_EMULATOR_HOST for an emulator)',
+    's3': 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE '
+          '(AWS_ENDPOINT_URL for another S3 endpoint)',
+}
+
+
 def describe(error: BaseException, what: str = 'location',
              location: str | os.PathLike | None = None) -> tuple[str, str]:
     """`(cause, what to do)` of a failed file or object-store operation, in words; `what`
@@ -268,10 +293,10 @@ def describe(error: BaseException, what: str = 'location',
     lowered = f'{name} {text}'.lower()
     if isinstance(error, OSError) and error.errno in _HINTS:
         return error.strerror or text or name, _HINTS[error.errno].format(what=what)
-    if 'credential' in lowered or 'refresherror' in lowered or 'nocredentials' in lowered:
-        return 'no credentials for the store', (
-            'log in (gcloud auth application-default login, or AWS credentials in the '
-            'environment), or set STORAGE_EMULATOR_HOST / AWS_ENDPOINT_URL for an emulator')
+    if any(word in lowered for word in ('credential', 'refresherror', 'anonymous caller',
+                                        '401')):
+        return 'no credentials for the store', _LOG_IN.get(
+            scheme(location) if location is not None else None, ' or '.join(_LOG_IN.values()))
     if 'nosuchbucket' in lowered or 'bucket does not exist' in lowered or (
             'bucket' in lowered and ('not found' in lowered or '404' in lowered)):
         return 'no such bucket', 'create the bucket or fix its name'

@@ -82,8 +82,8 @@ class Workdir:
             if storage.bucket_missing(self.path):
                 raise self.error(e, f'cannot read {self}', resume=False) from None
             raise VitJaxError(f'{self} holds no {name}; is it the --workdir of a run?') from None
-        except OSError as e:
-            raise self.error(e, f'cannot read {target}') from None
+        except Exception as e:  # noqa: BLE001 -- any store failure (no credentials...): one line
+            raise self.error(e, f'cannot read {target}', resume=False) from None
 
     def check_config(self, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
         """The diff of `config` against the run record (`{}` for a new run), when it changes

@@ -145,6 +145,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Writes the analysis plots and numbers of a run or weights (the CLI); returns the status."""
     parser = cli.make_parser('vit_jax.analysis', __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--workdir', help='a training workdir (config.json + checkpoints)')

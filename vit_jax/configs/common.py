@@ -1,5 +1,5 @@
-"""What the config files share: the dataset table, short model names (each family's
-`contract.ShortNames`), the argument parser and DeiT's augmentation.
+"""What the config files share: short model names (each family's `contract.ShortNames`), the
+argument parser and DeiT's augmentation.
 
 Config files import it as `from . import common` (`vit_jax.config.load_config` loads a folder of
 config files as one package). `parse_arg` reads every `FILE.py:ARG` the same way, in the spirit
@@ -7,46 +7,10 @@ of big_vision's `parse_arg`: `configs/swin.py:tiny,cifar10,ft` is the same as
 `configs/swin.py:model=tiny,dataset=cifar10,ft=true`.
 """
 
-import dataclasses
 import types
 
 from vit_jax.errors import ConfigError
 from vit_jax.models import families, list_models
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A dataset's splits: `test`, and `num_train` examples in the whole `train` split, of
-    which the original ViT recipe holds out the last `holdout_percent` for validation."""
-    num_train: int
-    test: str = 'test'
-    holdout_percent: int = 0
-
-    def train_split(self, holdout: bool) -> tuple[str, int]:
-        """`(split, examples)` to train on: the whole `train` split, or (`holdout`) the original
-        recipe's part of it, e.g. `('train[:98%]', 49_000)`."""
-        if not holdout or not self.holdout_percent:
-            return 'train', self.num_train
-        kept = 100 - self.holdout_percent
-        return f'train[:{kept}%]', round(self.num_train * kept / 100)
-
-
-DATASETS = {
-    'cifar10': Dataset(num_train=50_000, holdout_percent=2),
-    'cifar100': Dataset(num_train=50_000, holdout_percent=2),
-    'imagenet2012': Dataset(num_train=1_281_167, test='validation', holdout_percent=1),
-    'oxford_iiit_pet': Dataset(num_train=3_680, holdout_percent=10),
-    'digits': Dataset(num_train=1_437),
-}
-# Any other tfds name or image folder: its size is unknown, so epochs count 50,000 examples
-# (set --config.total_steps for one's own data).
-OTHER_DATASET = Dataset(num_train=50_000)
-
-
-def dataset(name: str) -> Dataset:
-    """The table's entry for `name`, `OTHER_DATASET` for any other tfds name or folder."""
-    return DATASETS.get(name, OTHER_DATASET)
-
 
 # The config files' families by lower-case label ('vit': configs/vit.py), each family's short
 # names as its class declares them.

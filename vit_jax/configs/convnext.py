@@ -6,24 +6,25 @@
 
 The argument is `MODEL,DATASET[,ft]` (or `model=MODEL,dataset=DATASET,ft=true`; default
 tiny,cifar10): MODEL is tiny, small, base, large, xlarge or a registered convnext name; DATASET
-one of `common.DATASETS`, a tfds name or a folder `root/<split>/<class>/*.jpg`.
+one of `known.DATASETS`, a tfds name or a folder `root/<split>/<class>/*.jpg`.
 
-From scratch (Liu et al., 2022, Table 5): AdamW (0.9, 0.999), batch 4096, lr 4e-3, weight
-decay 0.05 (not on biases, norms and layer scales), 300 epochs with 20 of linear warm-up then
-cosine decay, no gradient clipping, label smoothing 0.1, stochastic depth 0.1 / 0.4 / 0.5 / 0.5
-/ 0.5 (tiny / small / base / large / xlarge; the paper trains xlarge only on ImageNet-22k),
-layer scale 1e-6. Augmentation is the pipeline's (inception crop + flip); RandAugment, mixup,
-cutmix, random erasing and the EMA are not there yet.
+From scratch (Liu et al., 2022, Table 5): AdamW (0.9, 0.999), batch 4096, lr 4e-3, weight decay
+0.05 (not on biases, norms and layer scales), 300 epochs with 20 of linear warm-up then cosine
+decay, no gradient clipping, label smoothing 0.1, stochastic depth 0.1 / 0.4 / 0.5 / 0.5 / 0.5
+(tiny / small / base / large / xlarge; the paper trains xlarge only on ImageNet-22k), layer
+scale 1e-6. Augmentation is the pipeline's (inception crop + flip); RandAugment, mixup, cutmix,
+random erasing and the EMA are not there yet.
 
 `ft` fine-tunes weights loaded from `--config.pretrained=PATH`, which it requires (a timm or
-original Facebook checkpoint, read by `vit_jax.weights.load`), as the paper's 22k->1k
-fine-tune: batch 512, lr 5e-5, weight decay 1e-8, 30 epochs, no warm-up, stochastic depth 0.0 /
-0.1 / 0.2 / 0.3 / 0.4 (the paper's layer-wise lr decay 0.8 is not implemented).
+original Facebook checkpoint, read by `vit_jax.weights.load`), as the paper's 22k->1k fine-tune:
+batch 512, lr 5e-5, weight decay 1e-8, 30 epochs, no warm-up, stochastic depth 0.0 / 0.1 / 0.2 /
+0.3 / 0.4 (the paper's layer-wise lr decay 0.8 is not implemented).
 """
 
 import ml_collections
 
 from vit_jax.config import adamw_recipe, base_config, model_config, require_pretrained
+from vit_jax.data import known
 
 from . import common
 
@@ -33,13 +34,14 @@ DROP_PATH = {'tiny': (0.1, 0.0), 'small': (0.4, 0.1), 'base': (0.5, 0.2), 'large
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET[,ft]` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
     c = base_config()
     c.model_name = common.model_name('convnext', arg.model)
     size = c.model_name.split('_')[1]
     c.model = model_config(c.model_name, drop_path_rate=DROP_PATH[size][arg.ft])
     c.dataset = arg.dataset
-    dataset = common.dataset(c.dataset)
+    dataset = known.dataset(c.dataset)
     c.pp.train, num_train = dataset.train_split(holdout=True)
     c.pp.test = dataset.test
     c.pp.crop = 224

@@ -6,14 +6,14 @@
 The argument is `MODEL,DATASET` (or `model=MODEL,dataset=DATASET`; default
 tiny_cifar_patch4,cifar100): MODEL is `{tiny,small}_cifar_patch{4,2}`,
 `{tiny,small}_domain_patch16`, `{tiny,small}_imagenet_patch16` (or a registered `dhvt_*` name);
-the image size is the variant's (32 or 224). DATASET is one of `common.DATASETS`, a tfds name or
+the image size is the variant's (32 or 224). DATASET is one of `known.DATASETS`, a tfds name or
 a folder.
 
-Recipe: AdamW (betas 0.9/0.999, weight decay 0.05), no gradient clipping, base lr = lr x
-batch / 512 (lr 1e-3 on CIFAR and DomainNet as the authors' scripts, DeiT's 5e-4 otherwise;
-recompute `base_lr` when changing `batch`), linear warm-up then cosine decay over 300 epochs,
-label smoothing 0.1, stochastic depth 0.1, ImageNet mean/std input normalisation. CIFAR: random
-crop with 4 px padding and flips; ImageNet: Inception crop (scale 0.08-1) and flips; then (the
+Recipe: AdamW (betas 0.9/0.999, weight decay 0.05), no gradient clipping, base lr = lr x batch /
+512 (lr 1e-3 on CIFAR and DomainNet as the authors' scripts, DeiT's 5e-4 otherwise; recompute
+`base_lr` when changing `batch`), linear warm-up then cosine decay over 300 epochs, label
+smoothing 0.1, stochastic depth 0.1, ImageNet mean/std input normalisation. CIFAR: random crop
+with 4 px padding and flips; ImageNet: Inception crop (scale 0.08-1) and flips; then (the
 authors' DeiT defaults, on every dataset but the quick `digits` check) RandAugment
 rand-m9-mstd0.5-inc1 (bilinear where they use bicubic), random erasing 0.25 and repeated
 augmentation (3 copies), mixup 0.8 / cutmix 1.0 and an EMA of the weights (0.99996); DeiT's
@@ -26,6 +26,7 @@ import math
 import ml_collections
 
 from vit_jax.config import base_config, model_config
+from vit_jax.data import known
 
 from . import common
 
@@ -43,6 +44,7 @@ OTHER_RECIPE = dict(batch=512, lr=1e-3, warmup=20, pp=dict(augment='inception', 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny_cifar_patch4', dataset='cifar100')
     c = base_config()
     c.model_name = common.model_name('dhvt', arg.model)
@@ -51,14 +53,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     recipe = RECIPES.get(c.dataset, OTHER_RECIPE)
     # Digits are 8x8: upsampled to 16 px (4x4 tokens of patch 4); otherwise the variant's size.
     c.pp.crop = 16 if c.dataset == 'digits' else 32 if '_cifar_' in c.model_name else 224
-    c.pp.test = common.dataset(c.dataset).test
+    c.pp.test = known.dataset(c.dataset).test
     c.pp.update(recipe['pp'])
     c.pp.normalize = 'imagenet'
     if c.dataset != 'digits':
         common.deit_augment(c)
     c.batch = recipe['batch']
     c.batch_eval = 512
-    steps_per_epoch = common.dataset(c.dataset).num_train / c.batch
+    steps_per_epoch = known.dataset(c.dataset).train_examples / c.batch
     c.total_steps = math.ceil(EPOCHS * steps_per_epoch)
     c.warmup_steps = math.ceil(recipe['warmup'] * steps_per_epoch)
     c.optimizer = 'adamw'

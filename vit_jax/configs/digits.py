@@ -11,6 +11,7 @@ from vit_jax.config import base_config, model_config
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The main job: ViT-digits on the embedded digits."""
     c = base_config()
     c.dataset = 'digits'
     # 16x16 input (the 8x8 digits upsampled), 4x4 patches: 16 tokens of width 64.

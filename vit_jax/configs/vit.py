@@ -5,8 +5,8 @@
 The argument is `MODEL,DATASET` (or `model=MODEL,dataset=DATASET`; default b16,cifar10): MODEL
 is a short name (ti16, s16, s32, b8, b16, b32, l16, l32, h14, optionally with `-gap-norep`;
 big_vision's so400m14, g14, G14, e14; r_ti16, r26_s32, r26_b32, r50_b16, r50_l32 for the
-hybrids) or a registered name; DATASET one of
-`common.DATASETS`, a tfds name or a folder `root/<split>/<class>/*.jpg`.
+hybrids) or a registered name; DATASET one of `known.DATASETS`, a tfds name or a folder
+`root/<split>/<class>/*.jpg`.
 
 Hyper-parameters as google-research/vision_transformer: batch 512 (8 accumulation steps), SGD
 momentum 0.9 kept in bfloat16, base lr 0.03 (0.01 for b16 on cifar10), 500 warm-up steps then
@@ -19,6 +19,7 @@ embedding is resized.
 import ml_collections
 
 from vit_jax.config import base_config, model_config
+from vit_jax.data import known
 
 from . import common
 
@@ -28,14 +29,15 @@ TOTAL_STEPS = {'cifar10': 10_000, 'cifar100': 10_000, 'imagenet2012': 20_000,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='b16', dataset='cifar10')
     c = base_config()
     c.model_name = common.model_name('vit', arg.model)
     c.model = model_config(c.model_name)
     c.dataset = arg.dataset
     c.total_steps = TOTAL_STEPS.get(c.dataset, 10_000)
-    c.pp.train = common.dataset(c.dataset).train_split(holdout=True)[0]
-    c.pp.test = common.dataset(c.dataset).test
+    c.pp.train = known.dataset(c.dataset).train_split(holdout=True)[0]
+    c.pp.test = known.dataset(c.dataset).test
     c.pp.crop = 384
     c.batch = 512
     c.batch_eval = 512

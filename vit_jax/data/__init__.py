@@ -5,58 +5,21 @@ Importing this package does not import TensorFlow; `create_datasets` imports it 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import jax
-import numpy as np
 
+from vit_jax.data.batches import AUGMENTATIONS as AUGMENTATIONS
+from vit_jax.data.batches import Batch as Batch
+from vit_jax.data.batches import DatasetInfo as DatasetInfo
+from vit_jax.data.batches import pad_batch as pad_batch
 from vit_jax.data.device import model_inputs as model_inputs
 from vit_jax.errors import DataError
 from vit_jax.normalization import NORMALIZATIONS
 
 if TYPE_CHECKING:  # the models import vit_jax.normalization: no ml_collections for them
     import ml_collections
-
-AUGMENTATIONS = ('inception', 'pad_crop', 'none')
-Batch = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the trainer needs to know about a dataset."""
-
-    name: str  # 'digits', a tfds name such as 'cifar10', or the folder path.
-    num_classes: int
-    num_train: int  # Examples in the train split actually used (all processes).
-    num_eval: int  # Examples in the eval split (all processes).
-    class_names: tuple[str, ...]
-    # Image files the start-up check found unreadable and left out ('path: reason' each).
-    skipped: tuple[str, ...] = ()
-
-
-def pad_batch(batch: Batch, size: int) -> Batch:
-    """Pads every array of `batch` with zeros along axis 0 up to `size` rows.
-
-    Args:
-        batch: arrays with the same leading dimension `n <= size`, e.g. `image` [n, h, w, 3] and
-            `label` [n]; an optional `mask` [n] marks which rows are real.
-        size: the batch size to pad to.
-
-    Returns:
-        The padded arrays, each [size, ...], with `mask` [size] (float32 when `batch` has none):
-        the old mask (or 1) for the first `n` rows, 0 for the padding.
-    """
-    sizes = {name: len(array) for name, array in batch.items()}
-    n = next(iter(sizes.values()))
-    if set(sizes.values()) != {n} or n > size:
-        raise ValueError(f'pad_batch needs arrays of one length <= {size}, got lengths {sizes}.')
-    batch = {'mask': np.ones(n, np.float32), **batch}
-    return {
-        name: np.pad(array, [(0, size - n)] + [(0, 0)] * (array.ndim - 1))
-        for name, array in batch.items()
-    }
 
 
 def create_datasets(

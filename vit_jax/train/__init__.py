@@ -1,19 +1,5 @@
-"""Training: pure steps (`step`), optimizers (`optim`), mesh placement (`sharding`),
-checkpoints (`checkpoint`), metric output (`metrics`) and the loop (`loop`).
-
-Names are imported on first use, so `vit_jax.train.step` works without ml_collections (the
-loop and the optimizers need it; the benchmark does not).
+"""Training: the trainer's config keys (`config_keys`), pure steps (`step`), optimizers
+(`optim`), mesh placement (`sharding`), checkpoints (`checkpoint`), metric output (`metrics`),
+the run's setup (`setup`) and the loop (`loop.train`). Import each module by its name;
+`vit_jax.train.step` needs neither ml_collections nor TensorFlow.
 """
-
-import importlib
-
-_HOMES = {'evaluate': 'loop', 'train': 'loop', 'TrainState': 'step',
-          'create_train_state': 'step', 'make_eval_step': 'step', 'make_train_step': 'step'}
-
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f'vit_jax.train.{_HOMES[name]}'), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

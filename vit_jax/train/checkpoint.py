@@ -3,14 +3,16 @@ whole `TrainState` (parameters, optimizer state, step, RNG key, BatchNorm statis
 average of the weights when `ema_decay` > 0) and a JSON record of the run (model name and the
 data position: how many training examples were read).
 
-orbax writes each checkpoint into a temporary directory and renames it when complete, so a save
-interrupted at any point is never taken as the latest; leftovers are cleaned up. A save that
-fails (disk full, no permission) is a one-line `WorkdirError` at the next call, the checkpoints
-before it intact; its writes still in flight leave no traceback on stderr. A complete checkpoint
-that cannot be read (a truncated or missing file) is moved aside to `checkpoints/corrupt-<step>`
-with a warning, and the one before it is used; one that reads but holds other arrays than the
-run's state (another model or optimizer) is a `ConfigError` and stays where it is. All processes
-call every method (orbax saves and restores collectively).
+On local disk orbax writes each checkpoint into a temporary directory and renames it when
+complete; in a bucket it writes the step's folder and `commit_success.txt` last (`orbax_paths`
+teaches orbax `s3://`). So a save interrupted at any point is never taken as the latest;
+leftovers are cleaned up. A save that fails (disk full, no permission) is a one-line
+`WorkdirError` at the next call, the checkpoints before it intact; its writes still in flight
+leave no traceback on stderr. A complete checkpoint that cannot be read (a truncated or missing
+file) is moved aside to `checkpoints/corrupt-<step>` with a warning, and the one before it is
+used; one that reads but holds other arrays than the run's state (another model or optimizer) is
+a `ConfigError` and stays where it is. All processes call every method (orbax saves and restores
+collectively).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from jax.experimental import multihost_utils
 
 from vit_jax import storage, tree
 from vit_jax.errors import ConfigError, TrainingError, WorkdirError
+from vit_jax.train import orbax_paths
 from vit_jax.train.step import TrainState
+
+orbax_paths.install()
 
 log = logging.getLogger(__name__)
 

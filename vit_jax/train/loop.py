@@ -18,12 +18,11 @@ import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
-from vit_jax import config as config_lib
 from vit_jax import weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import ConfigError, TrainingError
-from vit_jax.train import distill, fewshot, sharding
+from vit_jax.train import config_keys, distill, fewshot, sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.lock import WorkdirLock
 from vit_jax.train.metrics import MetricWriter, Progress
@@ -147,7 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     train stream starting after `start` examples; the default is `vit_jax.data.create_datasets`
     (TensorFlow), `vit_jax.data.arrays.array_datasets` serves numpy arrays.
     """
-    config_lib.validate(config)
+    config_keys.validate(config)
     run_dir = Workdir(workdir)
     run_dir.check_writable()
     diff = run_dir.check_config(config)

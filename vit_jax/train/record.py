@@ -2,10 +2,10 @@
 and writes the files; this module decides what they mean).
 
 - `config.json`: the full config of the run, written at its first launch. Every later launch
-  compares its config with it before writing anything to the workdir (`check_changes`): keys
-  of `MAY_CHANGE` may differ (the schedule's length, how often to log, evaluate and save, the
-  device layout: nothing the saved state depends on); any other difference is a one-line
-  `ConfigError` listing each changed key with both values.
+  compares its config with it before writing anything to the workdir (`check_changes`): keys of
+  `config_keys.MAY_CHANGE` may differ (the schedule's length, how often to log, evaluate and
+  save, the device layout: nothing the saved state depends on); any other difference is a
+  one-line `ConfigError` listing each changed key with both values.
 - `classes.txt`: the class names, in label order; a later launch must read the same ones.
 - `runs.jsonl`: one line per launch (`launch_entry`): time, host, pid, the step it started at
   and its config diff against the record.
@@ -22,13 +22,7 @@ from typing import Any
 import ml_collections
 
 from vit_jax.errors import ConfigError
-
-# Keys a launch may change against the run record; every other key must equal it.
-MAY_CHANGE = (
-    'total_steps', 'eval_every', 'progress_every', 'checkpoint_every', 'keep_checkpoints',
-    'batch_eval', 'input_threads', 'shuffle_buffer', 'tfds_data_dir', 'mesh', 'param_sharding',
-    'fsdp_min_size', 'accum_steps', 'pretrained', 'init_from', 'skip_bad_images',
-)
+from vit_jax.train.config_keys import MAY_CHANGE, base_config
 
 
 def flat_config(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -70,8 +64,6 @@ def config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
     """`{key: (recorded value, value of config)}` for each key where they differ (a key only
     one of them has: `'<absent>'` for the other). A key the record lacks, added by a later
     version, stands at its default there: `base_config`'s, None for a model option."""
-    from vit_jax.config import base_config  # here: vit_jax.config imports vit_jax.train
-
     defaults = flat_config(base_config())
     current = flat_config(config)
 

@@ -14,10 +14,9 @@ import jax
 import ml_collections
 import optax
 
-from vit_jax import config as config_lib
 from vit_jax import models
 from vit_jax.models import contract
-from vit_jax.train import distill, mix, sharding
+from vit_jax.train import config_keys, distill, mix, sharding
 from vit_jax.train.optim import create_optimizer
 from vit_jax.train.step import (
     HEAD_BIAS_INIT,
@@ -70,7 +69,7 @@ def make_mesh(config: ml_collections.ConfigDict,
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     """The model `config` trains: its `model_name` with the options of `config.model`, a head of
     `num_classes` and an input of `config.pp.crop` pixels."""
-    return models.create_model(config.model_name, **config_lib.model_overrides(config),
+    return models.create_model(config.model_name, **config_keys.model_overrides(config),
                                num_classes=num_classes, img_size=config.pp.crop)
 
 
@@ -79,7 +78,6 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     """The model, optimizer, shardings and jitted steps of `config` on `mesh` (any devices,
     abstract TPU ones included), after checking that the batches split over it. Reads no data
     and allocates no state."""
-    sharding.check_rules(config.param_sharding)
     devices = sharding.batch_devices(mesh)
     sharding.check_batch_size('batch', config.batch, devices, config.accum_steps)
     sharding.check_batch_size('batch_eval', config.batch_eval, devices)

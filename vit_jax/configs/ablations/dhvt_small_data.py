@@ -23,6 +23,7 @@ ALL_OFF = [('model.sope', False), ('model.daff', False), ('model.hi_mhsa', False
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The study: its base run and its axes; see the module docstring."""
     vit_study = load_config(VIT_STUDY)
     c = ml_collections.ConfigDict()
     c.name = 'DHVT vs ViT from scratch on small data (MNIST, 5k training images)'

