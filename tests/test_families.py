@@ -4,6 +4,9 @@ lets checkpoints load at another resolution or window.
 
 Counting uses `jax.eval_shape` (no arrays are made). The default run checks one small variant
 per family; `pytest -m slow` checks every registered name.
+
+Every parameter is covered by its family's tensor-parallel splits (`contract.uncovered`):
+explicitly split over the model axis, or explicitly kept whole.
 """
 
 import functools
@@ -15,7 +18,7 @@ import pytest
 
 import vit_jax
 from vit_jax import tree, weights
-from vit_jax.models import contract, get_spec, layers, model_options
+from vit_jax.models import contract, families, get_spec, layers, model_options
 from vit_jax.models.dhvt import DHVT
 from vit_jax.models.sret import SReT
 from vit_jax.models.swin import SwinTransformer
@@ -80,6 +83,9 @@ FAST = ('testing', 'ViT-digits', 'ViT-Ti_16', 'ViT-Ti_16-gap-norep', 'R+ViT-Ti_1
         'swin_tiny_patch4_window7_224', 'convnext_tiny', 'dhvt_tiny_cifar_patch4', 'SReT_T')
 NAMES = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
          for n in vit_jax.list_models()]
+# Options that add parameters no registered variant has (the split check's default run).
+OPTIONS = [('testing', dict(scan_layers=True)), ('testing', dict(representation_size=8)),
+           ('dhvt_tiny_cifar_patch4', dict(sope=False, daff=False, hi_mhsa=False))]
 
 
 @functools.cache
@@ -157,6 +163,39 @@ def test_stacked_layers_exist_when_scanning(name):
         found = [v for k, v in stacked.items() if k.startswith(f'params/{path}/')]
         assert found and all(v.shape[0] == model.depth for v in found), path
     assert tree.unstack_layers(stacked).keys() == shapes(name).keys()
+
+
+# ----------------------------------------------------------------------------- model splits
+
+
+def test_every_family_has_a_fast_variant():
+    assert {get_spec(n).module for n in FAST} == set(families())
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_split_rules_cover_every_parameter(name):
+    assert contract.uncovered(get_spec(name).module, shapes(name)) == []
+
+
+@pytest.mark.parametrize('name, options', OPTIONS, ids=[f'{n}-{o}' for n, o in OPTIONS])
+def test_split_rules_cover_the_parameters_of_options(name, options):
+    assert contract.uncovered(get_spec(name).module, shapes(name, **options)) == []
+
+
+def test_a_family_missing_a_split_is_not_covered():
+    vit = get_spec('testing').module
+    params = [k for k in shapes('testing') if k.startswith('params/')]
+
+    class NoMlpSplits(contract.Family):
+        model_splits = tuple(s for s in vit.model_splits if 'MlpBlock' not in s.pattern)
+
+    class SplitsAMissingDimension(contract.Family):
+        model_splits = (contract.Split('/head/kernel$', 2), *vit.model_splits)
+
+    mlp = [k for k in params if '/MlpBlock_3/' in k]
+    assert len(mlp) == 4 and contract.uncovered(NoMlpSplits, shapes('testing')) == mlp
+    assert contract.uncovered(SplitsAMissingDimension, shapes('testing')) == ['params/head/kernel']
+    assert contract.uncovered(contract.Family, shapes('testing')) == params  # declares none
 
 
 # ----------------------------------------------------------------------------- resampling

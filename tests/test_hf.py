@@ -13,7 +13,7 @@ import torch_reference
 import vit_jax
 from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import convnext, swin, vit
+from vit_jax.models import convert, convnext, swin, vit
 
 TOL = 1e-4
 SIZE = 32
@@ -214,10 +214,10 @@ def test_a_deit_checkpoint_needs_a_distilled_model(transformers, tmp_path):
 def test_invert_undoes_reading_rules():
     rules = ((r'^encoder\.(layer|layers)\.(\d+)\.', r'blocks.\2.'), (r'\.fc(\d)$', r'.mlp\1'))
     names = {'encoder.layer.3.fc2': 0, 'encoder.layers.0.fc1': 1}
-    read = weights.rename(names, rules)
+    read = convert.rename(names, rules)
     assert read == {'blocks.3.mlp2': 0, 'blocks.0.mlp1': 1}
-    assert weights.rename(read, weights.invert(rules)) == {'encoder.layer.3.fc2': 0,
+    assert convert.rename(read, convert.invert(rules)) == {'encoder.layer.3.fc2': 0,
                                                            'encoder.layer.0.fc1': 1}
     for rule in ((r'a.*', 'b'), (r'a(\d)', 'b')):  # a wildcard; a group the replacement drops
         with pytest.raises(ValueError, match='cannot invert the rule'):
-            weights.invert((rule,))
+            convert.invert((rule,))

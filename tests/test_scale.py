@@ -136,7 +136,7 @@ def test_model_axis_splits_heads_and_mlp_hidden_beside_fsdp():
                                      embed_dim=16, num_heads=2, scan_layers=scanned)
         shapes = jax.eval_shape(lambda r, m=model: step.create_train_state(m, tx, r, (1, 8, 8, 3)),
                                 jax.random.PRNGKey(0))
-        placed = sharding.state_specs(shapes, 2, rules, 0, model_size=2)
+        placed = sharding.state_specs(shapes, 2, rules, 0, model_size=2, family=type(model))
         specs = tree.flatten(placed.params)
         moments = {tree.array_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(
             placed.opt_state, is_leaf=lambda x: isinstance(x, P))}
@@ -158,7 +158,7 @@ def test_model_axis_splits_heads_and_mlp_hidden_beside_fsdp():
     with pytest.raises(ConfigError, match=r"model axis \(4\) does not divide the heads \(2\) "
                                           r"of params/Transformer/encoderblock/.*/key/bias "
                                           r"\(1, 2, 8\); use a model size that divides"):
-        sharding.state_specs(shapes, 1, rules, 0, model_size=4)
+        sharding.state_specs(shapes, 1, rules, 0, model_size=4, family=type(model))
 
 
 def test_a_model_axis_across_processes_is_refused():

@@ -144,7 +144,7 @@ def test_weight_decay_and_fsdp_judge_stacked_parameters_per_layer():
     _, scanned, _ = pair(embed_dim=32, depth=8, num_heads=2)
     params = weights.model_shapes(scanned)
     variables = jax.eval_shape(lambda: scanned.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
-    mask = tree.flatten({'params': optim._decay_mask(variables['params'])})
+    mask = tree.flatten({'params': optim.decay_mask(type(scanned))(variables['params'])})
     block = 'params/Transformer/encoderblock/'
     assert mask[block + 'MlpBlock_3/Dense_0/kernel']  # [8, 32, 32]: a matrix per layer
     assert not mask[block + 'LayerNorm_0/scale']  # [8, 32]: a norm per layer

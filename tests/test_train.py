@@ -173,7 +173,7 @@ def test_learning_rate_schedule_warms_up_then_decays(digits_config):
 
 def test_weight_decay_skips_biases_norms_and_embeddings():
     params = tiny_vit().init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-    mask = optim._decay_mask(params)
+    mask = optim.decay_mask(type(tiny_vit()))(params)
     assert mask['head']['kernel'] and not mask['head']['bias']
     assert not mask['cls'] and not mask['Transformer']['posembed_input']['pos_embedding']
     assert not mask['Transformer']['encoder_norm']['scale']

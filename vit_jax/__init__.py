@@ -9,9 +9,10 @@
 """
 
 from vit_jax import storage, weights  # noqa: F401 -- storage sets the stores' variables
-from vit_jax.models import create_model, list_models, model_options, pretrained
+from vit_jax.models import create_model, list_models, model_options
 from vit_jax.models.features import features
 from vit_jax.version import __version__
+from vit_jax.weights import pretrained
 
 __all__ = ['__version__', 'create_model', 'features', 'list_models', 'model_options',
            'pretrained', 'weights']

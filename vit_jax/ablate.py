@@ -24,8 +24,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
@@ -123,7 +121,7 @@ def _metrics(workdir: Workdir) -> list[dict[str, Any]]:
 def check_points(all_points: list[Point]) -> None:
     """One `ConfigError` naming every point whose config or model cannot work, before any
     point trains (the model is traced, not initialised)."""
-    from vit_jax import models
+    from vit_jax import models, weights
 
     problems = []
     for p in all_points:
@@ -132,8 +130,7 @@ def check_points(all_points: list[Point]) -> None:
             model = models.create_model(p.config.model_name,
                                         **config_lib.model_overrides(p.config), num_classes=2,
                                         img_size=p.config.pp.crop)
-            shape = (1, p.config.pp.crop, p.config.pp.crop, model.in_chans)
-            jax.eval_shape(lambda m=model, s=shape: m.init(jax.random.key(0), jnp.zeros(s)))
+            weights.model_shapes(model)
         except VitJaxError as e:
             problems.append(f'{p.axis} = {p.setting}: {e}')
     if problems:

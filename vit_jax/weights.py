@@ -1,16 +1,18 @@
-"""Checkpoint import and export for every family: `load(model, source)`, `save_npz`, `save_hf`.
+"""Checkpoint import and export for every family: `load(model, source)`, `pretrained(name)`,
+`save_npz`, `save_hf`.
 
 `source` is a path (`.npz` in the original or big_vision layout, a PyTorch state dict as `.pth`,
 `.pt`, `.bin` or `.safetensors`, a Hugging Face `save_pretrained` directory with `config.json`),
 a URL of such a file (`gs://`, `s3://`, `http(s)://`) or a published checkpoint's name
 (`vit_jax.catalogue`; both downloaded once into a checked cache), or an in-memory mapping of arrays.
-`hf_model(directory)` builds the model a Hugging Face directory's `config.json` describes (each
-family registers its `model_type` with `register_hf`). `load` reads it into flat arrays, lets
-the model's family map foreign names onto its own (each family file ends with its mapping and
-registers it here with `register_mapping`, as timm keeps a `checkpoint_filter_fn` beside each
-model), resizes what the family knows how to resize (position embeddings, relative
-position bias tables), re-initialises a head (the family's declared `head_names`) whose class
-count differs, and checks every name and shape against the model.
+`hf_model(directory)` builds the model a Hugging Face directory's `config.json` describes (the
+registered family whose `checkpoints()` names its `model_type`). `load` reads it into flat
+arrays, lets the model's family map foreign names onto its own (`contract.Checkpoints`,
+declared on the family's class with the mapping in its file, as timm keeps a
+`checkpoint_filter_fn` beside each model), resizes what the family knows how to resize
+(position embeddings, relative position bias tables), re-initialises a head (the family's
+declared `head_names`) whose class count differs, and checks every name and shape against the
+model.
 
 Flat keys are `vit_jax.tree` names: '/'-joined paths that start with the variable collection,
 `params/Transformer/encoder_norm/scale`, `batch_stats/stem/bn/mean`.
@@ -20,91 +22,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import logging
 import os
-import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import catalogue, storage, tree
 from vit_jax.errors import ModelError
+from vit_jax.models import contract, registry
+from vit_jax.models.convert import Flat
 
 log = logging.getLogger(__name__)
 
-Flat = dict[str, np.ndarray]
-Rules = tuple[tuple[str, str], ...]  # regular expression substitutions, applied in order
-Converter = Callable[[Flat, nn.Module], 'Flat | None']
-Resizer = Callable[[str, np.ndarray, tuple[int, ...], nn.Module], 'np.ndarray | None']
 COLLECTIONS = ('params', 'batch_stats')
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 # Keys under which training scripts nest the state dict (timm, DeiT, Swin, ConvNeXt, DHVT, SReT).
 NESTING_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
 # Weight files of a Hugging Face directory, in the order they are looked for (one file, or the
 # index of a sharded one).
-# `layers.MultiHeadAttention`'s projections -> timm's names (with `q`, `k`, `v` unfused).
-TIMM_ATTENTION = {'query': 'q', 'key': 'k', 'value': 'v', 'out': 'proj'}
 HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
               'pytorch_model.bin.index.json')
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightMap:
-    """How one family reads foreign checkpoints.
-
-    `convert(arrays, model)` maps a checkpoint's flat arrays to the model's flat keys, or returns
-    None when it does not recognise the layout. `resize(key, array, shape, model)` adapts an
-    array whose shape differs (e.g. a position embedding trained at another resolution) or
-    returns None. `layouts` names the accepted layouts in error messages. `convert` and
-    `resize` see one key per layer of a scanned model (the family's `stacked_layers`); `load`
-    and `save_npz` stack and unstack.
-    """
-
-    convert: Converter
-    resize: Resizer | None = None
-    layouts: str = ''
-
-
-_MAPPINGS: dict[type, WeightMap] = {}
-
-
-def register_mapping(module: type[nn.Module], convert: Converter, *, resize: Resizer | None = None,
-                     layouts: str = '') -> None:
-    """Registers the checkpoint mapping of a family's module class (at the end of its file)."""
-    _MAPPINGS[module] = WeightMap(convert, resize, layouts)
-
-
-@dataclasses.dataclass(frozen=True)
-class HfFamily:
-    """How one family reads and writes Hugging Face `transformers` directories.
-
-    `options(config)` turns a `config.json` (and the names of the directory's arrays) into the
-    family module's keyword arguments, raising `ModelError` for what the family cannot build.
-    `export(model, flat_params)`, where a family writes Hugging Face weights, returns the
-    `config.json` contents and the hub-named PyTorch-layout arrays.
-    """
-
-    module: type
-    options: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]]
-    export: Callable[[nn.Module, Flat], tuple[dict[str, Any], Flat]] | None = None
-
-
-_HF: dict[str, HfFamily] = {}
-
-
-def register_hf(model_type: str, module: type[nn.Module],
-                options: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]], *,
-                export: Callable[[nn.Module, Flat], tuple[dict[str, Any], Flat]] | None = None,
-                ) -> None:
-    """Registers the family that builds Hugging Face `model_type` (at the end of its file)."""
-    _HF[model_type] = HfFamily(module, options, export)
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -235,9 +180,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = '') -> Flat:
 
 def model_shapes(model: nn.Module) -> dict[str, jax.ShapeDtypeStruct]:
     """The model's variables as flat keys -> shapes, without computing them."""
-    images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, model.in_chans), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    return tree.flatten(shapes)
+    return tree.flatten(jax.eval_shape(functools.partial(contract.init, model),
+                                       jax.random.key(0)))
 
 
 def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
@@ -249,13 +193,13 @@ def load(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
     use, an error. `reset_head=True` re-initialises the head whatever its shape, as the original
     fine-tuning code does. `seed` seeds the re-initialised arrays.
     """
-    mapping = _MAPPINGS.get(type(model)) or WeightMap(lambda *_: None)
+    mapping = model.checkpoints()
     # Mappings, resizing and checks see one key per layer; a scanned model's stack comes last.
     checkpoint = tree.unstack_layers(read(source), model.stacked_layers)
     shapes = model_shapes(model)
     target = tree.unstack_layers(shapes, model.stacked_layers)
     converted = _as_own_layout(checkpoint, target)
-    if converted is None:
+    if converted is None and mapping.convert is not None:
         converted = mapping.convert(checkpoint, model)
     if converted is None:
         layouts = mapping.layouts or 'its own parameter names'
@@ -275,7 +219,7 @@ def _as_own_layout(checkpoint: Flat, target: Mapping[str, Any]) -> Flat | None:
     return own if len(own.keys() & target.keys()) >= len(target) / 2 else None
 
 
-def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: WeightMap,
+def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: contract.Checkpoints,
          strict: bool, reset_head: bool, seed: int) -> Flat:
     name = type(model).__name__
     heads = tuple(f'params/{head}/' for head in model.head_names)
@@ -321,14 +265,30 @@ def _fit(arrays: Flat, target: Mapping[str, Any], model: nn.Module, mapping: Wei
     if reinit:
         why = 'as asked' if reset_head else 'the checkpoint has another class count'
         log.info('re-initialised %s (%s)', ', '.join(reinit), why)
-        fresh = tree.unstack_layers(tree.flatten(_init(model, seed)), model.stacked_layers)
+        fresh = jax.jit(functools.partial(contract.init, model))(jax.random.key(seed))
+        fresh = tree.unstack_layers(tree.flatten(fresh), model.stacked_layers)
         out.update({k: np.asarray(fresh[k]) for k in reinit})
     return out
 
 
-def _init(model: nn.Module, seed: int) -> Any:
-    images = jnp.zeros((1, model.img_size, model.img_size, model.in_chans))
-    return jax.jit(lambda x: model.init(jax.random.key(seed), x, train=False))(images)
+def pretrained(name: str, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """`(model, variables)` of the published checkpoint `name` (`python -m vit_jax.hub --list`)
+    or of a registered model's default one, downloaded once into the cache.
+
+    `overrides` are model options, as `create_model`'s: `num_classes=10` starts a fresh head
+    (for fine-tuning), `img_size=384` resizes the position embedding.
+    Example: `model, variables = vit_jax.pretrained('ViT-B_16')`, then
+    `model.apply(variables, images, train=False)` -> logits `[batch, 1000]`.
+    """
+    if (name in registry.list_models()
+            and name not in {e.model for e in catalogue.CATALOGUE.values()}):
+        raise ModelError(f'model {name!r} has no published weights (python -m vit_jax.hub '
+                         f'--list); create_model it and load a file with vit_jax.weights.load')
+    entry = catalogue.find(name)
+    model = registry.create_model(entry.model, **{'num_classes': entry.num_classes,
+                                                  'img_size': entry.img_size, **entry.options,
+                                                  **overrides})
+    return model, load(model, catalogue.fetch(entry))
 
 
 def hf_model(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
@@ -336,20 +296,21 @@ def hf_model(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
     family, the config its size), with `overrides` of its options; load its weights with
     `load(model, directory)`."""
     config = hf_config(directory)
+    builders = {t: family for family in registry.families()
+                for t in family.checkpoints().hf_model_types}
     kind = config.get('model_type')
-    family = _HF.get(kind) if isinstance(kind, str) else None
+    family = builders.get(kind) if isinstance(kind, str) else None
     if family is None:
         raise ModelError(f'{os.fspath(directory)!r} holds a Hugging Face {kind!r} model; vit_jax '
-                         f'builds {", ".join(sorted(_HF))}')
-    names = frozenset(read(directory))
+                         f'builds {", ".join(sorted(builders))}')
     where = os.path.join(os.fspath(directory), 'config.json')
     try:
-        options = family.options(config, names)
+        options = family.checkpoints().hf_options(config, frozenset(read(directory)))
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise ModelError(f'{where!r} is no {kind} config vit_jax reads ({type(e).__name__}: '
                          f'{e}); download or save the model again') from None
-    _check_sizes(family.module, options, where)
-    return family.module(**{**options, **overrides})
+    _check_sizes(family, options, where)
+    return family(**{**options, **overrides})
 
 
 def _check_sizes(module: type[nn.Module], options: dict[str, Any], where: str) -> None:
@@ -388,83 +349,6 @@ def hf_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def rename(arrays: Flat, rules: Rules) -> Flat:
-    """Renames every key by the regular expression substitutions `rules`, applied in order."""
-    out = {}
-    for key, value in arrays.items():
-        for pattern, new in rules:
-            key = re.sub(pattern, new, key)
-        out[key] = value
-    return out
-
-
-def hf_names(arrays: Flat, rules: Rules, root: str) -> Flat:
-    """Arrays under the names a family's reading `rules` give (timm's, say) -> the Hugging Face
-    names they read (`invert(rules)`), all but the classifiers' (`classifier.weight`, ...) under
-    the model's `root` (`swin.`; '' for a base model)."""
-    named = rename(arrays, invert(rules))
-    return {k if re.match(r'\w*classifier\.', k) else root + k: v for k, v in named.items()}
-
-
-def fuse_qkv(arrays: Flat) -> Flat:
-    """Separate `{prefix}.q`, `.k`, `.v` projections (Hugging Face) -> one `{prefix}.qkv`
-    (timm): weights `[3 * dim, dim]`, biases `[3 * dim]`."""
-    out = dict(arrays)
-    for key in arrays:
-        match = re.fullmatch(r'(.*)\.q\.(weight|bias)', key)
-        if match:
-            parts = [out.pop(f'{match[1]}.{p}.{match[2]}') for p in 'qkv']
-            out[f'{match[1]}.qkv.{match[2]}'] = np.concatenate(parts)
-    return out
-
-
-_RULE_TOKEN = re.compile(r'\\([^\w])|\(([^()]*)\)|(\w)')  # escaped char, group, letter
-
-
-def invert(rules: Rules) -> Rules:
-    """The substitutions that undo `rules` (applied in reverse order): what writes a family's
-    foreign names back from the rules that read them.
-
-    A pattern may hold literal text (`\\.` escaped), a leading `^` and a trailing `$`, groups of
-    alternative spellings whose first is the one written back (`(self\\.query|q_proj)`), and
-    groups that its replacement takes over (`(\\d+)` and `\\1`); anything else is a
-    `ValueError`.
-    """
-    return tuple(_invert_rule(pattern, new) for pattern, new in reversed(rules))
-
-
-def _invert_rule(pattern: str, replacement: str) -> tuple[str, str]:
-    start, end = pattern.startswith('^'), pattern.endswith('$')
-    body = pattern[start:len(pattern) - end]
-    groups, written, pos = [], [], 0  # written: literal text, or the number of a taken group
-    while pos < len(body):
-        token = _RULE_TOKEN.match(body, pos)
-        if token is None:
-            raise ValueError(f'cannot invert the rule {pattern!r}: {body[pos:]!r}')
-        escaped, group, literal = token.groups()
-        if group is not None and '|' in group:
-            groups.append(None)
-            written.append(re.sub(r'\\(.)', r'\1', group.split('|')[0]))
-        elif group is not None:
-            groups.append(group)
-            written.append(len(groups))
-        else:
-            written.append(escaped or literal)
-        pos = token.end()
-    taken, new_pattern = {}, ''
-    for piece in re.split(r'(\\\d)', replacement):
-        if re.fullmatch(r'\\\d', piece):
-            number = int(piece[1])
-            taken[number] = len(taken) + 1
-            new_pattern += f'({groups[number - 1]})'
-        else:
-            new_pattern += re.escape(piece)
-    if any(isinstance(w, int) and w not in taken for w in written):
-        raise ValueError(f'cannot invert the rule {pattern!r}: a group its replacement drops')
-    new = ''.join(rf'\g<{taken[w]}>' if isinstance(w, int) else w for w in written)
-    return '^' * start + new_pattern + '$' * end, new
-
-
 # ----------------------------------------------------------------------------- writing
 
 
@@ -486,74 +370,18 @@ def npz_arrays(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k.removeprefix('params/'): np.asarray(v) for k, v in flat.items()}
 
 
-# ----------------------------------------------------------------------------- PyTorch layouts
-
-
-def linear(weight: np.ndarray) -> np.ndarray:
-    """PyTorch `Linear.weight` `[out, in]` -> flax `Dense.kernel` `[in, out]`."""
-    return weight.T
-
-
-def conv(weight: np.ndarray) -> np.ndarray:
-    """PyTorch conv weight `[out, in, h, w]` -> flax kernel `[h, w, in, out]`."""
-    return weight.transpose(2, 3, 1, 0)
-
-
-def to_torch(params: Flat) -> Flat:
-    """Parameters keyed `module/.../leaf` (no collection prefix) -> PyTorch arrays keyed
-    `module.....leaf`: the inverse of `linear`, `conv` and `attention`, whose `query`, `key`,
-    `value` and `out` become timm's `q`, `k`, `v` (separate projections `[heads * head_dim,
-    dim]`, as Hugging Face keeps them) and `proj`; LayerNorm `scale` and every `kernel` become
-    `weight`, other arrays keep their names."""
-    out = {}
-    for key, value in params.items():
-        module, _, leaf = key.rpartition('/')
-        parent, _, name = module.rpartition('/')
-        if name in TIMM_ATTENTION:
-            module = f'{parent}/{TIMM_ATTENTION[name]}'
-        if leaf == 'kernel' and value.ndim == 3:  # layers.MultiHeadAttention
-            value = (value.reshape(-1, value.shape[-1]) if name == 'out' else
-                     value.reshape(value.shape[0], -1)).T
-        elif leaf == 'kernel':
-            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-        elif leaf == 'bias' and value.ndim == 2:
-            value = value.reshape(-1)
-        leaf = 'weight' if leaf in ('kernel', 'scale') else leaf
-        out[f'{module.replace("/", ".")}.{leaf}' if module else leaf] = value
-    return out
-
-
-def attention(prefix: str, qkv_weight: np.ndarray, qkv_bias: np.ndarray | None,
-              proj_weight: np.ndarray, proj_bias: np.ndarray, num_heads: int) -> Flat:
-    """A fused PyTorch `qkv` + `proj` attention -> `layers.MultiHeadAttention` arrays under
-    `prefix` (`query`/`key`/`value` kernels `[dim, heads, head_dim]`, `out` `[heads, head_dim,
-    dim]`)."""
-    dim = proj_weight.shape[0]
-    head_dim = qkv_weight.shape[0] // 3 // num_heads
-    out = {f'{prefix}/out/kernel': proj_weight.T.reshape(num_heads, head_dim, dim),
-           f'{prefix}/out/bias': proj_bias}
-    width = num_heads * head_dim
-    for i, name in enumerate(('query', 'key', 'value')):
-        rows = slice(i * width, (i + 1) * width)
-        out[f'{prefix}/{name}/kernel'] = qkv_weight[rows].T.reshape(dim, num_heads, head_dim)
-        if qkv_bias is not None:
-            out[f'{prefix}/{name}/bias'] = qkv_bias[rows].reshape(num_heads, head_dim)
-    return out
-
-
-
 def save_hf(model: nn.Module, variables: Mapping[str, Any], directory: str | os.PathLike) -> None:
     """Writes a Hugging Face `save_pretrained` directory (`config.json`, `model.safetensors` with
     the hub's array names) that `transformers`' `from_pretrained` reads."""
-    family = next((f for f in _HF.values() if f.module is type(model) and f.export), None)
-    if family is None:
-        exporting = sorted({f.module.__name__ for f in _HF.values() if f.export})
+    to_hf = model.checkpoints().to_hf
+    if to_hf is None:
+        exporting = sorted(f.__name__ for f in registry.families() if f.checkpoints().to_hf)
         raise ModelError(f'{type(model).__name__} has no Hugging Face export; families with one: '
                          f'{", ".join(exporting)}')
     from safetensors.numpy import save_file
 
     flat = tree.unstack_layers(tree.flatten(variables), model.stacked_layers)
-    config, arrays = family.export(model, flat)
+    config, arrays = to_hf(model, flat)
     config.setdefault('id2label', {str(i): f'LABEL_{i}' for i in range(model.num_classes)})
     directory = os.fspath(directory)
     with storage.reporting(f'cannot write {directory}', directory, 'directory'):

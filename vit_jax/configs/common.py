@@ -1,5 +1,5 @@
-"""What the config files share: short model names, the argument parser and
-DeiT's augmentation.
+"""What the config files share: short model names (each family's `contract.ShortNames`), the
+argument parser and DeiT's augmentation.
 
 Config files import it as `from . import common` (`vit_jax.config.load_config` loads a folder of
 config files as one package). `parse_arg` reads every `FILE.py:ARG` the same way, in the spirit
@@ -7,48 +7,15 @@ of big_vision's `parse_arg`: `configs/swin.py:tiny,cifar10,ft` is the same as
 `configs/swin.py:model=tiny,dataset=cifar10,ft=true`.
 """
 
-import dataclasses
-import re
 import types
-from collections.abc import Callable
 
 from vit_jax.errors import ConfigError
-from vit_jax.models import list_models
+from vit_jax.models import families, list_models
 
-_SRET_SIZES = {'T': 'tiny', 'LT': 'light_tiny', 'S': 'small'}
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """The registered names of one family (glob `patterns`) and the rule giving each its short
-    name."""
-    label: str
-    patterns: tuple[str, ...]
-    short: Callable[[str], str]
-
-
-def _vit_short(name: str) -> str:
-    """Lower case without `ViT-` and the size's `_` (`ViT-B_16` -> `b16`); the G of ViT-G keeps
-    its case, as big_vision's g/14 and G/14 are two sizes."""
-    short = name.replace('ViT-', '').replace('+', '_')
-    return re.sub(r'([a-zA-Z])_(\d)', r'\1\2', short if short.startswith('G_') else short.lower())
-
-
+# The config files' families by lower-case label ('vit': configs/vit.py), each family's short
+# names as its class declares them.
 FAMILIES = types.MappingProxyType({
-    # ViT-B_16 -> b16, ViT-Ti_16-gap-norep -> ti16-gap-norep, R50+ViT-B_16 -> r50_b16,
-    # ViT-g_14 -> g14 and ViT-G_14 -> G14 (big_vision's two giants); the BiT
-    # ResNets and `testing` keep their registered names.
-    'vit': Family('ViT', ('ViT-*', 'R*+ViT-*', 'BiT-*', 'testing'),
-                  lambda n: _vit_short(n) if 'ViT-' in n else n),
-    # swin_tiny_patch4_window7_224 -> tiny, swin_base_patch4_window12_384 -> base384.
-    'swin': Family('Swin', ('swin_*',),
-                   lambda n: n.split('_')[1] + n.split('_')[-1].replace('224', '')),
-    'convnext': Family('ConvNeXt', ('convnext_*',), lambda n: n.removeprefix('convnext_')),
-    'dhvt': Family('DHVT', ('dhvt_*',), lambda n: n.removeprefix('dhvt_')),
-    # SReT_T -> tiny, SReT_LT_wo_slice -> light_tiny_wo_slice, SReT_S_distill -> small_distill.
-    'sret': Family('SReT', ('SReT_*',),
-                   lambda n: '_'.join([_SRET_SIZES[n.split('_')[1]], *n.split('_')[2:]])),
-})
+    f.short_names.label.lower(): f.short_names for f in families() if f.short_names})
 
 
 def short_names(family: str) -> dict[str, str]:

@@ -12,9 +12,8 @@ import re
 import flax.linen as nn
 import jax
 
-from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import contract, layers
+from vit_jax.models import contract, convert, layers
 from vit_jax.models.registry import register
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -100,6 +99,19 @@ class ConvNeXt(nn.Module, contract.Family):
     feature_modules = r'stages_\d+'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+    model_splits = (*contract.mlp_splits('mlp'),
+                    *contract.replicated(r'(stem|downsample|head)(_norm)?', 'conv_dw', 'norm'),
+                    contract.Split('/gamma$'))
+    short_names = contract.ShortNames('ConvNeXt', ('convnext_*',),
+                                      lambda n: n.removeprefix('convnext_'))
+
+    @staticmethod
+    def checkpoints() -> contract.Checkpoints:
+        return contract.Checkpoints(
+            convert=_from_timm, hf_model_types=('convnext',), hf_options=_hf_options,
+            to_hf=_to_hf,
+            layouts='timm ConvNeXt state dicts, the original facebookresearch/ConvNeXt '
+                    'checkpoints and Hugging Face ConvNextForImageClassification state dicts')
 
     def __post_init__(self) -> None:
         contract.check_choices((('dtype', self.dtype, contract.DTYPES),))
@@ -202,13 +214,13 @@ _HF_TO_TIMM = (
 )
 
 
-def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
+def _from_timm(arrays: convert.Flat, model: ConvNeXt) -> convert.Flat | None:
     """A timm, original Facebook or Hugging Face `ConvNextForImageClassification` /
     `ConvNextModel` state dict -> this model's flat parameters."""
     if 'downsample_layers.0.0.weight' in arrays:
         arrays = {_timm_key(k): v for k, v in arrays.items()}
     if any(k.endswith('embeddings.patch_embeddings.weight') for k in arrays):
-        arrays = weights.rename(arrays, ((r'^convnext\.', ''), *_HF_TO_TIMM))
+        arrays = convert.rename(arrays, ((r'^convnext\.', ''), *_HF_TO_TIMM))
     if 'stem.0.weight' not in arrays:
         return None
     out = {}
@@ -221,14 +233,14 @@ def _from_timm(arrays: weights.Flat, model: ConvNeXt) -> weights.Flat | None:
             name += '/scale' if leaf == 'weight' else '/bias'
         elif leaf == 'weight':
             name += '/kernel'
-            value = weights.conv(value) if value.ndim == 4 else weights.linear(value)
+            value = convert.conv(value) if value.ndim == 4 else convert.linear(value)
         else:
             name += f'/{leaf}'
         out[name] = value
     return out
 
 
-# This model's names, as `weights.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
+# This model's names, as `convert.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
 _OWN_TO_TIMM = (
     (r'^stem\.', 'stem.0.'), (r'^stem_norm\.', 'stem.1.'), (r'\.downsample\.', '.downsample.1.'),
     (r'\.downsample_norm\.', '.downsample.0.'), (r'\.mlp\.Dense_0\.', '.mlp.fc1.'),
@@ -237,7 +249,7 @@ _OWN_TO_TIMM = (
 )
 
 
-def _to_hf(model: ConvNeXt, flat: weights.Flat) -> tuple[dict, weights.Flat]:
+def _to_hf(model: ConvNeXt, flat: convert.Flat) -> tuple[dict, convert.Flat]:
     """`config.json` and hub-named arrays of a `ConvNextForImageClassification` (a
     `ConvNextModel` without a head)."""
     if model.kernel_size != 7 or model.mlp_ratio != 4:
@@ -245,7 +257,7 @@ def _to_hf(model: ConvNeXt, flat: weights.Flat) -> tuple[dict, weights.Flat]:
                          f'times as wide; this model has kernel_size={model.kernel_size}, '
                          f'mlp_ratio={model.mlp_ratio}')
     params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
-    arrays = weights.rename(weights.to_torch(params), _OWN_TO_TIMM)
+    arrays = convert.rename(convert.to_torch(params), _OWN_TO_TIMM)
     classify = bool(model.num_classes)
     config = dict(
         architectures=['ConvNextForImageClassification' if classify else 'ConvNextModel'],
@@ -254,7 +266,7 @@ def _to_hf(model: ConvNeXt, flat: weights.Flat) -> tuple[dict, weights.Flat]:
         hidden_sizes=list(model.dims), hidden_act='gelu', layer_norm_eps=LN_EPS,
         # > 0 gives Hugging Face's model the layer scale parameter that ours always has
         layer_scale_init_value=model.ls_init_value or 1e-6, drop_path_rate=0.0)
-    return config, weights.hf_names(arrays, _HF_TO_TIMM, 'convnext.' if classify else '')
+    return config, convert.hf_names(arrays, _HF_TO_TIMM, 'convnext.' if classify else '')
 
 
 def _hf_options(config: dict, names: frozenset[str]) -> dict:
@@ -265,9 +277,3 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
                 dims=tuple(config['hidden_sizes']),
                 num_classes=len(config.get('id2label') or {}) if classify else 0)
 
-
-weights.register_mapping(
-    ConvNeXt, _from_timm,
-    layouts='timm ConvNeXt state dicts, the original facebookresearch/ConvNeXt checkpoints and '
-            'Hugging Face ConvNextForImageClassification state dicts')
-weights.register_hf('convnext', ConvNeXt, _hf_options, export=_to_hf)

@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import contract, layers
+from vit_jax.models import contract, convert, layers
 from vit_jax.models.registry import register
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -238,6 +237,19 @@ class DHVT(nn.Module, contract.Family):
     feature_norm = 'norm'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+    no_weight_decay = ('pos_embedding', 'cls')
+    # DAFF (`mlp` with convolutions) and the head tokens' projection stay whole.
+    model_splits = (*contract.attention_splits('attn'), *contract.mlp_splits('mlp'),
+                    *contract.replicated('mlp', r'attn/ht_(norm|proj)', r'norm\d?',
+                                         'patch_embed', 'pos_embed', 'head'),
+                    contract.Split('/(cls|head_pos_embed)$'))
+    short_names = contract.ShortNames('DHVT', ('dhvt_*',), lambda n: n.removeprefix('dhvt_'))
+
+    @staticmethod
+    def checkpoints() -> contract.Checkpoints:
+        return contract.Checkpoints(
+            convert=_from_authors, resize=_resize,
+            layouts="the authors' PyTorch state dict (ArieSeirack/DHVT), or vit_jax's own names")
 
     def __post_init__(self) -> None:
         if self.patch_size not in SOPE_CONVS:
@@ -338,12 +350,12 @@ _LEAVES = {'running_mean': 'batch_stats/{}/mean', 'running_var': 'batch_stats/{}
            'bias': 'params/{}/bias', 'beta': 'params/{}/bias', 'alpha': 'params/{}/scale'}
 
 
-def _from_authors(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
+def _from_authors(arrays: convert.Flat, model: DHVT) -> convert.Flat | None:
     """The authors' state dict (SyncBatchNorm or BatchNorm names; with components switched
     off, DeiT's names for them) -> `DHVT` flat arrays."""
     if 'cls_token' not in arrays:
         return None
-    out: weights.Flat = {}
+    out: convert.Flat = {}
     for name, value in arrays.items():
         module, _, leaf = name.rpartition('.')
         if leaf == 'num_batches_tracked' or re.search(r'\.attn\.(qkv|proj)$', module):
@@ -355,7 +367,7 @@ def _from_authors(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
         elif leaf == 'pos_embed':
             out[f'params/{_torch_name(module)}/head_pos_embed'] = value
         elif leaf == 'weight':
-            kind = {4: ('kernel', weights.conv), 2: ('kernel', weights.linear),
+            kind = {4: ('kernel', convert.conv), 2: ('kernel', convert.linear),
                     1: ('scale', np.asarray)}[value.ndim]
             out[f'params/{_torch_name(module)}/{kind[0]}'] = kind[1](value)
         else:
@@ -363,7 +375,7 @@ def _from_authors(arrays: weights.Flat, model: DHVT) -> weights.Flat | None:
     for i in range(model.depth):
         p = f'blocks.{i}.attn.'
         if p + 'qkv.weight' in arrays:
-            out.update(weights.attention(
+            out.update(convert.attention(
                 f'params/blocks_{i}/attn' + '/attn' * model.hi_mhsa, arrays[p + 'qkv.weight'],
                 arrays.get(p + 'qkv.bias'), arrays[p + 'proj.weight'], arrays[p + 'proj.bias'],
                 model.num_heads))
@@ -380,7 +392,3 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
     side = model.img_size // model.patch_size
     return layers.resample_pos_embed(value, (side, side), 1, 'bicubic')
 
-
-weights.register_mapping(
-    DHVT, _from_authors, resize=_resize,
-    layouts="the authors' PyTorch state dict (ArieSeirack/DHVT), or vit_jax's own names")

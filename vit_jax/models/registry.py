@@ -1,10 +1,10 @@
 """One registry for every model family: `create_model(name, **overrides)`, `list_models()`, and
-`pretrained(name)`: a model with its published weights (`vit_jax.catalogue`).
+`families()`, whose classes declare each family's facts (`contract.Family`).
 
 Each family file registers its variants with `register(...)`; a variant is a module class
-declaring the family contract (`contract.Family`) plus keyword arguments plus the preprocessing
-it expects (`contract.Preprocessing`: input size, crop, interpolation, mean, std), so evaluation
-never has to guess them.
+declaring the family contract plus keyword arguments plus the preprocessing it expects
+(`contract.Preprocessing`: input size, crop, interpolation, mean, std), so evaluation never
+has to guess them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 import flax.linen as nn
 
-from vit_jax import catalogue, weights
 from vit_jax.errors import ModelError
 from vit_jax.models import contract
 
@@ -29,7 +28,7 @@ class ModelSpec:
     """A registered variant: module class, its keyword arguments and its preprocessing."""
 
     name: str
-    module: type[nn.Module]
+    module: type[contract.Family]
     kwargs: Mapping[str, Any]
     pretrained_cfg: contract.Preprocessing
 
@@ -89,23 +88,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     return spec.module(**{**spec.kwargs, **overrides})
 
 
-def pretrained(name: str, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """`(model, variables)` of the published checkpoint `name` (`python -m vit_jax.hub --list`)
-    or of a registered model's default one, downloaded once into the cache.
-
-    `overrides` are model options, as `create_model`'s: `num_classes=10` starts a fresh head
-    (for fine-tuning), `img_size=384` resizes the position embedding.
-    Example: `model, variables = vit_jax.pretrained('ViT-B_16')`, then
-    `model.apply(variables, images, train=False)` -> logits `[batch, 1000]`.
-    """
-    if name in _REGISTRY and name not in {e.model for e in catalogue.CATALOGUE.values()}:
-        raise ModelError(f'model {name!r} has no published weights (python -m vit_jax.hub '
-                         f'--list); create_model it and load a file with vit_jax.weights.load')
-    entry = catalogue.find(name)
-    model = create_model(entry.model, **{'num_classes': entry.num_classes,
-                                         'img_size': entry.img_size, **entry.options,
-                                         **overrides})
-    return model, weights.load(model, catalogue.fetch(entry))
+def families() -> list[type[contract.Family]]:
+    """The module class of every registered family, in the order they registered."""
+    return list(dict.fromkeys(spec.module for spec in _REGISTRY.values()))
 
 
 def _check_options(name: str, module: type[nn.Module], options: Mapping[str, Any]) -> None:

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vit_jax import weights
-from vit_jax.models import contract, layers
+from vit_jax.models import contract, convert, layers
 from vit_jax.models.registry import register
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -141,6 +140,10 @@ def hybrid_stride(layers: tuple[int, ...]) -> int:
     return 4 * 2 ** max(len(layers) - 1, 0)
 
 
+# The root and the stages (`hybrid_stem` too) stay whole on every device of a model group.
+STEM_SPLITS = contract.replicated('conv_root', 'gn_root', r'block\d+')
+
+
 class ResNetV2(nn.Module, contract.Family):
     """BiT: pre-activation ResNet-v2, images `[batch, height, width, in_chans]` -> logits
     `[batch, num_classes]` (pooled features `[batch, 2048 * width_factor]` if `num_classes=0`).
@@ -158,6 +161,11 @@ class ResNetV2(nn.Module, contract.Family):
     feature_modules = r'block\d+'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bilinear', **NORMALIZATIONS['imagenet'])
+    model_splits = (*STEM_SPLITS, *contract.replicated('gn_final', 'head'))
+
+    @staticmethod
+    def checkpoints() -> contract.Checkpoints:
+        return contract.Checkpoints(convert=_from_timm, layouts='timm resnetv2_*_bit state dicts')
 
     def __post_init__(self) -> None:
         contract.check_choices((('dtype', self.dtype, contract.DTYPES),))
@@ -188,7 +196,7 @@ for _depth, _wf in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)):
 # ----------------------------------------------------------------------------- weights
 
 
-def torch_stages(sd: weights.Flat, prefix: str, out: str) -> weights.Flat:
+def torch_stages(sd: convert.Flat, prefix: str, out: str) -> convert.Flat:
     """timm ResNetV2 stages `{prefix}stages.i.blocks.j.*` -> `{out}block{i+1}/unit{j+1}/*`
     (both the hybrid's `Bottleneck` and BiT's `PreActBottleneck`)."""
     names = {'conv1': 'conv1', 'conv2': 'conv2', 'conv3': 'conv3', 'downsample.conv': 'conv_proj',
@@ -204,17 +212,17 @@ def torch_stages(sd: weights.Flat, prefix: str, out: str) -> weights.Flat:
     return arrays
 
 
-def torch_norm_or_conv(target: str, kind: str, value: np.ndarray) -> weights.Flat:
+def torch_norm_or_conv(target: str, kind: str, value: np.ndarray) -> convert.Flat:
     """One PyTorch conv (`weight` 4-D) or norm (`weight`/`bias` 1-D) array under flax names."""
     if value.ndim == 4:
-        return {f'{target}/kernel': weights.conv(value)}
+        return {f'{target}/kernel': convert.conv(value)}
     return {f'{target}/{"scale" if kind == "weight" else "bias"}': value}
 
 
-def _from_timm(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
+def _from_timm(sd: convert.Flat, model: nn.Module) -> convert.Flat | None:
     if 'stem.conv.weight' not in sd:
         return None
-    out = {'params/conv_root/kernel': weights.conv(sd['stem.conv.weight']),
+    out = {'params/conv_root/kernel': convert.conv(sd['stem.conv.weight']),
            'params/gn_final/scale': sd['norm.weight'], 'params/gn_final/bias': sd['norm.bias']}
     out.update(torch_stages(sd, '', 'params/'))
     if 'head.fc.weight' in sd:
@@ -222,5 +230,3 @@ def _from_timm(sd: weights.Flat, model: nn.Module) -> weights.Flat | None:
         out['params/head/bias'] = sd['head.fc.bias']
     return out
 
-
-weights.register_mapping(ResNetV2, _from_timm, layouts='timm resnetv2_*_bit state dicts')

@@ -43,9 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import contract, layers
+from vit_jax.models import contract, convert, layers
 from vit_jax.models.registry import register
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -200,6 +199,15 @@ class ConvStem(nn.Module):
         return x
 
 
+_SHORT_SIZES = {'T': 'tiny', 'LT': 'light_tiny', 'S': 'small'}
+
+
+def _short_name(name: str) -> str:
+    """SReT_T -> tiny, SReT_LT_wo_slice -> light_tiny_wo_slice, SReT_S_distill ->
+    small_distill."""
+    return '_'.join([_SHORT_SIZES[name.split('_')[1]], *name.split('_')[2:]])
+
+
 class SReT(nn.Module, contract.Family):
     """SReT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
@@ -240,6 +248,17 @@ class SReT(nn.Module, contract.Family):
     block_layers = ((r'stage_(\d+)/(?:block|nll)_(\d+)/', ()), (r'pool_(\d+)/', (2 ** 30,)))
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.875, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+    no_weight_decay = ('pos_embedding',)
+    model_splits = (*contract.attention_splits('attn'), *contract.mlp_splits('mlp'),
+                    *contract.replicated('stem', 'pos_embed', r'norm\d?', r'pool_\d+', 'head',
+                                         r'(branch|residual)(_attn|_mlp)?'))
+    short_names = contract.ShortNames('SReT', ('SReT_*',), _short_name)
+
+    @staticmethod
+    def checkpoints() -> contract.Checkpoints:
+        return contract.Checkpoints(
+            convert=_from_authors, resize=_resize,
+            layouts="the authors' PyTorch SReT / RecursiveTransformer state dicts")
 
     def __post_init__(self) -> None:
         stages = len(self.depth)
@@ -401,7 +420,7 @@ _register_variants()
 # ----------------------------------------------------------------------------- weights
 
 
-def _shared(sd: weights.Flat, prefix: str, indices: Sequence[int]) -> str:
+def _shared(sd: convert.Flat, prefix: str, indices: Sequence[int]) -> str:
     """The first of `indices` under `prefix` (e.g. 'transformers.0.blocks.'), after checking
     that every copy of that shared block holds the same values."""
     first = f'{prefix}{indices[0]}.'
@@ -414,23 +433,23 @@ def _shared(sd: weights.Flat, prefix: str, indices: Sequence[int]) -> str:
     return first
 
 
-def _coefficients(out: weights.Flat, sd: weights.Flat, src: str, dst: str,
+def _coefficients(out: convert.Flat, sd: convert.Flat, src: str, dst: str,
                   names: Sequence[str]) -> None:
     for i, name in enumerate(names, start=1):
         out[f'params/{dst}/{name}/scale'] = sd[f'{src}coefficient{i}.bias']
 
 
-def _mlp(out: weights.Flat, sd: weights.Flat, src: str, dst: str) -> None:
+def _mlp(out: convert.Flat, sd: convert.Flat, src: str, dst: str) -> None:
     for i in (1, 2):
-        out[f'params/{dst}/Dense_{i - 1}/kernel'] = weights.linear(sd[f'{src}fc{i}.weight'])
+        out[f'params/{dst}/Dense_{i - 1}/kernel'] = convert.linear(sd[f'{src}fc{i}.weight'])
         out[f'params/{dst}/Dense_{i - 1}/bias'] = sd[f'{src}fc{i}.bias']
 
 
-def _norm(out: weights.Flat, sd: weights.Flat, src: str, dst: str) -> None:
+def _norm(out: convert.Flat, sd: convert.Flat, src: str, dst: str) -> None:
     out[f'params/{dst}/scale'], out[f'params/{dst}/bias'] = sd[f'{src}.weight'], sd[f'{src}.bias']
 
 
-def _from_authors(sd: weights.Flat, model: SReT) -> weights.Flat | None:
+def _from_authors(sd: convert.Flat, model: SReT) -> convert.Flat | None:
     """The authors' `SReT` / `RecursiveTransformer` state dict -> this model's arrays.
 
     Their `transformers.{s}.blocks` list holds each shared block once per application (e.g.
@@ -438,9 +457,9 @@ def _from_authors(sd: weights.Flat, model: SReT) -> weights.Flat | None:
     """
     if 'patch_embed.conv1.weight' not in sd or 'transformers.0.blocks.0.attn.qkv.weight' not in sd:
         return None
-    out: weights.Flat = {}
+    out: convert.Flat = {}
     for i in (1, 2, 3):
-        out[f'params/stem/conv{i}/kernel'] = weights.conv(sd[f'patch_embed.conv{i}.weight'])
+        out[f'params/stem/conv{i}/kernel'] = convert.conv(sd[f'patch_embed.conv{i}.weight'])
         out[f'params/stem/conv{i}/bias'] = sd[f'patch_embed.conv{i}.bias']
         bn = f'patch_embed.bn{i}'
         _norm(out, sd, bn, f'stem/bn{i}')
@@ -453,7 +472,7 @@ def _from_authors(sd: weights.Flat, model: SReT) -> weights.Flat | None:
         for r in range(rec):
             src = _shared(sd, prefix, [2 * (r * loops + k) for k in range(loops)])
             dst = f'stage_{s}/block_{r}'
-            out.update({f'params/{k}': v for k, v in weights.attention(
+            out.update({f'params/{k}': v for k, v in convert.attention(
                 f'{dst}/attn', sd[f'{src}attn.qkv.weight'], sd.get(f'{src}attn.qkv.bias'),
                 sd[f'{src}attn.proj.weight'], sd[f'{src}attn.proj.bias'],
                 model.heads[s]).items()})
@@ -468,11 +487,11 @@ def _from_authors(sd: weights.Flat, model: SReT) -> weights.Flat | None:
             _mlp(out, sd, f'{src}mlp.', f'{dst}/mlp')
             _coefficients(out, sd, src, dst, ('residual', 'branch'))
         if s:
-            out[f'params/pool_{s - 1}/kernel'] = weights.conv(sd[f'pools.{s - 1}.conv.weight'])
+            out[f'params/pool_{s - 1}/kernel'] = convert.conv(sd[f'pools.{s - 1}.conv.weight'])
             out[f'params/pool_{s - 1}/bias'] = sd[f'pools.{s - 1}.conv.bias']
     _norm(out, sd, 'norm', 'norm')
     if 'head.weight' in sd:
-        out['params/head/kernel'] = weights.linear(sd['head.weight'])
+        out['params/head/kernel'] = convert.linear(sd['head.weight'])
         out['params/head/bias'] = sd['head.bias']
     return out
 
@@ -486,6 +505,3 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
     side = int(round(shape[1] ** 0.5))
     return layers.resample_pos_embed(value, (side, side), 0, 'bilinear')
 
-
-weights.register_mapping(SReT, _from_authors, resize=_resize,
-                         layouts="the authors' PyTorch SReT / RecursiveTransformer state dicts")

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import contract, layers
+from vit_jax.models import contract, convert, layers
 from vit_jax.models.registry import register
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -243,6 +242,22 @@ class SwinTransformer(nn.Module, contract.Family):
     feature_norm = 'norm'
     default_preprocessing = contract.Preprocessing(
         crop_pct=0.9, interpolation='bicubic', **NORMALIZATIONS['imagenet'])
+    no_weight_decay = ('relative_position_bias_table',)
+    model_splits = (*contract.attention_splits('attention'), *contract.mlp_splits('mlp'),
+                    *contract.replicated('patch_embed', 'patch_norm', r'norm\d?', 'downsample',
+                                         'head'),
+                    contract.Split('/relative_position_bias_table$'))
+    # swin_tiny_patch4_window7_224 -> tiny, swin_base_patch4_window12_384 -> base384.
+    short_names = contract.ShortNames(
+        'Swin', ('swin_*',), lambda n: n.split('_')[1] + n.split('_')[-1].replace('224', ''))
+
+    @staticmethod
+    def checkpoints() -> contract.Checkpoints:
+        return contract.Checkpoints(
+            convert=_convert, resize=_resize, hf_model_types=('swin',), hf_options=_hf_options,
+            to_hf=_to_hf,
+            layouts='timm SwinTransformer state dicts, the original microsoft/Swin-Transformer '
+                    'checkpoints and Hugging Face SwinForImageClassification state dicts')
 
     def __post_init__(self) -> None:
         contract.check_choices((('attn_impl', self.attn_impl, layers.ATTENTION_IMPLS),
@@ -339,7 +354,7 @@ _RENAMES = (('patch_embed/proj', 'patch_embed'), ('patch_embed/norm', 'patch_nor
             ('mlp/fc1', 'mlp/Dense_0'), ('mlp/fc2', 'mlp/Dense_1'), ('head/fc', 'head'))
 
 
-def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
+def _from_timm(arrays: convert.Flat, model: SwinTransformer) -> convert.Flat | None:
     """A timm or original Microsoft Swin state dict -> this model's flat parameters."""
     if 'patch_embed.proj.weight' not in arrays:
         return None
@@ -356,7 +371,7 @@ def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | N
         if module.endswith('attn.qkv') and leaf == 'weight':
             attn = key[:-len('qkv.weight')]
             stage = int(re.match(r'layers\.(\d+)', key)[1])
-            out.update(weights.attention(
+            out.update(convert.attention(
                 name.removesuffix('/qkv') + '/attention', value, arrays.get(attn + 'qkv.bias'),
                 arrays[attn + 'proj.weight'], arrays[attn + 'proj.bias'], model.num_heads[stage]))
         elif module.endswith(('attn.qkv', 'attn.proj')):
@@ -364,7 +379,7 @@ def _from_timm(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | N
         elif re.search(r'norm\d?$', module):
             out[f'{name}/{"scale" if leaf == "weight" else "bias"}'] = value
         elif leaf == 'weight':
-            torch_layout = weights.conv if value.ndim == 4 else weights.linear
+            torch_layout = convert.conv if value.ndim == 4 else convert.linear
             out[f'{name}/kernel'] = torch_layout(value)
         else:
             out[f'{name}/{leaf}'] = value
@@ -389,10 +404,10 @@ _HF_TO_MICROSOFT = (
 )
 
 
-def _convert(arrays: weights.Flat, model: SwinTransformer) -> weights.Flat | None:
+def _convert(arrays: convert.Flat, model: SwinTransformer) -> convert.Flat | None:
     """timm, original Microsoft or Hugging Face `SwinForImageClassification` / `SwinModel`."""
     if any(k.endswith('embeddings.patch_embeddings.projection.weight') for k in arrays):
-        arrays = weights.fuse_qkv(weights.rename(arrays, ((r'^swin\.', ''), *_HF_TO_MICROSOFT)))
+        arrays = convert.fuse_qkv(convert.rename(arrays, ((r'^swin\.', ''), *_HF_TO_MICROSOFT)))
     return _from_timm(arrays, model)
 
 
@@ -409,7 +424,7 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
                 num_classes=len(config.get('id2label') or {}) if classify else 0)
 
 
-# This model's names, as `weights.to_torch` writes them -> the original Microsoft layout with
+# This model's names, as `convert.to_torch` writes them -> the original Microsoft layout with
 # separate query, key and value projections (Hugging Face's), which `_HF_TO_MICROSOFT` reads.
 _OWN_TO_MICROSOFT = (
     (r'^patch_embed\.', 'patch_embed.proj.'), (r'^patch_norm\.', 'patch_embed.norm.'),
@@ -418,11 +433,11 @@ _OWN_TO_MICROSOFT = (
 )
 
 
-def _to_hf(model: SwinTransformer, flat: weights.Flat) -> tuple[dict, weights.Flat]:
+def _to_hf(model: SwinTransformer, flat: convert.Flat) -> tuple[dict, convert.Flat]:
     """`config.json` and hub-named arrays of a `SwinForImageClassification` (a `SwinModel`
     without a head)."""
     params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
-    arrays = weights.rename(weights.to_torch(params), _OWN_TO_MICROSOFT)
+    arrays = convert.rename(convert.to_torch(params), _OWN_TO_MICROSOFT)
     arrays = {re.sub(r'^layers\.(\d+)\.downsample', lambda m: f'layers.{int(m[1]) - 1}.downsample',
                      k): v for k, v in arrays.items()}  # merging ends the stage before
     classify = bool(model.num_classes)
@@ -434,7 +449,7 @@ def _to_hf(model: SwinTransformer, flat: weights.Flat) -> tuple[dict, weights.Fl
         mlp_ratio=model.mlp_ratio, qkv_bias=True, hidden_act='gelu', layer_norm_eps=LN_EPS,
         use_absolute_embeddings=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         drop_path_rate=0.0)
-    return config, weights.hf_names(arrays, _HF_TO_MICROSOFT, 'swin.' if classify else '')
+    return config, convert.hf_names(arrays, _HF_TO_MICROSOFT, 'swin.' if classify else '')
 
 
 def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
@@ -450,9 +465,3 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
     table = layers.resample_grid(value.reshape(old, old, -1), (new, new), 'bicubic')
     return table.reshape(shape)
 
-
-weights.register_mapping(
-    SwinTransformer, _convert, resize=_resize,
-    layouts='timm SwinTransformer state dicts, the original microsoft/Swin-Transformer '
-            'checkpoints and Hugging Face SwinForImageClassification state dicts')
-weights.register_hf('swin', SwinTransformer, _hf_options, export=_to_hf)

@@ -11,15 +11,15 @@ flax numbers auto-named modules per type, which would no longer match those file
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vit_jax import weights
 from vit_jax.errors import ModelError
-from vit_jax.models import contract, layers, resnet
+from vit_jax.models import contract, convert, layers, resnet
 from vit_jax.models.registry import register
 from vit_jax.normalization import NORMALIZATIONS
 
@@ -126,6 +126,16 @@ class Encoder(nn.Module):
         return nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='encoder_norm')(x)
 
 
+def _short_name(name: str) -> str:
+    """Lower case without `ViT-` and the size's `_` (`ViT-B_16` -> `b16`, `R50+ViT-B_16` ->
+    `r50_b16`); the G of ViT-G keeps its case, as big_vision's g/14 and G/14 are two sizes; the
+    BiT ResNets and `testing` keep their registered names."""
+    if 'ViT-' not in name:
+        return name
+    short = name.replace('ViT-', '').replace('+', '_')
+    return re.sub(r'([a-zA-Z])_(\d)', r'\1\2', short if short.startswith('G_') else short.lower())
+
+
 class VisionTransformer(nn.Module, contract.Family):
     """ViT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
@@ -187,6 +197,24 @@ class VisionTransformer(nn.Module, contract.Family):
     block_layers = ((r'Transformer/encoderblock_(\d+)/', ()),)
     feature_modules = rf'Transformer/{SCANNED_BLOCKS}(_\d+)?'
     feature_norm = 'Transformer/encoder_norm'
+    no_weight_decay = ('pos_embedding', 'cls', 'dist_token')
+    model_splits = (*contract.attention_splits(r'MultiHeadDotProductAttention_\d+'),
+                    *contract.mlp_splits(r'MlpBlock_\d+'),
+                    *contract.replicated(r'LayerNorm_\d+', 'encoder_norm', 'posembed_input',
+                                         'embedding', 'pre_logits', r'head(_dist)?'),
+                    *resnet.STEM_SPLITS, contract.Split('/(cls|dist_token)$'))
+    # The configs/vit.py names (the BiT ResNets too; DeiT's distilled ViTs have none).
+    short_names = contract.ShortNames('ViT', ('ViT-*', 'R*+ViT-*', 'BiT-*', 'testing'),
+                                      _short_name)
+
+    @staticmethod
+    def checkpoints() -> contract.Checkpoints:
+        return contract.Checkpoints(
+            convert=_convert, resize=_resize, hf_model_types=('vit', 'deit'),
+            hf_options=_hf_options, to_hf=_to_hf,
+            layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
+                    'timm VisionTransformer and Hugging Face ViTModel / '
+                    'ViTForImageClassification state dicts')
 
     def __post_init__(self) -> None:
         contract.check_choices((
@@ -343,7 +371,7 @@ _BIG_VISION_BLOCK = {'LayerNorm_0': 'LayerNorm_0', 'MultiHeadDotProductAttention
                      'MlpBlock_0': 'MlpBlock_3'}
 
 
-def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
+def _from_big_vision(ckpt: convert.Flat) -> convert.Flat:
     """big_vision names: top-level `pos_embedding`, block modules numbered from 0 (its scanned
     `encoderblock/...` arrive unstacked from `weights.load`, as `encoderblock_{i}/...`)."""
     out = {}
@@ -360,7 +388,7 @@ def _from_big_vision(ckpt: weights.Flat) -> weights.Flat:
     return out
 
 
-def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
+def _from_timm(sd: convert.Flat, model: VisionTransformer) -> convert.Flat:
     """timm `VisionTransformer` (and hybrid, and DeiT distilled) state dicts."""
     if 'dist_token' in sd and not model.distilled:
         raise ModelError('the checkpoint is a distilled DeiT (it has a distillation token); '
@@ -368,20 +396,20 @@ def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
                          'does for a Hugging Face directory)')
     out = {'params/Transformer/posembed_input/pos_embedding': sd.get('pos_embed'),
            'params/cls': sd.get('cls_token'), 'params/dist_token': sd.get('dist_token'),
-           'params/embedding/kernel': weights.conv(sd['patch_embed.proj.weight']),
+           'params/embedding/kernel': convert.conv(sd['patch_embed.proj.weight']),
            'params/embedding/bias': sd.get('patch_embed.proj.bias'),
            'params/Transformer/encoder_norm/scale': sd.get('norm.weight'),
            'params/Transformer/encoder_norm/bias': sd.get('norm.bias'),
-           'params/head/kernel': weights.linear(sd['head.weight']) if 'head.weight' in sd else None,
+           'params/head/kernel': convert.linear(sd['head.weight']) if 'head.weight' in sd else None,
            'params/head/bias': sd.get('head.bias'),
-           'params/head_dist/kernel': weights.linear(sd['head_dist.weight'])
+           'params/head_dist/kernel': convert.linear(sd['head_dist.weight'])
            if 'head_dist.weight' in sd else None,
            'params/head_dist/bias': sd.get('head_dist.bias')}
     for i in range(model.depth):
         b, t = f'blocks.{i}.', f'params/Transformer/encoderblock_{i}/'
         if b + 'attn.qkv.weight' not in sd:
             break
-        out.update(weights.attention(
+        out.update(convert.attention(
             t + 'MultiHeadDotProductAttention_1', sd[b + 'attn.qkv.weight'],
             sd.get(b + 'attn.qkv.bias'), sd[b + 'attn.proj.weight'], sd[b + 'attn.proj.bias'],
             model.num_heads))
@@ -389,12 +417,12 @@ def _from_timm(sd: weights.Flat, model: VisionTransformer) -> weights.Flat:
             out[f'{t}{dst}/scale'], out[f'{t}{dst}/bias'] = sd[b + src + '.weight'], sd[
                 b + src + '.bias']
         for src, dst in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
-            out[f'{t}MlpBlock_3/{dst}/kernel'] = weights.linear(sd[f'{b}mlp.{src}.weight'])
+            out[f'{t}MlpBlock_3/{dst}/kernel'] = convert.linear(sd[f'{b}mlp.{src}.weight'])
             out[f'{t}MlpBlock_3/{dst}/bias'] = sd[f'{b}mlp.{src}.bias']
     backbone = 'patch_embed.backbone.'
     if backbone + 'stem.conv.weight' in sd or backbone + 'conv.weight' in sd:
         stem = backbone + ('stem.' if backbone + 'stem.conv.weight' in sd else '')
-        out['params/conv_root/kernel'] = weights.conv(sd[stem + 'conv.weight'])
+        out['params/conv_root/kernel'] = convert.conv(sd[stem + 'conv.weight'])
         out['params/gn_root/scale'] = sd[stem + 'norm.weight']
         out['params/gn_root/bias'] = sd[stem + 'norm.bias']
         out.update(resnet.torch_stages(sd, backbone, 'params/'))
@@ -421,14 +449,14 @@ _HF_TO_TIMM = (
 )
 
 
-def _from_hf(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat:
+def _from_hf(ckpt: convert.Flat, model: VisionTransformer) -> convert.Flat:
     """Hugging Face `ViTModel` / `DeiTModel` (with or without its pooler, our `pre_logits`),
     `ViTForImageClassification`, `DeiTForImageClassification` and
     `DeiTForImageClassificationWithTeacher` state dicts, in either spelling."""
-    sd = weights.fuse_qkv(weights.rename(ckpt, ((r'^(vit|deit)\.', ''), *_HF_TO_TIMM)))
+    sd = convert.fuse_qkv(convert.rename(ckpt, ((r'^(vit|deit)\.', ''), *_HF_TO_TIMM)))
     out = _from_timm(sd, model)
     if 'pre_logits.weight' in sd:
-        out['params/pre_logits/kernel'] = weights.linear(sd['pre_logits.weight'])
+        out['params/pre_logits/kernel'] = convert.linear(sd['pre_logits.weight'])
         out['params/pre_logits/bias'] = sd['pre_logits.bias']
     return out
 
@@ -461,7 +489,7 @@ def _hf_options(config: dict, names: frozenset[str]) -> dict:
         distilled=config['model_type'] == 'deit', dist_head=dist_head)
 
 
-# This model's names, as `weights.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
+# This model's names, as `convert.to_torch` writes them -> timm's, which `_HF_TO_TIMM` reads.
 _OWN_TO_TIMM = (
     (r'^cls$', 'cls_token'), (r'^Transformer\.posembed_input\.pos_embedding$', 'pos_embed'),
     (r'^embedding\.', 'patch_embed.proj.'), (r'^Transformer\.encoder_norm\.', 'norm.'),
@@ -472,7 +500,7 @@ _OWN_TO_TIMM = (
 )
 
 
-def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.Flat]:
+def _to_hf(model: VisionTransformer, flat: convert.Flat) -> tuple[dict, convert.Flat]:
     """`config.json` and hub-named arrays of a `ViTForImageClassification` (a `ViTModel` with
     its pooler when the model has `pre_logits` and no head); of a distilled model, the DeiT
     class of the same shape (`DeiTForImageClassificationWithTeacher` with `dist_head`)."""
@@ -486,10 +514,10 @@ def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.
         raise ModelError("Hugging Face's DeiTModel returns the class token alone, this model the "
                          'average of both tokens; save it with dist_head=False')
     params = {k.removeprefix('params/'): v for k, v in flat.items() if k.startswith('params/')}
-    arrays = weights.rename(weights.to_torch(params), _OWN_TO_TIMM)
+    arrays = convert.rename(convert.to_torch(params), _OWN_TO_TIMM)
     classify, two_heads = bool(model.num_classes), len(model.head_names) == 2
     kind = 'deit' if model.distilled else 'vit'
-    out = weights.hf_names(arrays, _HF_TO_TIMM, f'{kind}.' if classify else '')
+    out = convert.hf_names(arrays, _HF_TO_TIMM, f'{kind}.' if classify else '')
     if two_heads:  # the class head of DeiTForImageClassificationWithTeacher
         out = {f'cls_{k}' if k.startswith('classifier.') else k: v for k, v in out.items()}
     name = 'DeiT' if model.distilled else 'ViT'
@@ -509,7 +537,7 @@ def _to_hf(model: VisionTransformer, flat: weights.Flat) -> tuple[dict, weights.
     return config, out
 
 
-def _convert(ckpt: weights.Flat, model: VisionTransformer) -> weights.Flat | None:
+def _convert(ckpt: convert.Flat, model: VisionTransformer) -> convert.Flat | None:
     if 'patch_embed.proj.weight' in ckpt:
         return _from_timm(ckpt, model)
     if any(k.endswith('embeddings.patch_embeddings.projection.weight') for k in ckpt):
@@ -529,11 +557,3 @@ def _resize(key: str, value: np.ndarray, shape: tuple[int, ...],
         return None
     return layers.resample_pos_embed(value, model.grid, model.num_prefix_tokens, 'zoom_linear')
 
-
-weights.register_mapping(
-    VisionTransformer, _convert, resize=_resize,
-    layouts='the original google-research/vision_transformer .npz, big_vision .npz, '
-            'timm VisionTransformer and Hugging Face ViTModel / ViTForImageClassification state '
-            'dicts')
-weights.register_hf('vit', VisionTransformer, _hf_options, export=_to_hf)
-weights.register_hf('deit', VisionTransformer, _hf_options, export=_to_hf)

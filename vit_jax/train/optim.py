@@ -3,6 +3,8 @@ warm-up then cosine decay, global-norm clipping), AdamW, and layer-wise learning
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,20 +30,18 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
 
 
-# Parameters with more than one axis that are no weights to decay (as timm's no_weight_decay).
-NO_DECAY = ('pos_embedding', 'cls', 'dist_token', 'relative_position_bias_table')
-
-
-def _decay_mask(params):
-    """Weight decay on matrices and kernels only: not on biases, norms, layer scales, tokens,
-    position embeddings or relative position bias tables (judged per layer for parameters
-    stacked by a model scanned over its layers)."""
+def decay_mask(family: type[contract.Family]) -> Callable[[Any], Any]:
+    """The weight-decay mask of `family`'s parameters: decay on matrices and kernels only, not
+    on biases, norms, layer scales or the family's `no_weight_decay` (tokens, position
+    embeddings, relative position bias tables; judged per layer for parameters stacked by a
+    model scanned over its layers)."""
 
     def decay(path, p):
         name = tree.array_name(path)
-        return p.ndim - tree.layer_axes(name) > 1 and not any(n in name for n in NO_DECAY)
+        return p.ndim - tree.layer_axes(name) > 1 and not any(
+            re.search(pattern, name) for pattern in family.no_weight_decay)
 
-    return jax.tree_util.tree_map_with_path(decay, params)
+    return lambda params: jax.tree_util.tree_map_with_path(decay, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -50,15 +50,16 @@ def create_optimizer(config: ml_collections.ConfigDict,
     schedule it follows."""
     schedule = learning_rate_schedule(config)
     dtype = jnp.dtype(config.optim_dtype)
+    family = registry.get_spec(config.model_name).module
+    mask = decay_mask(family)
     if config.optimizer == 'sgd':
         opt = optax.sgd(schedule, momentum=config.momentum, accumulator_dtype=dtype)
         if config.weight_decay:
-            opt = optax.chain(optax.add_decayed_weights(config.weight_decay, _decay_mask), opt)
+            opt = optax.chain(optax.add_decayed_weights(config.weight_decay, mask), opt)
     else:
         opt = optax.adamw(schedule, b1=config.b1, b2=config.b2, mu_dtype=dtype,
-                          weight_decay=config.weight_decay, mask=_decay_mask)
+                          weight_decay=config.weight_decay, mask=mask)
     if config.layer_decay < 1:
-        family = registry.get_spec(config.model_name).module
         opt = optax.chain(opt, scale_by_layer_decay(family, config.layer_decay))
     if config.grad_norm_clip:
         opt = optax.chain(optax.clip_by_global_norm(config.grad_norm_clip), opt)

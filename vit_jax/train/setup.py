@@ -11,11 +11,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
 from vit_jax import models
+from vit_jax.models import contract
 from vit_jax.train import config_keys, distill, mix, sharding
 from vit_jax.train.optim import create_optimizer
 from vit_jax.train.step import (
@@ -89,7 +89,7 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                              head_bias=HEAD_BIAS_INIT.get(config.loss))
     shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     state_sharding = sharding.state_shardings(shapes, mesh, config.param_sharding,
-                                              config.fsdp_min_size)
+                                              config.fsdp_min_size, type(model))
     abstract_state = jax.tree.map(
         lambda s, placed: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed),
         shapes, state_sharding)
@@ -123,10 +123,9 @@ def abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
                         config: ml_collections.ConfigDict) -> Any:
     """`model`'s variables as `jax.ShapeDtypeStruct`s placed by `config.param_sharding` on
     `mesh`, as a run's parameters are (a teacher's, or those of a run read back)."""
-    shapes = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, model.img_size, model.img_size, model.in_chans))))
+    shapes = jax.eval_shape(functools.partial(contract.init, model), jax.random.PRNGKey(0))
     placement = sharding.state_shardings(dict(shapes), mesh, config.param_sharding,
-                                         config.fsdp_min_size)
+                                         config.fsdp_min_size, type(model))
     return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
                         dict(shapes), placement)
 

@@ -20,11 +20,11 @@ the others, so that each step of the scan gathers one layer's slices (true FSDP:
 whole at a time) rather than every layer's (a split layer axis makes the per-layer slice a
 gather of the whole stack, or a layer that lives on one device).
 
-The `model` axis splits the arrays of `layers.MultiHeadAttention` and `layers.MlpBlock` (every
-family's attention and MLP) as Megatron-LM does, by the names in `MODEL_RULES`: `query`, `key`,
-`value` on their heads, `out` on its input heads, the MLP's `Dense_0` on its output and
-`Dense_1` on its input. Such an array may be split on `model` and `fsdp` at once (on two other
-dimensions).
+The `model` axis splits each array as its family's `model_splits` say (`contract.Split`, declared
+on the family's class): the arrays of `layers.MultiHeadAttention` and `layers.MlpBlock` as
+Megatron-LM does (`query`, `key`, `value` on their heads, `out` on its input heads, the MLP's
+`Dense_0` on its output and `Dense_1` on its input), the rest whole. Such an array may be split
+on `model` and `fsdp` at once (on two other dimensions).
 
 Activations carry logical axis names (`nn.with_logical_constraint(x, ('batch', 'tokens',
 'embed'))`); `ACTIVATION_RULES` maps them onto the mesh while the steps are traced.
@@ -45,6 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vit_jax import tree
 from vit_jax.errors import ConfigError
+from vit_jax.models import contract
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
@@ -57,17 +58,6 @@ STRATEGIES = ('replicate', 'fsdp')
 ACTIVATION_RULES = (('batch', BATCH_AXES), ('tokens', None), ('height', None), ('width', None),
                     ('embed', None), ('heads', MODEL_AXIS), ('mlp', MODEL_AXIS),
                     ('classes', None))
-# Tensor-parallel splits (Megatron-LM): (regex on the array's name, its rank per layer, the
-# dimension split over `model`, what that dimension is).
-MODEL_RULES = (
-    (r'/(query|key|value)/kernel$', 3, 1, 'heads'),  # [dim, heads, head_dim]
-    (r'/(query|key|value)/bias$', 2, 0, 'heads'),  # [heads, head_dim]
-    (r'/out/kernel$', 3, 0, 'heads'),  # [heads, head_dim, dim]
-    (r'/(MlpBlock_\d+|mlp)/Dense_0/kernel$', 2, 1, 'MLP width'),  # [dim, hidden]
-    (r'/(MlpBlock_\d+|mlp)/Dense_0/bias$', 1, 0, 'MLP width'),  # [hidden]
-    (r'/(MlpBlock_\d+|mlp)/Dense_1/kernel$', 2, 0, 'MLP width'),  # [hidden, out]
-)
-
 
 def make_mesh(spec: Sequence[Sequence[Any]] = ((DATA_AXIS, -1),),
               devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -153,22 +143,24 @@ def fsdp_dim(shape: Sequence[int], fsdp_size: int, layer_axes: int = 0,
     return None
 
 
-def model_dim(name: str, shape: Sequence[int], model_size: int, layer_axes: int = 0
-              ) -> int | None:
-    """The dimension of array `name` that `MODEL_RULES` split over `model` (or none); raises a
-    `ConfigError` when `model_size` does not divide it."""
+def model_dim(name: str, shape: Sequence[int], model_size: int, layer_axes: int = 0,
+              family: type[contract.Family] | None = None) -> int | None:
+    """The dimension of array `name` that `family`'s `model_splits` split over `model` (or
+    none); raises a `ConfigError` when `model_size` does not divide it."""
     if model_size == 1:
         return None
-    for pattern, rank, dim, what in MODEL_RULES:
-        if len(shape) - layer_axes == rank and re.search(pattern, name):
-            size = shape[layer_axes + dim]
-            if size % model_size:
-                raise ConfigError(
-                    f'--config.mesh: the model axis ({model_size}) does not divide the {what} '
-                    f'({size}) of {name} {tuple(shape)}; use a model size that divides every '
-                    f"layer's heads and MLP width")
-            return layer_axes + dim
-    return None
+    if family is None:
+        raise ValueError('a model axis needs the family whose model_splits place the arrays')
+    split = contract.split_of(family, name)
+    if split is None or split.dim is None:
+        return None
+    size = shape[layer_axes + split.dim]
+    if size % model_size:
+        raise ConfigError(
+            f'--config.mesh: the model axis ({model_size}) does not divide the {split.what} '
+            f'({size}) of {name} {tuple(shape)}; use a model size that divides every '
+            f"layer's heads and MLP width")
+    return layer_axes + split.dim
 
 
 def check_rules(rules: Sequence[Sequence[str]]) -> None:
@@ -185,13 +177,14 @@ def check_rules(rules: Sequence[Sequence[str]]) -> None:
 
 
 def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[Sequence[str]],
-               min_size: int, model_size: int = 1) -> PartitionSpec:
-    """The placement of array `name`: over `model` by `MODEL_RULES`, and over `fsdp` by the
-    first rule whose regex it contains (the size is judged per layer for stacked layers, as the
-    unscanned model's arrays are)."""
+               min_size: int, model_size: int = 1, family: type[contract.Family] | None = None,
+               ) -> PartitionSpec:
+    """The placement of array `name`: over `model` by `family`'s `model_splits`, and over
+    `fsdp` by the first rule whose regex it contains (the size is judged per layer for stacked
+    layers, as the unscanned model's arrays are)."""
     layer_axes = tree.layer_axes(name)
     spec = [None] * len(shape)
-    split = model_dim(name, shape, model_size, layer_axes)
+    split = model_dim(name, shape, model_size, layer_axes, family)
     if split is not None:
         spec[split] = MODEL_AXIS
     if len(shape) > layer_axes and int(np.prod(shape[layer_axes:])) >= max(min_size, 1):
@@ -203,24 +196,27 @@ def param_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[
 
 
 def state_specs(state: Any, fsdp_size: int, rules: Sequence[Sequence[str]],
-                min_size: int, model_size: int = 1) -> Any:
-    """`PartitionSpec`s for a train state (arrays or shapes): `param_spec` places `params` and
-    `opt_state`, and the moving average's parameters (`ema/params/...`) as the parameters they
-    average; the step, RNG key and mutable model state (BatchNorm) are replicated."""
+                min_size: int, model_size: int = 1, family: type[contract.Family] | None = None,
+                ) -> Any:
+    """`PartitionSpec`s for a train state (arrays or shapes) of a `family` model: `param_spec`
+    places `params` and `opt_state`, and the moving average's parameters (`ema/params/...`) as
+    the parameters they average; the step, RNG key and mutable model state (BatchNorm) are
+    replicated."""
 
     def place(path, leaf):
         name = tree.array_name(path).removeprefix('ema/')
         if name.split('/')[0] not in ('params', 'opt_state'):
             return PartitionSpec()
-        return param_spec(name, leaf.shape, fsdp_size, rules, min_size, model_size)
+        return param_spec(name, leaf.shape, fsdp_size, rules, min_size, model_size, family)
 
     return jax.tree_util.tree_map_with_path(place, state)
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[Sequence[str]],
-                    min_size: int) -> Any:
+                    min_size: int, family: type[contract.Family]) -> Any:
     """`NamedSharding`s on `mesh` by `state_specs`."""
-    specs = state_specs(state, mesh.shape[FSDP_AXIS], rules, min_size, mesh.shape[MODEL_AXIS])
+    specs = state_specs(state, mesh.shape[FSDP_AXIS], rules, min_size, mesh.shape[MODEL_AXIS],
+                        family)
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
