@@ -62,7 +62,7 @@ def final_params(config, workdir):
     template = step.create_train_state(model, optim.create_optimizer(config)[0],
                                        jax.random.PRNGKey(0), (1, 8, 8, 3),
                                        ema=config.ema_decay > 0)
-    from vit_jax.workdir import Workdir
+    from vit_jax.train.workdir import Workdir
 
     ckpt = Workdir(workdir).checkpointer(every=0, keep=10)
     state, _ = ckpt.restore(template, config.model_name)

@@ -16,7 +16,7 @@ from vit_jax import analysis, weights
 from vit_jax.analysis import run
 from vit_jax.errors import ModelError
 from vit_jax.models import layers
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 
 def test_mean_attention_distance_by_hand():

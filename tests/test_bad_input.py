@@ -21,7 +21,7 @@ import vit_jax
 from vit_jax import weights
 from vit_jax.errors import ConfigError, ModelError, VitJaxError
 from vit_jax.train import sharding, step
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 
 def tiny(**overrides):

@@ -19,7 +19,7 @@ from test_scale import Worker, max_diff, train_here, two_processes
 
 from vit_jax import storage, tree
 from vit_jax.errors import WorkdirError
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 DIGITS = ['--config=configs/digits.py', '--config.total_steps=12', '--config.warmup_steps=2',
           '--config.checkpoint_every=6', '--config.eval_every=0', '--config.batch_eval=90']

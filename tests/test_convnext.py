@@ -16,7 +16,7 @@ from vit_jax import main as cli
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import convnext, get_spec
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 # A reduced model: 64 px -> stages of 16, 8, 4 and 2 px.
 SMALL = dict(dims=(8, 16, 24, 32), depths=(1, 1, 2, 1))

@@ -20,7 +20,7 @@ from vit_jax import main, tree, weights
 from vit_jax.errors import ConfigError, ModelError
 from vit_jax.models.dhvt import DHVT
 from vit_jax.train import optim, step
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 
 def fixture_path(seed):

@@ -20,7 +20,7 @@ from vit_jax.errors import ConfigError
 from vit_jax.models import contract
 from vit_jax.train import sharding, step
 from vit_jax.train.loop import train
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 OLD_CHECKPOINT_ITEMS = ['model_state', 'opt_state', 'params', 'rng', 'step']
 

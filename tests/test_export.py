@@ -13,7 +13,7 @@ import pytest
 import vit_jax
 from vit_jax import export, tree, weights
 from vit_jax.errors import ModelError
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 TOL = 1e-4
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

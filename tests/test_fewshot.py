@@ -10,7 +10,7 @@ from sklearn.linear_model import Ridge
 
 import vit_jax
 from vit_jax.train import fewshot
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 
 def sklearn_reference(train_x, train_y, test_x, num_classes, l2):

@@ -19,7 +19,7 @@ from vit_jax.main import main
 from vit_jax.models import get_spec
 from vit_jax.models.sret import SReT
 from vit_jax.train import step
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 FIXTURE = os.path.join(REFERENCE, 'sret_seed3.npz')
 ARCH_KEYS = ('base_dims', 'depth', 'recursive_num', 'heads', 'groups1', 'groups2')

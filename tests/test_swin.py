@@ -16,7 +16,7 @@ from vit_jax import main as cli
 from vit_jax import weights
 from vit_jax.errors import ModelError
 from vit_jax.models import get_spec, swin
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 TIMM_NAME = 'swin_tiny_patch4_window7_224'
 

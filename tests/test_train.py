@@ -20,7 +20,7 @@ from vit_jax.data import digits
 from vit_jax.models import contract
 from vit_jax.train import optim, step
 from vit_jax.train.loop import train
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 
 def test_digits_converges_and_eval_counts_every_example(trained_digits, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""The run reader (`vit_jax.workdir`): a finished run reads back as the weights it exported, any
-checkpoint by step, the moving average, without writing to the workdir; bad workdirs are
+"""The run reader (`vit_jax.train.workdir`): a finished run reads back as the weights it exported,
+any checkpoint by step, the moving average, without writing to the workdir; bad workdirs are
 one-line errors. The trainer's `setup` builds no state: its abstract state is what `init`
 allocates. And the workdir as a contract (issue 14): a refused launch writes nothing, one run
 per workdir, failed writes stop the run in one line, NaN weights are never saved."""
@@ -29,7 +29,7 @@ from vit_jax.data.arrays import array_datasets
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError, WorkdirError
 from vit_jax.train import checkpoint, lock, loop, record
 from vit_jax.train.setup import make_mesh, setup
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

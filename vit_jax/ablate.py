@@ -32,7 +32,7 @@ from vit_jax import config as config_lib
 from vit_jax.errors import ConfigError, TrainingError, VitJaxError
 
 if TYPE_CHECKING:
-    from vit_jax.workdir import Workdir
+    from vit_jax.train.workdir import Workdir
 
 COLUMNS = ('axis', 'setting', 'run', 'params', 'eval_accuracy', 'eval_loss', 'train_loss',
            'seconds')
@@ -87,7 +87,7 @@ def run_point(config: ml_collections.ConfigDict, location: epath.Path) -> dict[s
     `point.json` record."""
     from vit_jax import weights
     from vit_jax.train import loop
-    from vit_jax.workdir import Workdir
+    from vit_jax.train.workdir import Workdir
 
     workdir = Workdir(location)
     done = workdir.file('point.json')
@@ -186,7 +186,7 @@ def write_plots(all_points: list[Point], workdir: epath.Path) -> list[str]:
     setting. Returns the file names."""
     import matplotlib.pyplot as plt
 
-    from vit_jax.workdir import Workdir
+    from vit_jax.train.workdir import Workdir
 
     names = []
     for axis in dict.fromkeys(p.axis for p in all_points):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from vit_jax import cli, models, predict, storage, weights
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 FORMATS = ('savedmodel', 'tflite', 'stablehlo')
 Serve = Callable[[jax.Array], jax.Array]

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f'--shots={args.shots!r} is not a comma-separated list of integers')
     try:
         if args.workdir:
-            from vit_jax.workdir import Workdir
+            from vit_jax.train.workdir import Workdir
 
             model, variables, config, _ = Workdir(args.workdir).load_run(args.step, ema=args.ema)
             config = config_lib.apply_overrides(config, overrides)

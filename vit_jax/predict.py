@@ -6,7 +6,7 @@ r"""Command line: the top classes of images, with each model's own preprocessing
 `--weights` takes any layout `vit_jax.weights.load` reads; the class count (and the ViT's
 pre-logits width) come from the file. ImageNet-1k and -21k class names ship with the package;
 `--classes=FILE` (one name per line) names other classes. With `--workdir`, the model, its options,
-its weights (the latest checkpoint, read by `vit_jax.workdir.Workdir.load_run`), class names
+its weights (the latest checkpoint, read by `vit_jax.train.workdir.Workdir.load_run`), class names
 (`classes.txt`) and input normalisation (`pp.normalize`) come from that training run, and images
 are resized bilinearly to the run's crop (shorter side, centre crop; the eval pipeline resizes the
 whole image, the same for square images). With `--model`, images are prepared as the model's
@@ -28,7 +28,7 @@ import numpy as np
 from vit_jax import cli, models, storage, weights
 from vit_jax.errors import VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
 HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')

@@ -30,7 +30,7 @@ from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.normalization import normalize as normalize_pixels
 from vit_jax.predict import read_image
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
 

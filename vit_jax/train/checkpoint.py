@@ -149,9 +149,9 @@ logging.getLogger('absl').addFilter(_ReadOnlyNotice())
 class Checkpointer:
     """Saves in `directory` every `every` steps (and when forced), keeps the newest `keep`,
     restores the newest readable one. `read_only` (for readers of a run, e.g.
-    `vit_jax.workdir`) creates, cleans up and moves nothing: an unreadable checkpoint is skipped
-    where it lies. `guard()`, called before each save, raises when the run may no longer write
-    (e.g. the workdir's lock was taken over)."""
+    `vit_jax.train.workdir`) creates, cleans up and moves nothing: an unreadable checkpoint
+    is skipped where it lies. `guard()`, called before each save, raises when the run may no
+    longer write (e.g. the workdir's lock was taken over)."""
 
     def __init__(self, directory: epath.Path, *, every: int, keep: int,
                  read_only: bool = False, guard: Callable[[], None] | None = None):

@@ -1,6 +1,6 @@
 """One run per workdir: `workdir/lock` names the run training there (host, pid, start time).
 
-    with WorkdirLock(workdir / 'lock') as lock:   # `vit_jax.workdir.Workdir.lock()`
+    with WorkdirLock(workdir / 'lock') as lock:   # `vit_jax.train.workdir.Workdir.lock()`
         ...  # train
         lock.check()  # before each save: a WorkdirError once the lock is no longer this run's
 

@@ -1,7 +1,7 @@
 """The training run, in phases read top to bottom: set up (`vit_jax.train.setup`: mesh, model,
 optimizer, jitted steps; no data, no state), restore or initialise (the resume point, before
 any data is built), the loop, export. The one place with side effects (data, logging, progress,
-checkpoints), all of them through the run's `vit_jax.workdir.Workdir`."""
+checkpoints), all of them through the run's `vit_jax.train.workdir.Workdir`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.preemption import PreemptionWatch
 from vit_jax.train.setup import Setup, make_mesh, setup, with_teacher
 from vit_jax.train.step import TrainState
-from vit_jax.workdir import Workdir
+from vit_jax.train.workdir import Workdir
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict],

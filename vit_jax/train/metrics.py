@@ -1,4 +1,4 @@
-"""Where metrics go: a `metrics.jsonl` and TensorBoard events (`vit_jax.workdir.Workdir` names
+"""Where metrics go: a `metrics.jsonl` and TensorBoard events (`vit_jax.train.workdir.Workdir` names
 them), and a progress line."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The run record: what a workdir promises about the run in it (`vit_jax.workdir.Workdir` reads
-and writes the files; this module decides what they mean).
+"""The run record: what a workdir promises about the run in it (`vit_jax.train.workdir.Workdir`
+reads and writes the files; this module decides what they mean).
 
 - `config.json`: the full config of the run, written at its first launch. Every later launch
   compares its config with it before writing anything to the workdir (`check_changes`): keys of

@@ -1,6 +1,7 @@
 """What a run of a config computes with, built before any data or state exists: the mesh, the
 model, the optimizer, the state's shardings and the jitted train and eval steps (`setup`). The
-trainer, the run reader (`vit_jax.workdir`) and the TPU planner (`vit_jax.plan`) build it alike."""
+trainer, the run reader (`vit_jax.train.workdir`) and the TPU planner (`vit_jax.plan`) build it
+alike."""
 
 from __future__ import annotations
 
