@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,6 @@ from flax import struct
 
 from vit_jax.data.device import model_inputs
 from vit_jax.errors import ModelError
-from vit_jax.train import distill
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -98,6 +97,48 @@ def _soft_targets(logits: jax.Array, targets: jax.Array, label_smoothing: float)
 # `--config.loss`: per-example losses `(logits, targets, label_smoothing) -> [batch]`.
 LOSSES: dict[str, Callable[..., jax.Array]] = {'softmax_xent': cross_entropy,
                                                'sigmoid_xent': sigmoid_cross_entropy}
+# `base(logits [batch, classes]) -> [batch]`: the run's loss (`LOSSES`) against the step's
+# targets, label smoothing included.
+BaseLoss = Callable[[jax.Array], jax.Array]
+
+
+class Objective(Protocol):
+    """What a train step minimises, given the model's training outputs.
+
+    `objective(outputs, images, extras, base) -> (loss [batch], logits [batch, classes])`:
+    `outputs` are the model's (logits, or a tuple of heads' logits), `images` its inputs,
+    `base` the run's loss against the targets; `logits` are what the training accuracy scores.
+    `frozen` names models whose variables the step takes beside the state (`extras`, not
+    trained): the trainer places them as the run's parameters and reads them with
+    `load_extras(config, placed_like)`.
+    """
+
+    frozen: Mapping[str, nn.Module]
+
+    def __call__(self, outputs: Any, images: jax.Array, extras: Mapping[str, Any],
+                 base: BaseLoss) -> tuple[jax.Array, jax.Array]: ...
+
+    def load_extras(self, config: Any, placed_like: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """The run's loss on the labels. A model with two heads in training (DeiT's
+    `distilled=True`) learns the labels on both (the mean of their losses); the accuracy is
+    that of the heads' average, as evaluation predicts."""
+
+    frozen: Mapping[str, nn.Module] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, outputs: Any, images: jax.Array, extras: Mapping[str, Any],
+                 base: BaseLoss) -> tuple[jax.Array, jax.Array]:
+        if isinstance(outputs, tuple):
+            return sum(map(base, outputs)) / len(outputs), sum(outputs) / len(outputs)
+        return base(outputs), outputs
+
+    def load_extras(self, config: Any, placed_like: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+
 # The head's initial bias under a loss that sets one: big_vision's -10 for sigmoid (every class
 # starts near probability 0, so the first steps are not spent pushing the other classes down).
 HEAD_BIAS_INIT = {'sigmoid_xent': -10.0}
@@ -143,9 +184,10 @@ MixFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mix_fn: MixFn | None = None, options: StepOptions = StepOptions(),
-                    distillation: distill.Distillation | None = None,
+                    objective: Objective = Classification(),
                     grad_sharding: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
-    """Returns `train_step(state, batch, teacher_variables=None) -> (state, metrics)`.
+    """Returns `train_step(state, batch, extras=None) -> (state, metrics)`, minimising
+    `objective` (see `Objective`; `extras` the variables of its `frozen` models).
 
     `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}` (and `seed` [batch, 2] when
     erasing), uint8 pixels or float model inputs (`vit_jax.data.device.model_inputs`). With
@@ -169,11 +211,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     `metrics['finite']` is 1 when the loss, every gradient and every updated parameter (and
     moving average) are finite.
 
-    With `distillation`, the frozen teacher (`teacher_variables`, no gradient, no optimizer
-    state) scores the (mixed) images and the loss is DeiT's (`vit_jax.train.distill`). A model
-    returning two heads in training (DeiT's `distilled=True`) puts the distillation loss on the
-    second; without a teacher both heads learn the targets (the mean of their losses). The
-    training accuracy is that of the heads' average, as evaluation predicts.
+    `Classification` learns the labels; `vit_jax.train.distill.Distillation` adds DeiT's
+    frozen teacher.
     """
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
@@ -189,22 +228,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return mix_fn(jax.random.fold_in(rng, MIX_STREAM), images, labels, model.num_classes,
                       label_smoothing=label_smoothing)
 
-    def loss_fn(params, model_state, images, labels, rng, teacher_variables):
+    def loss_fn(params, model_state, images, labels, rng, extras):
         images, targets = mixed_inputs(images, labels, rng)
         variables = {'params': params, **model_state}
         outputs, new_state = model.apply(variables, images, train=True,
                                          rngs=rng_streams(model, rng), mutable=list(model_state))
         mixing = mix_fn is not None
-        logits, kd_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
-        loss = loss_of(logits, targets, 0.0 if mixing else label_smoothing)
-        if distillation is not None:
-            teacher = distill.teacher_logits(distillation.teacher, teacher_variables, images)
-            loss = (1 - distillation.alpha) * loss + distillation.alpha * \
-                distill.distillation_loss(kd_logits, teacher, distillation.type, distillation.tau)
-        elif isinstance(outputs, tuple):
-            loss = (loss + loss_of(kd_logits, targets, 0.0 if mixing else label_smoothing)) / 2
+        smoothing = 0.0 if mixing else label_smoothing
+        loss, logits = objective(outputs, images, extras,
+                                 lambda logits: loss_of(logits, targets, smoothing))
         dominant = targets.argmax(-1) if mixing else targets
-        correct = (((logits + kd_logits) / 2).argmax(-1) == dominant).mean()
+        correct = (logits.argmax(-1) == dominant).mean()
         return loss.mean(), (correct, new_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -218,13 +252,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             return grads
         return jax.lax.with_sharding_constraint(grads, grad_sharding)
 
-    def train_step(state: TrainState, batch: Batch, teacher_variables: Any = None,
+    def train_step(state: TrainState, batch: Batch, extras: Mapping[str, Any] | None = None,
                    ) -> tuple[TrainState, Metrics]:
+        extras = extras or {}
         rng = jax.random.fold_in(state.rng, state.step)
         if accum_steps == 1:
             (loss, (accuracy, model_state)), grads = grad_fn(
-                state.params, state.model_state, images(batch), batch['label'], rng,
-                teacher_variables)
+                state.params, state.model_state, images(batch), batch['label'], rng, extras)
         else:
             micro = jax.tree.map(functools.partial(split_micro_batches, steps=accum_steps), batch)
 
@@ -233,7 +267,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                 i, mb = inputs
                 (mb_loss, (mb_accuracy, model_state)), mb_grads = grad_fn(
                     state.params, model_state, images(mb), mb['label'], jax.random.fold_in(rng, i),
-                    teacher_variables)
+                    extras)
                 return (place(jax.tree.map(jnp.add, grads, place(mb_grads))), loss + mb_loss,
                         accuracy + mb_accuracy, model_state), None
 
