@@ -9,6 +9,7 @@ of big_vision's `parse_arg`: `configs/swin.py:tiny,cifar10,ft` is the same as
 
 import types
 
+from vit_jax.config import parse_bool
 from vit_jax.errors import ConfigError
 from vit_jax.models import families, list_models
 
@@ -37,7 +38,6 @@ def model_name(family: str, name: str) -> str:
     return shorts[name]
 
 
-_TRUE, _FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
 
 
 def parse_arg(arg: str | None, **spec: str | bool) -> types.SimpleNamespace:
@@ -66,9 +66,10 @@ def parse_arg(arg: str | None, **spec: str | bool) -> types.SimpleNamespace:
             raise _bad_arg(arg, f'{key!r} is given twice', spec)
         given.add(key)
         if isinstance(spec[key], bool):
-            if text.lower() not in _TRUE + _FALSE:
-                raise _bad_arg(arg, f'{key}={text!r} is not true or false', spec)
-            values[key] = text.lower() in _TRUE
+            try:
+                values[key] = parse_bool(text)
+            except ValueError:
+                raise _bad_arg(arg, f'{key}={text!r} is not true or false', spec) from None
         elif text:
             values[key] = text
     return types.SimpleNamespace(**values)

@@ -23,6 +23,7 @@ import optax
 
 from vit_jax import models, weights
 from vit_jax.errors import ConfigError, VitJaxError
+from vit_jax.train import sharding
 
 if TYPE_CHECKING:  # the benchmark builds objectives without ml_collections
     import ml_collections
@@ -111,10 +112,7 @@ def load_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, placed_l
         raise ConfigError(f'--config.teacher.weights={path} does not load into '
                           f'{config.teacher.model} ({teacher.num_classes} classes, '
                           f'{teacher.img_size}px): {e}') from None
-    return jax.tree.map(
-        lambda value, like: jax.make_array_from_callback(like.shape, like.sharding,
-                                                         lambda i: value[i]),
-        variables, placed_like)
+    return jax.tree.map(sharding.place, variables, placed_like)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -72,11 +72,6 @@ def restore_or_init(config: ml_collections.ConfigDict, run: Setup, checkpointer:
     return state, 0, None
 
 
-def _place(value: Any, like: jax.Array) -> jax.Array:
-    """The host or device array `value` placed as `like` is."""
-    return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
-
-
 def _init_from(state: TrainState, run: Setup, other: Workdir) -> tuple[TrainState, int]:
     """`(state, step)`: `state` with the parameters, BatchNorm statistics and moving average of
     the newest readable checkpoint of the run in `other`, read into this run's placement, and
@@ -91,7 +86,7 @@ def _init_from(state: TrainState, run: Setup, other: Workdir) -> tuple[TrainStat
     if state.ema:
         average = other.load_variables(template, step, ema=True)[0] if \
             other.read_config().ema_decay else {'params': state.params, **state.model_state}
-        state = state.replace(ema=jax.tree.map(_place, average, state.ema))
+        state = state.replace(ema=jax.tree.map(sharding.place, average, state.ema))
     return state, step
 
 
@@ -101,10 +96,10 @@ def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainSta
     moving average of the weights, if any, starts from them too."""
     variables = weights.load(model, path, reset_head=True)
     params = variables.pop('params')
-    state = state.replace(params=jax.tree.map(_place, params, state.params),
-                          model_state=jax.tree.map(_place, variables, state.model_state))
+    state = state.replace(params=jax.tree.map(sharding.place, params, state.params),
+                          model_state=jax.tree.map(sharding.place, variables, state.model_state))
     if state.ema:
-        state = state.replace(ema=jax.tree.map(_place, {'params': params, **variables},
+        state = state.replace(ema=jax.tree.map(sharding.place, {'params': params, **variables},
                                                state.ema))
     return state
 
