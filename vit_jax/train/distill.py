@@ -33,7 +33,7 @@ TYPES = ('none', 'hard', 'soft')
 
 @dataclasses.dataclass(frozen=True)
 class Distillation:
-    """The train step's objective (`vit_jax.train.step.Objective`) when distilling: from
+    """The train step's objective (`vit_jax.train.objectives.Objective`) when distilling: from
     `teacher` (its `img_size` is the side its inputs are resized to), of `type` 'hard' or
     'soft', weight `alpha`, soft temperature `tau`. The teacher's variables are the step's
     `extras['teacher']`."""

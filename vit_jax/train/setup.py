@@ -17,13 +17,12 @@ import optax
 
 from vit_jax import models
 from vit_jax.models import contract
-from vit_jax.train import config_keys, distill, mix, sharding
+from vit_jax.train import config_keys, mix, objectives, sharding
+from vit_jax.train.objectives import Objective
 from vit_jax.train.optim import create_optimizer
 from vit_jax.train.step import (
     HEAD_BIAS_INIT,
-    Classification,
     MixFn,
-    Objective,
     StepOptions,
     TrainState,
     create_train_state,
@@ -43,7 +42,7 @@ class Setup:
     shardings, so `train_step.lower(abstract_state, abstract_batch, abstract_extras).compile()`
     compiles it ahead of time.
 
-    `objective` is what the step minimises (`step.Classification`, or DeiT's
+    `objective` is what the step minimises (`objectives.Classification`, or DeiT's
     `distill.Distillation`); `extras` are the variables of its frozen models (a teacher), not
     part of the state, placed as `abstract_extras` says (the parameter sharding rules applied
     to their names) and read by `objective.load_extras(config, abstract_extras)`.
@@ -100,7 +99,7 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
                           ema_decay=config.ema_decay, loss=config.loss,
                           normalize=config.pp.normalize, erase_prob=config.pp.erase_prob)
-    objective = distill.from_config(config, num_classes) or Classification()
+    objective = objectives.from_config(config, num_classes)
     abstract_extras = {name: abstract_variables(frozen, mesh, config)
                        for name, frozen in objective.frozen.items()}
     train_step = jax.jit(

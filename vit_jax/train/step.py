@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,7 @@ from flax import struct
 
 from vit_jax.data.device import model_inputs
 from vit_jax.errors import ModelError
+from vit_jax.train.objectives import Classification, Objective
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -97,48 +98,6 @@ def _soft_targets(logits: jax.Array, targets: jax.Array, label_smoothing: float)
 # `--config.loss`: per-example losses `(logits, targets, label_smoothing) -> [batch]`.
 LOSSES: dict[str, Callable[..., jax.Array]] = {'softmax_xent': cross_entropy,
                                                'sigmoid_xent': sigmoid_cross_entropy}
-# `base(logits [batch, classes]) -> [batch]`: the run's loss (`LOSSES`) against the step's
-# targets, label smoothing included.
-BaseLoss = Callable[[jax.Array], jax.Array]
-
-
-class Objective(Protocol):
-    """What a train step minimises, given the model's training outputs.
-
-    `objective(outputs, images, extras, base) -> (loss [batch], logits [batch, classes])`:
-    `outputs` are the model's (logits, or a tuple of heads' logits), `images` its inputs,
-    `base` the run's loss against the targets; `logits` are what the training accuracy scores.
-    `frozen` names models whose variables the step takes beside the state (`extras`, not
-    trained): the trainer places them as the run's parameters and reads them with
-    `load_extras(config, placed_like)`.
-    """
-
-    frozen: Mapping[str, nn.Module]
-
-    def __call__(self, outputs: Any, images: jax.Array, extras: Mapping[str, Any],
-                 base: BaseLoss) -> tuple[jax.Array, jax.Array]: ...
-
-    def load_extras(self, config: Any, placed_like: Mapping[str, Any]) -> dict[str, Any]: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Classification:
-    """The run's loss on the labels. A model with two heads in training (DeiT's
-    `distilled=True`) learns the labels on both (the mean of their losses); the accuracy is
-    that of the heads' average, as evaluation predicts."""
-
-    frozen: Mapping[str, nn.Module] = dataclasses.field(default_factory=dict)
-
-    def __call__(self, outputs: Any, images: jax.Array, extras: Mapping[str, Any],
-                 base: BaseLoss) -> tuple[jax.Array, jax.Array]:
-        if isinstance(outputs, tuple):
-            return sum(map(base, outputs)) / len(outputs), sum(outputs) / len(outputs)
-        return base(outputs), outputs
-
-    def load_extras(self, config: Any, placed_like: Mapping[str, Any]) -> dict[str, Any]:
-        return {}
-
-
 # The head's initial bias under a loss that sets one: big_vision's -10 for sigmoid (every class
 # starts near probability 0, so the first steps are not spent pushing the other classes down).
 HEAD_BIAS_INIT = {'sigmoid_xent': -10.0}
@@ -184,10 +143,11 @@ MixFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mix_fn: MixFn | None = None, options: StepOptions = StepOptions(),
-                    objective: Objective = Classification(),
+                    objective: Objective | None = None,
                     grad_sharding: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch, extras=None) -> (state, metrics)`, minimising
-    `objective` (see `Objective`; `extras` the variables of its `frozen` models).
+    `objective` (see `vit_jax.train.objectives`; default `Classification()`; `extras` the
+    variables of its `frozen` models).
 
     `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}` (and `seed` [batch, 2] when
     erasing), uint8 pixels or float model inputs (`vit_jax.data.device.model_inputs`). With
@@ -217,6 +177,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
     loss_of = LOSSES[options.loss]
+    objective = objective or Classification()
     if mix_fn is not None and not model.num_classes:
         raise ModelError('mixup / cutmix need a model with a classification head '
                          '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
