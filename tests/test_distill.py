@@ -68,8 +68,9 @@ def test_train_step_loss_is_deits_formula(kind, distilled):
     state = state.replace(params=jax.tree.map(
         lambda x: x + 0.3 * jax.random.normal(jax.random.key(4), x.shape), state.params))
     distillation = distill.Distillation(teacher, kind, alpha=0.3, tau=2.0)
-    train_step = jax.jit(step.make_train_step(student, tx, distillation=distillation))
-    _, metrics = train_step(state, {'image': images, 'label': labels}, teacher_vars)
+    train_step = jax.jit(step.make_train_step(student, tx, objective=distillation))
+    _, metrics = train_step(state, {'image': images, 'label': labels},
+                            {'teacher': teacher_vars})
 
     outputs = student.apply({'params': state.params}, images, train=True)
     logits, kd = outputs if distilled else (outputs, outputs)
@@ -116,16 +117,16 @@ def test_the_teacher_is_no_part_of_the_state(tmp_path):
                   ('teacher.weights', path), ('teacher.img_size', '16'))
     config_lib.validate(config)
     run = setup(config, 3, sharding.make_mesh())
-    assert run.distillation.teacher.img_size == 16
-    teacher_count = sum(x.size for x in jax.tree.leaves(run.abstract_teacher))
+    assert run.objective.teacher.img_size == 16
+    teacher_count = sum(x.size for x in jax.tree.leaves(run.abstract_extras['teacher']))
     state_count = sum(x.size for x in jax.tree.leaves(run.abstract_state))
     plain = setup(make(), 3, sharding.make_mesh())
     assert state_count == sum(x.size for x in jax.tree.leaves(plain.abstract_state))
     assert teacher_count == sum(x.size for x in jax.tree.leaves(teacher.init(
         jax.random.key(0), jnp.zeros((1, 16, 16, 3)))))
-    variables = distill.load_teacher(config, run.distillation.teacher, run.abstract_teacher)
+    extras = run.objective.load_extras(config, run.abstract_extras)
     batch = {'image': np.zeros((4, 16, 16, 3), np.float32), 'label': np.zeros(4, np.int32)}
-    state, metrics = run.train_step(run.init(jax.random.key(0)), batch, variables)
+    state, metrics = run.train_step(run.init(jax.random.key(0)), batch, extras)
     assert int(state.step) == 1 and np.isfinite(metrics['loss'])
 
 

@@ -379,3 +379,26 @@ def test_the_cli_lists_and_fetches(tiny, published, capsys):
     assert capsys.readouterr().out.strip() == cached_file(published)
     assert hub.main(['--fetch', 'ftp://x/y.npz']) == 2
     assert capsys.readouterr().err.startswith('error: ftp://x/y.npz: unknown scheme')
+
+
+def test_every_cli_takes_a_published_name(tiny, published, tmp_path, capsys):
+    """`inference.load` (what predict, export, analysis and fewshot share) reads a published
+    name as the model and weights it names; a weights file without --model says what to add."""
+    from PIL import Image
+
+    from vit_jax import export, inference, predict
+    from vit_jax.analysis import run as analysis
+
+    loaded = inference.load(weights_source=NAME)
+    assert (loaded.name, loaded.model.num_classes, loaded.model.img_size) == ('testing', 5, 32)
+    assert_same(loaded.variables, tiny[1])
+    image = tmp_path / 'photo.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8)).save(image)
+    assert predict.main([f'--weights={NAME}', str(image)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith('  1. class ')
+    assert export.main([f'--weights={NAME}', '--format=stablehlo',
+                        f'--out={tmp_path / "model"}']) == 0
+    assert analysis.main([f'--weights={NAME}', '--images', str(image),
+                          '--out', str(tmp_path / 'analysis')]) == 0
+    with pytest.raises(ModelError, match=r'tiny.npz is a weights file: give --model=NAME'):
+        inference.load(weights_source=str(tiny[0]))

@@ -61,7 +61,7 @@ def test_sigmoid_run_starts_with_head_bias_minus_ten_and_trains():
     batch = {'image': jnp.ones((16, 16, 16, 3)), 'label': jnp.arange(16) % 10}
     losses = []
     for _ in range(5):
-        state, metrics = run.train_step(state, batch)
+        state, metrics = run.train_step(state, batch, {})
         losses.append(float(metrics['loss']))
     # The head's kernel starts at zero, so every logit is -10: targets summing to 1 (smoothed and
     # mixed or not) cost softplus(10) + 9 softplus(-10) per example.

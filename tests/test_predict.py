@@ -69,3 +69,20 @@ def test_images_decode_as_in_training_16_bit_png_included(tmp_path):
                                       expand_animations=False).numpy()
         np.testing.assert_array_equal(predict.read_image(path), expected, err_msg=name)
     assert predict.read_image(str(tmp_path / 'gray16.png')).max() == (ramp.max() * 34) >> 8
+
+
+def test_a_hugging_face_directory_predicts_as_its_model(tmp_path, capsys):
+    """`--weights=DIRECTORY` (a `save_pretrained` directory) needs no --model: the top class
+    is the one the saved model predicts."""
+    from vit_jax import inference
+
+    model = vit_jax.create_model('ViT-Ti_16', num_classes=4, img_size=32, patch_size=8, depth=2)
+    variables = jax.tree.map(np.array, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    variables['params']['head']['bias'][2] = 9.0
+    weights.save_hf(model, variables, tmp_path / 'hf')
+    loaded = inference.load(weights_source=str(tmp_path / 'hf'))
+    assert loaded.name is None and loaded.model.num_classes == 4
+    image = tmp_path / 'photo.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(image)
+    assert predict.main([f'--weights={tmp_path / "hf"}', str(image)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith('  1. class 2 (')

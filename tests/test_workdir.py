@@ -116,7 +116,7 @@ def test_setup_allocates_nothing_and_init_matches_its_abstract_state(ema_run):
     batch = {'image': jax.ShapeDtypeStruct((32, 8, 8, 3), np.float32,
                                            sharding=run.batch_sharding),
              'label': jax.ShapeDtypeStruct((32,), np.int32, sharding=run.batch_sharding)}
-    compiled = run.train_step.lower(run.abstract_state, batch).compile()
+    compiled = run.train_step.lower(run.abstract_state, batch, run.abstract_extras).compile()
     assert compiled.memory_analysis() is not None
 
 

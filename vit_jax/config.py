@@ -39,8 +39,8 @@ from vit_jax.train.config_keys import (
 PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 __all__ = ['DATA_DEFINED_OPTIONS', 'adamw_recipe', 'apply_overrides', 'base_config',
-           'config_path', 'load_config', 'model_config', 'model_overrides', 'require_pretrained',
-           'validate']
+           'config_path', 'load_config', 'model_config', 'model_overrides', 'parse_bool',
+           'require_pretrained', 'validate']
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -155,11 +155,7 @@ def _parse(key: str, text: str, ref: FieldReference) -> Any:
         if kind is str:
             return text
         if kind is bool:
-            if text.lower() in ('true', '1', 'yes'):
-                return True
-            if text.lower() in ('false', '0', 'no'):
-                return False
-            raise ValueError(text)
+            return parse_bool(text)
         if kind in (int, float):
             return kind(text)
         value = ast.literal_eval(text)
@@ -171,6 +167,15 @@ def _parse(key: str, text: str, ref: FieldReference) -> Any:
             and not isinstance(value, kind):
         raise ConfigError(f'--config.{key}={text!r}: expected a {kind.__name__}')
     return value
+
+
+def parse_bool(text: str) -> bool:
+    """`true`, `1`, `yes` -> True; `false`, `0`, `no` -> False (any case); else ValueError."""
+    if text.lower() in ('true', '1', 'yes'):
+        return True
+    if text.lower() in ('false', '0', 'no'):
+        return False
+    raise ValueError(text)
 
 
 def require_pretrained(c: ml_collections.ConfigDict) -> None:

@@ -28,10 +28,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vit_jax import cli, models, predict, storage, weights
+from vit_jax import cli, inference, storage
 from vit_jax.errors import ModelError, VitJaxError
-from vit_jax.normalization import NORMALIZATIONS, normalize
-from vit_jax.train.workdir import Workdir
+from vit_jax.normalization import normalize
 
 FORMATS = ('savedmodel', 'tflite', 'stablehlo')
 Serve = Callable[[jax.Array], jax.Array]
@@ -131,27 +130,13 @@ def _write(path: str | os.PathLike, data: bytes) -> None:
         storage.write_atomic(target, data)
 
 
-def _load(args: Any) -> tuple[Any, dict, dict]:
-    """`(model, variables, preprocessing mean/std)` from the command line's source."""
-    if args.workdir:
-        model, variables, config, _ = Workdir(args.workdir).load_run()
-        return model, variables, NORMALIZATIONS[config.pp.normalize]
-    if args.weights and os.path.isdir(args.weights) and not args.model:
-        model = weights.hf_model(args.weights)
-        cfg = type(model).default_preprocessing
-        return model, weights.load(model, args.weights, strict=True), cfg
-    if not (args.model and args.weights):
-        raise ModelError('give --model and --weights, --weights=HF_DIRECTORY, or --workdir')
-    model, variables, _ = predict.load_model(args.model, args.weights)
-    return model, variables, models.get_spec(args.model).pretrained_cfg
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exports a model to `--format` at `--out` (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.export', __doc__)
-    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
-    parser.add_argument('--weights', help='weights file, URL or published name, or a Hugging '
-                        'Face directory')
+    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16 (with a weights '
+                        'file or URL)')
+    parser.add_argument('--weights', help='weights file or URL with --model; a Hugging Face '
+                        'directory; or a published name (python -m vit_jax.hub --list)')
     parser.add_argument('--workdir', help='a training run of vit_jax.main')
     parser.add_argument('--format', required=True, choices=FORMATS)
     parser.add_argument('--int8', action='store_true', help='tflite: int8 weights')
@@ -159,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         storage.path(args.out)  # an unknown scheme fails before the model loads
-        model, variables, cfg = _load(args)
-        serve = serving_function(model, variables, cfg['mean'], cfg['std'])
+        loaded = inference.load(workdir=args.workdir, weights_source=args.weights,
+                                model=args.model)
+        model, cfg = loaded.model, loaded.preprocessing
+        serve = serving_function(model, loaded.variables, cfg['mean'], cfg['std'])
         export(serve, input_shape(model), args.format, args.out, args.int8)
     except VitJaxError as e:
         print(f'error: {e}', file=sys.stderr)

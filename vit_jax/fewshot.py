@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from vit_jax import cli
+from vit_jax import cli, inference
 from vit_jax import config as config_lib
 from vit_jax.errors import VitJaxError
 from vit_jax.train import fewshot
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--step', type=int, help="the run's checkpoint (default: the latest)")
     parser.add_argument('--ema', action='store_true',
                         help="the run's moving average of the weights")
-    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
-    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors), URL '
-                        'or published name (python -m vit_jax.hub --list)')
+    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16 (with a weights '
+                        'file or URL)')
+    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors) or URL '
+                        'with --model; a Hugging Face directory; or a published name (python -m '
+                        'vit_jax.hub --list)')
     parser.add_argument('--config', help='config file FILE.py[:ARG] naming the data '
                                          '(with --model)')
     parser.add_argument('--shots', help='examples per class, e.g. 1,5,10,25 (default: the '
@@ -58,28 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = cli.config_overrides(parser, rest)
     if bool(args.workdir) == bool(args.model or args.weights):
-        parser.error('give --workdir, or --model with --weights and --config')
+        parser.error('give --workdir, or --weights (with --model for a file or URL) and '
+                     '--config')
     if args.model and not (args.weights and args.config):
         parser.error('--model needs --weights and --config')
+    if args.weights and not args.config:
+        parser.error('--weights needs --config (the data)')
     try:
         shots = tuple(int(k) for k in args.shots.split(',')) if args.shots else None
     except ValueError:
         parser.error(f'--shots={args.shots!r} is not a comma-separated list of integers')
     try:
         if args.workdir:
-            from vit_jax.train.workdir import Workdir
-
-            model, variables, config, _ = Workdir(args.workdir).load_run(args.step, ema=args.ema)
-            config = config_lib.apply_overrides(config, overrides)
+            loaded = inference.load(workdir=args.workdir, step=args.step, ema=args.ema)
+            model, variables = loaded.model, loaded.variables
+            config = config_lib.apply_overrides(loaded.config, overrides)
             if model.img_size != config.pp.crop:
                 raise VitJaxError(f'the run in {args.workdir} takes {model.img_size}px images; '
                                   f'leave --config.pp.crop={model.img_size}')
         else:
-            from vit_jax.predict import load_model
-
             config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-            model, variables, _ = load_model(args.model, args.weights,
-                                             {'img_size': config.pp.crop})
+            loaded = inference.load(weights_source=args.weights, model=args.model,
+                                    img_size=config.pp.crop)
+            model, variables = loaded.model, loaded.variables
         shots = shots or tuple(config.get('fewshot_shots', fewshot.SHOTS))
         if not all(k > 0 for k in shots):
             raise VitJaxError(f'--shots must be positive, got {shots}')

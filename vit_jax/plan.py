@@ -258,10 +258,9 @@ def compile_step(run: Setup, config: ml_collections.ConfigDict, *, eval: bool = 
                  ) -> jax.stages.Compiled:
     """`run`'s train (or eval) step compiled for the batch `config` feeds it."""
     batch = abstract_batch(config, run.model.in_chans, run.batch_sharding, eval=eval)
-    # A distilled run's train step also takes the frozen teacher's variables.
-    teacher = (run.abstract_teacher,) if run.distillation and not eval else ()
-    step = run.eval_step if eval else run.train_step
-    return step.lower(run.abstract_state, batch, *teacher).compile()
+    if eval:
+        return run.eval_step.lower(run.abstract_state, batch).compile()
+    return run.train_step.lower(run.abstract_state, batch, run.abstract_extras).compile()
 
 
 def looped_flops(config: ml_collections.ConfigDict, num_classes: int,

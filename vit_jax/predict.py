@@ -21,17 +21,14 @@ import importlib.resources
 import io
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import cli, models, storage, weights
+from vit_jax import cli, inference, storage
 from vit_jax.errors import VitJaxError
 from vit_jax.normalization import NORMALIZATIONS, normalize
-from vit_jax.train.workdir import Workdir
 
 IMAGENET_CLASSES = {1000: 'imagenet2012_classes.txt', 21843: 'imagenet21k_classes.txt'}
-HEAD_BIASES = ('head/bias', 'head.bias', 'head.fc.bias')
 
 
 def class_names(num_classes: int, path: str | None = None) -> list[str]:
@@ -92,50 +89,15 @@ def read_image(path: str) -> np.ndarray:
         raise VitJaxError(f'cannot read image {path!r}: {e}') from None
 
 
-def _head_classes(arrays: weights.Flat) -> int | None:
-    for key, value in arrays.items():
-        if key.endswith(HEAD_BIASES):
-            return int(value.shape[0])
-    return None
-
-
-def load_model(name: str, weights_path: str, overrides: dict | None = None,
-               ) -> tuple[object, dict, int]:
-    """`(model, variables, num_classes)` for registered model `name` and a weights file."""
-    arrays = weights.read(weights_path)
-    overrides = dict(overrides or {})
-    num_classes = _head_classes(arrays)
-    if num_classes is None:
-        raise VitJaxError(f'{weights_path} has no classifier head (no key ending in '
-                          f'{" or ".join(HEAD_BIASES)}); it holds features only')
-    pre_logits = next((v for k, v in arrays.items() if k.endswith('pre_logits/kernel')), None)
-    if pre_logits is not None and 'representation_size' in models.model_options(name):
-        overrides.setdefault('representation_size', int(pre_logits.shape[-1]))
-    model = models.create_model(name, **{**overrides, 'num_classes': num_classes})
-    return model, weights.load(model, arrays, strict=True), num_classes
-
-
-def _from_workdir(workdir: str, img_size: int | None = None,
-                  ) -> tuple[nn.Module, dict, tuple[str, ...], dict]:
-    """`(model, variables, class names, preprocessing)` of a training run: its latest
-    checkpoint, at `img_size` (default: the run's crop); images resized as the eval pipeline
-    does (the whole image, bilinearly) and normalised with the run's mean and std."""
-    model, variables, config, names = Workdir(workdir).load_run()
-    if img_size and img_size != model.img_size:
-        model = model.clone(img_size=img_size)
-        variables = weights.load(model, variables, strict=True)
-    cfg = {**models.get_spec(config.model_name).pretrained_cfg, 'crop_pct': 1.0,
-           'interpolation': 'bilinear', **NORMALIZATIONS[config.pp.normalize]}
-    return model, variables, names, cfg
-
-
 def main(argv: list[str] | None = None) -> int:
     """Prints the top classes of each image (the CLI); returns the exit status."""
     parser = cli.make_parser('vit_jax.predict', __doc__)
     parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...)')
-    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16')
-    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors), URL '
-                        'or published name (python -m vit_jax.hub --list)')
+    parser.add_argument('--model', help='registered model name, e.g. ViT-B_16 (with a weights '
+                        'file or URL)')
+    parser.add_argument('--weights', help='weights file (.npz, .pth, .bin, .safetensors) or URL '
+                        'with --model; a Hugging Face directory; or a published name (python -m '
+                        'vit_jax.hub --list)')
     parser.add_argument('--workdir', help='a training run: model, weights and classes from it')
     parser.add_argument('--img_size', type=int, help="input size (default: the model's)")
     parser.add_argument('--classes', help='class names, one per line')
@@ -143,20 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--normalize', choices=tuple(NORMALIZATIONS),
                         help="input mean / std (default: the run's, or the model's registered)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if not (args.workdir or (args.model and args.weights)):
-        parser.error('give --model and --weights, or --workdir')
+    if not (args.workdir or args.weights):
+        parser.error('give --weights (with --model for a file or URL), or --workdir')
     for name in ('top', 'img_size'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name} must be 1 or more, got {getattr(args, name)}')
     try:
-        if args.workdir:
-            model, variables, names, cfg = _from_workdir(args.workdir, args.img_size)
-            names = class_names(model.num_classes, args.classes) if args.classes else names
-        else:
-            overrides = {'img_size': args.img_size} if args.img_size else {}
-            model, variables, num_classes = load_model(args.model, args.weights, overrides)
-            names = class_names(num_classes, args.classes)
-            cfg = models.get_spec(args.model).pretrained_cfg
+        loaded = inference.load(workdir=args.workdir, weights_source=args.weights,
+                                model=args.model, img_size=args.img_size)
+        model, variables, cfg = loaded.model, loaded.variables, dict(loaded.preprocessing)
+        if not model.num_classes:
+            raise VitJaxError(f'{args.weights} has no classifier head (no key ending in '
+                              f'{" or ".join(inference.HEAD_BIASES)}); it holds features only')
+        names = (class_names(model.num_classes, args.classes)
+                 if args.classes or not loaded.class_names else loaded.class_names)
         if args.normalize:
             cfg = {**cfg, **NORMALIZATIONS[args.normalize]}
         batch = np.stack([preprocess(p, cfg, model.img_size) for p in args.images])

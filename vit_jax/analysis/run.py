@@ -24,13 +24,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import cli, models, storage, weights
+from vit_jax import cli, inference, models, storage
 from vit_jax.analysis import attention, embeddings
 from vit_jax.errors import ModelError, VitJaxError
 from vit_jax.normalization import NORMALIZATIONS
 from vit_jax.normalization import normalize as normalize_pixels
 from vit_jax.predict import read_image
-from vit_jax.train.workdir import Workdir
 
 SAMPLE_IMAGES = ('astronaut', 'chelsea', 'coffee')
 
@@ -144,15 +143,28 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value  # a string such as pos_embed=sincos2d
 
 
+def _normalization(loaded: inference.Loaded) -> str | None:
+    """The `pp.normalize` name of a run's inputs, of a Hugging Face model's, or None for a
+    registered model (its `pretrained_cfg`)."""
+    if loaded.config is not None:
+        return loaded.config.pp.get('normalize', 'minus_one_one')
+    if loaded.name is None:
+        return next(key for key, value in NORMALIZATIONS.items()
+                    if tuple(value['mean']) == tuple(loaded.preprocessing['mean']))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Writes the analysis plots and numbers of a run or weights (the CLI); returns the status."""
     parser = cli.make_parser('vit_jax.analysis', __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--workdir', help='a training workdir (config.json + checkpoints)')
-    source.add_argument('--weights', help='a weights file for vit_jax.weights.load (with --model)')
-    parser.add_argument('--model', default='ViT-B_16', help='registered model name (--weights)')
-    parser.add_argument('--img_size', type=int, default=224, help='input size (--weights)')
-    parser.add_argument('--num_classes', type=int, default=1000, help='head size (--weights)')
+    source.add_argument('--weights', help='a weights file or URL (with --model), a Hugging Face '
+                        'directory, or a published name (python -m vit_jax.hub --list)')
+    parser.add_argument('--model', help='registered model name (with a weights file or URL)')
+    parser.add_argument('--img_size', type=int, help="input size (default: the model's)")
+    parser.add_argument('--num_classes', type=int,
+                        help='head size for weights without a head (default: none)')
     parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
                         help='a model option (--weights), e.g. --option patch_size=32')
     parser.add_argument('--step', type=int, help='checkpoint step (--workdir; default latest)')
@@ -162,15 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = storage.path(args.out)  # an unknown scheme fails before the model loads
-        if args.workdir:
-            model, variables, config, _ = Workdir(args.workdir).load_run(args.step)
-            name, normalization = config.model_name, config.pp.get('normalize', 'minus_one_one')
-        else:
-            name, normalization = args.model, None
-            options = dict(_parse_option(o) for o in args.option)
-            model = models.create_model(name, num_classes=args.num_classes,
-                                        img_size=args.img_size, **options)
-            variables = weights.load(model, args.weights)
+        options = dict(_parse_option(o) for o in args.option)
+        if args.num_classes is not None:
+            options['num_classes'] = args.num_classes
+        loaded = inference.load(workdir=args.workdir, weights_source=args.weights,
+                                model=args.model, step=args.step, img_size=args.img_size,
+                                options=options)
+        model, variables = loaded.model, loaded.variables
+        name = loaded.name or type(model).__name__
+        normalization = _normalization(loaded)
         images = sample_images(args.images.split(','), model.img_size)
         results = analyze(model, variables, images, args.out, model_name=name,
                           normalization=normalization)

@@ -8,7 +8,12 @@ of big_vision's `parse_arg`: `configs/swin.py:tiny,cifar10,ft` is the same as
 """
 
 import types
+from typing import Any
 
+import ml_collections
+
+from vit_jax.config import adamw_recipe, base_config, model_config, parse_bool, require_pretrained
+from vit_jax.data import known
 from vit_jax.errors import ConfigError
 from vit_jax.models import families, list_models
 
@@ -37,7 +42,32 @@ def model_name(family: str, name: str) -> str:
     return shorts[name]
 
 
-_TRUE, _FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
+def start(family: str, arg: types.SimpleNamespace, **model_options: Any
+          ) -> ml_collections.ConfigDict:
+    """`base_config()` training `arg.model` (a short or registered name of `family`) with
+    `model_options` on `arg.dataset`."""
+    c = base_config()
+    c.model_name = model_name(family, arg.model)
+    c.model = model_config(c.model_name, **model_options)
+    c.dataset = arg.dataset
+    return c
+
+
+def paper_recipe(c: ml_collections.ConfigDict, *, ft: bool, scratch: dict[str, float],
+                 fine_tune: dict[str, float], grad_norm_clip: float) -> None:
+    """The Swin / ConvNeXt papers' recipe on `c` (its batch set): the original recipe's
+    held-out split of `c.dataset`, ImageNet mean / std, and `adamw_recipe` with the `epochs`,
+    `warmup_epochs`, `base_lr` and `weight_decay` of `fine_tune` (`ft`: weights must then be
+    given) or `scratch`."""
+    dataset = known.dataset(c.dataset)
+    c.pp.train, num_train = dataset.train_split(holdout=True)
+    c.pp.test = dataset.test
+    c.pp.normalize = 'imagenet'  # the papers' (and the timm weights') mean / std
+    c.batch_eval = 512
+    adamw_recipe(c, num_train=num_train, grad_norm_clip=grad_norm_clip,
+                 **(fine_tune if ft else scratch))
+    if ft:
+        require_pretrained(c)
 
 
 def parse_arg(arg: str | None, **spec: str | bool) -> types.SimpleNamespace:
@@ -66,9 +96,10 @@ def parse_arg(arg: str | None, **spec: str | bool) -> types.SimpleNamespace:
             raise _bad_arg(arg, f'{key!r} is given twice', spec)
         given.add(key)
         if isinstance(spec[key], bool):
-            if text.lower() not in _TRUE + _FALSE:
-                raise _bad_arg(arg, f'{key}={text!r} is not true or false', spec)
-            values[key] = text.lower() in _TRUE
+            try:
+                values[key] = parse_bool(text)
+            except ValueError:
+                raise _bad_arg(arg, f'{key}={text!r} is not true or false', spec) from None
         elif text:
             values[key] = text
     return types.SimpleNamespace(**values)

@@ -23,9 +23,6 @@ batch 512, lr 5e-5, weight decay 1e-8, 30 epochs, no warm-up, stochastic depth 0
 
 import ml_collections
 
-from vit_jax.config import adamw_recipe, base_config, model_config, require_pretrained
-from vit_jax.data import known
-
 from . import common
 
 # Stochastic depth from scratch and when fine-tuning, per size.
@@ -36,22 +33,13 @@ DROP_PATH = {'tiny': (0.1, 0.0), 'small': (0.4, 0.1), 'base': (0.5, 0.2), 'large
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `MODEL,DATASET[,ft]` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
-    c = base_config()
-    c.model_name = common.model_name('convnext', arg.model)
-    size = c.model_name.split('_')[1]
-    c.model = model_config(c.model_name, drop_path_rate=DROP_PATH[size][arg.ft])
-    c.dataset = arg.dataset
-    dataset = known.dataset(c.dataset)
-    c.pp.train, num_train = dataset.train_split(holdout=True)
-    c.pp.test = dataset.test
+    c = common.start('convnext', arg)
+    c.model.drop_path_rate = DROP_PATH[c.model_name.split('_')[1]][arg.ft]
     c.pp.crop = 224
-    c.pp.normalize = 'imagenet'  # the paper's (and the timm weights') mean / std
     c.batch = 512 if arg.ft else 4096
-    c.batch_eval = 512
-    epochs, warmup_epochs = (30, 0) if arg.ft else (300, 20)
-    adamw_recipe(c, num_train=num_train, epochs=epochs, warmup_epochs=warmup_epochs,
-                 base_lr=5e-5 if arg.ft else 4e-3, weight_decay=1e-8 if arg.ft else 0.05,
-                 grad_norm_clip=0.0)
-    if arg.ft:
-        require_pretrained(c)
+    common.paper_recipe(c, ft=arg.ft, grad_norm_clip=0.0,
+                        scratch=dict(epochs=300, warmup_epochs=20, base_lr=4e-3,
+                                     weight_decay=0.05),
+                        fine_tune=dict(epochs=30, warmup_epochs=0, base_lr=5e-5,
+                                       weight_decay=1e-8))
     return c.lock()

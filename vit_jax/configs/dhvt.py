@@ -25,7 +25,6 @@ import math
 
 import ml_collections
 
-from vit_jax.config import base_config, model_config
 from vit_jax.data import known
 
 from . import common
@@ -46,10 +45,7 @@ OTHER_RECIPE = dict(batch=512, lr=1e-3, warmup=20, pp=dict(augment='inception', 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny_cifar_patch4', dataset='cifar100')
-    c = base_config()
-    c.model_name = common.model_name('dhvt', arg.model)
-    c.model = model_config(c.model_name, drop_path_rate=0.1)
-    c.dataset = arg.dataset
+    c = common.start('dhvt', arg, drop_path_rate=0.1)
     recipe = RECIPES.get(c.dataset, OTHER_RECIPE)
     # Digits are 8x8: upsampled to 16 px (4x4 tokens of patch 4); otherwise the variant's size.
     c.pp.crop = 16 if c.dataset == 'digits' else 32 if '_cifar_' in c.model_name else 224

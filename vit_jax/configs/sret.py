@@ -24,7 +24,7 @@ expressible yet: distillation from a teacher (the `_distill` variants' soft-labe
 
 import ml_collections
 
-from vit_jax.config import adamw_recipe, base_config, model_config
+from vit_jax.config import adamw_recipe
 from vit_jax.data import known
 
 from . import common
@@ -33,10 +33,7 @@ from . import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `MODEL,DATASET` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='imagenet2012')
-    c = base_config()
-    c.model_name = common.model_name('sret', arg.model)
-    c.model = model_config(c.model_name, drop_path_rate=0.1)
-    c.dataset = arg.dataset
+    c = common.start('sret', arg, drop_path_rate=0.1)
     c.pp.train, c.pp.test = 'train', known.dataset(c.dataset).test
     c.pp.crop = 224
     c.pp.augment = 'inception'

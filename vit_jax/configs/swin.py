@@ -24,9 +24,6 @@ configs).
 
 import ml_collections
 
-from vit_jax.config import adamw_recipe, base_config, model_config, require_pretrained
-from vit_jax.data import known
-
 from . import common
 
 # Stochastic depth from scratch and when fine-tuning, per width.
@@ -36,22 +33,13 @@ DROP_PATH = {'tiny': (0.2, 0.1), 'small': (0.3, 0.2), 'base': (0.5, 0.2), 'large
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config for `MODEL,DATASET[,ft]` (or by key); see the module docstring."""
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
-    c = base_config()
-    c.model_name = common.model_name('swin', arg.model)
-    width = c.model_name.split('_')[1]
-    c.model = model_config(c.model_name, drop_path_rate=DROP_PATH[width][arg.ft])
-    c.dataset = arg.dataset
-    dataset = known.dataset(c.dataset)
-    c.pp.train, num_train = dataset.train_split(holdout=True)
-    c.pp.test = dataset.test
+    c = common.start('swin', arg)
+    c.model.drop_path_rate = DROP_PATH[c.model_name.split('_')[1]][arg.ft]
     c.pp.crop = 384 if c.model_name.endswith('384') else 224
-    c.pp.normalize = 'imagenet'  # the paper's (and the timm weights') mean / std
     c.batch = 1024
-    c.batch_eval = 512
-    epochs, warmup_epochs = (30, 5) if arg.ft else (300, 20)
-    adamw_recipe(c, num_train=num_train, epochs=epochs, warmup_epochs=warmup_epochs,
-                 base_lr=4e-5 if arg.ft else 1e-3, weight_decay=1e-8 if arg.ft else 0.05,
-                 grad_norm_clip=5.0)
-    if arg.ft:
-        require_pretrained(c)
+    common.paper_recipe(c, ft=arg.ft, grad_norm_clip=5.0,
+                        scratch=dict(epochs=300, warmup_epochs=20, base_lr=1e-3,
+                                     weight_decay=0.05),
+                        fine_tune=dict(epochs=30, warmup_epochs=5, base_lr=4e-5,
+                                       weight_decay=1e-8))
     return c.lock()

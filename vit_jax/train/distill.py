@@ -13,6 +13,7 @@ plain ones) takes both on its one head.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -22,8 +23,9 @@ import optax
 
 from vit_jax import models, weights
 from vit_jax.errors import ConfigError, VitJaxError
+from vit_jax.train import sharding
 
-if TYPE_CHECKING:  # the train step imports this module, and runs without ml_collections
+if TYPE_CHECKING:  # the benchmark builds objectives without ml_collections
     import ml_collections
 
 TYPES = ('none', 'hard', 'soft')
@@ -31,13 +33,34 @@ TYPES = ('none', 'hard', 'soft')
 
 @dataclasses.dataclass(frozen=True)
 class Distillation:
-    """How the train step distils: from `teacher` (its `img_size` is the side its inputs are
-    resized to), of `type` 'hard' or 'soft', weight `alpha`, soft temperature `tau`."""
+    """The train step's objective (`vit_jax.train.objectives.Objective`) when distilling: from
+    `teacher` (its `img_size` is the side its inputs are resized to), of `type` 'hard' or
+    'soft', weight `alpha`, soft temperature `tau`. The teacher's variables are the step's
+    `extras['teacher']`."""
 
     teacher: nn.Module
     type: str = 'hard'
     alpha: float = 0.5
     tau: float = 1.0
+
+    @property
+    def frozen(self) -> dict[str, nn.Module]:
+        return {'teacher': self.teacher}
+
+    def __call__(self, outputs: Any, images: jax.Array, extras: Mapping[str, Any],
+                 base: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """`(1 - alpha) * base(class head) + alpha * distillation(distillation head)` `[batch]`
+        (one head: both on it), and the heads' average logits."""
+        logits, kd_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        teacher = teacher_logits(self.teacher, extras['teacher'], images)
+        loss = (1 - self.alpha) * base(logits) + self.alpha * distillation_loss(
+            kd_logits, teacher, self.type, self.tau)
+        return loss, (logits + kd_logits) / 2
+
+    def load_extras(self, config: ml_collections.ConfigDict, placed_like: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+        """`{'teacher': variables}` from `config.teacher.weights` (see `load_teacher`)."""
+        return {'teacher': load_teacher(config, self.teacher, placed_like['teacher'])}
 
 
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, kind: str,
@@ -89,10 +112,7 @@ def load_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, placed_l
         raise ConfigError(f'--config.teacher.weights={path} does not load into '
                           f'{config.teacher.model} ({teacher.num_classes} classes, '
                           f'{teacher.img_size}px): {e}') from None
-    return jax.tree.map(
-        lambda value, like: jax.make_array_from_callback(like.shape, like.sharding,
-                                                         lambda i: value[i]),
-        variables, placed_like)
+    return jax.tree.map(sharding.place, variables, placed_like)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -22,12 +22,12 @@ from vit_jax import weights
 from vit_jax.data import DatasetInfo
 from vit_jax.data.arrays import Datasets
 from vit_jax.errors import ConfigError, TrainingError
-from vit_jax.train import config_keys, distill, fewshot, sharding
+from vit_jax.train import config_keys, fewshot, sharding
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.lock import WorkdirLock
 from vit_jax.train.metrics import MetricWriter, Progress
 from vit_jax.train.preemption import PreemptionWatch
-from vit_jax.train.setup import Setup, make_mesh, setup, with_teacher
+from vit_jax.train.setup import Setup, make_mesh, setup
 from vit_jax.train.step import TrainState
 from vit_jax.train.workdir import Workdir
 
@@ -72,11 +72,6 @@ def restore_or_init(config: ml_collections.ConfigDict, run: Setup, checkpointer:
     return state, 0, None
 
 
-def _place(value: Any, like: jax.Array) -> jax.Array:
-    """The host or device array `value` placed as `like` is."""
-    return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
-
-
 def _init_from(state: TrainState, run: Setup, other: Workdir) -> tuple[TrainState, int]:
     """`(state, step)`: `state` with the parameters, BatchNorm statistics and moving average of
     the newest readable checkpoint of the run in `other`, read into this run's placement, and
@@ -91,7 +86,7 @@ def _init_from(state: TrainState, run: Setup, other: Workdir) -> tuple[TrainStat
     if state.ema:
         average = other.load_variables(template, step, ema=True)[0] if \
             other.read_config().ema_decay else {'params': state.params, **state.model_state}
-        state = state.replace(ema=jax.tree.map(_place, average, state.ema))
+        state = state.replace(ema=jax.tree.map(sharding.place, average, state.ema))
     return state, step
 
 
@@ -101,10 +96,10 @@ def _load_pretrained(state: TrainState, model: nn.Module, path: str) -> TrainSta
     moving average of the weights, if any, starts from them too."""
     variables = weights.load(model, path, reset_head=True)
     params = variables.pop('params')
-    state = state.replace(params=jax.tree.map(_place, params, state.params),
-                          model_state=jax.tree.map(_place, variables, state.model_state))
+    state = state.replace(params=jax.tree.map(sharding.place, params, state.params),
+                          model_state=jax.tree.map(sharding.place, variables, state.model_state))
     if state.ema:
-        state = state.replace(ema=jax.tree.map(_place, {'params': params, **variables},
+        state = state.replace(ema=jax.tree.map(sharding.place, {'params': params, **variables},
                                                state.ema))
     return state
 
@@ -172,9 +167,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Workdir, lock: WorkdirLoc
     checkpointer = workdir.checkpointer(every=config.checkpoint_every,
                                         keep=config.keep_checkpoints, lock=lock)
     state, examples_seen, note = restore_or_init(config, run, checkpointer)
-    if run.distillation:  # the frozen teacher, read from its weights file (also on resume)
-        run = with_teacher(run, distill.load_teacher(config, run.distillation.teacher,
-                                                     run.abstract_teacher))
+    # The objective's frozen models (a teacher), read from their weights (also on resume).
+    extras = run.objective.load_extras(config, run.abstract_extras)
     writer = workdir.metric_writer(enabled=is_main)
     if is_main:
         workdir.write_record(config, info.class_names)
@@ -199,9 +193,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Workdir, lock: WorkdirLoc
     # Closing waits for the checkpoint being written, also when the run stops with an error.
     with PreemptionWatch() as preemption, contextlib.closing(checkpointer), \
             contextlib.closing(writer):
-        state, final, preempted_at = _loop(config, run, state, examples_seen, train_iter,
-                                           make_eval_iter, checkpointer, writer, progress,
-                                           preemption, fewshot_eval)
+        state, final, preempted_at = _loop(config, run, state, extras, examples_seen,
+                                           train_iter, make_eval_iter, checkpointer, writer,
+                                           progress, preemption, fewshot_eval)
     if preempted_at is not None:
         progress.print(f'Preempted: saved step {preempted_at} in {checkpointer.directory}; run '
                        f'the same command to resume.')
@@ -239,23 +233,24 @@ def _create_datasets(config: ml_collections.ConfigDict, start: int) -> Datasets:
     return data.create_datasets(config, start)
 
 
-def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState, examples_seen: int,
-          train_iter: Iterator[dict], make_eval_iter: Callable[[], Iterable[dict]],
-          checkpointer: Checkpointer, writer: MetricWriter, progress: Progress,
-          preemption: PreemptionWatch,
+def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState,
+          extras: dict[str, Any], examples_seen: int, train_iter: Iterator[dict],
+          make_eval_iter: Callable[[], Iterable[dict]], checkpointer: Checkpointer,
+          writer: MetricWriter, progress: Progress, preemption: PreemptionWatch,
           fewshot_eval: Callable[[TrainState], dict[str, float]] | None = None,
           ) -> tuple[TrainState, dict[str, float], int | None]:
-    """Steps from `state.step` to `config.total_steps`, logging, evaluating and saving on the
-    way; `fewshot_eval(state)` every `config.fewshot_every` steps and at the end, after that
-    step's checkpoint is saved (an evaluator that fails loses no step). Returns `(state, final
-    eval, None)`, or `(state, {}, step)` when SIGTERM stopped the run after saving `step`; the
-    final eval is `{}` when no step was left to take."""
+    """Steps from `state.step` to `config.total_steps` (the train step given `extras`, the
+    variables of the objective's frozen models), logging, evaluating and saving on the way;
+    `fewshot_eval(state)` every `config.fewshot_every` steps and at the end, after that
+    step's checkpoint is saved (an evaluator that fails loses no step). Returns `(state,
+    final eval, None)`, or `(state, {}, step)` when SIGTERM stopped the run after saving
+    `step`; the final eval is `{}` when no step was left to take."""
     first = int(state.step)
     final: dict[str, float] = {}
     previous = None
     for step in range(first + 1, config.total_steps + 1):
         batch = sharding.to_global(next(train_iter), run.batch_sharding)
-        state, metrics = run.train_step(state, batch)
+        state, metrics = run.train_step(state, batch, extras)
         examples_seen += config.batch
         if previous is not None:  # a step behind, so the device never waits on the host
             _check_finite(previous, step - 1, checkpointer)

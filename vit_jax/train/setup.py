@@ -17,7 +17,8 @@ import optax
 
 from vit_jax import models
 from vit_jax.models import contract
-from vit_jax.train import config_keys, distill, mix, sharding
+from vit_jax.train import config_keys, mix, objectives, sharding
+from vit_jax.train.objectives import Objective
 from vit_jax.train.optim import create_optimizer
 from vit_jax.train.step import (
     HEAD_BIAS_INIT,
@@ -35,16 +36,16 @@ class Setup:
     """What a run of a config computes with, built before any data or state exists.
 
     `abstract_state` is the `TrainState` as `jax.ShapeDtypeStruct`s carrying `state_sharding`;
-    `init(rng)` allocates the initial state so placed. `train_step(state, batch) ->
+    `init(rng)` allocates the initial state so placed. `train_step(state, batch, extras) ->
     (state, metrics)` (the state donated) and `eval_step(state, batch) -> sums` are jitted with
-    the state and `batch_sharding` (the batch split over `data` x `fsdp`) as input shardings, so
-    `step.lower(abstract_state, abstract_batch).compile()` compiles them ahead of time.
+    the state, `batch_sharding` (the batch split over `data` x `fsdp`) and the extras as input
+    shardings, so `train_step.lower(abstract_state, abstract_batch, abstract_extras).compile()`
+    compiles it ahead of time.
 
-    With DeiT distillation (`config.distill`), `distillation` holds the teacher and
-    `train_step(state, batch, teacher_variables)` takes the teacher's variables as a third
-    argument, placed as `abstract_teacher` says (the parameter sharding rules applied to the
-    teacher's names); they are not part of the state (`vit_jax.train.distill.load_teacher`
-    reads them from their weights file).
+    `objective` is what the step minimises (`objectives.Classification`, or DeiT's
+    `distill.Distillation`); `extras` are the variables of its frozen models (a teacher), not
+    part of the state, placed as `abstract_extras` says (the parameter sharding rules applied
+    to their names) and read by `objective.load_extras(config, abstract_extras)`.
     """
 
     model: nn.Module
@@ -57,8 +58,8 @@ class Setup:
     init: Callable[[jax.Array], TrainState]
     train_step: Callable[..., tuple[TrainState, dict]]
     eval_step: Callable[[TrainState, dict], dict]
-    distillation: distill.Distillation | None = None
-    abstract_teacher: Any = None
+    objective: Objective
+    abstract_extras: dict[str, Any]
 
 
 def make_mesh(config: ml_collections.ConfigDict,
@@ -98,16 +99,15 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     options = StepOptions(accum_steps=config.accum_steps, label_smoothing=config.label_smoothing,
                           ema_decay=config.ema_decay, loss=config.loss,
                           normalize=config.pp.normalize, erase_prob=config.pp.erase_prob)
-    distillation = distill.from_config(config, num_classes)
-    teacher_sharding, abstract_teacher = (), None
-    if distillation:
-        abstract_teacher = abstract_variables(distillation.teacher, mesh, config)
-        teacher_sharding = (jax.tree.map(lambda s: s.sharding, abstract_teacher),)
+    objective = objectives.from_config(config, num_classes)
+    abstract_extras = {name: abstract_variables(frozen, mesh, config)
+                       for name, frozen in objective.frozen.items()}
     train_step = jax.jit(
-        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, distillation,
+        sharding.on_mesh(make_train_step(model, tx, _mixing(config), options, objective,
                                         state_sharding.params),
                          mesh),
-        in_shardings=(state_sharding, batch_sharding, *teacher_sharding),
+        in_shardings=(state_sharding, batch_sharding,
+                      jax.tree.map(lambda s: s.sharding, abstract_extras)),
         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(
         sharding.on_mesh(make_eval_step(model, config.loss, config.pp.normalize), mesh),
@@ -116,8 +116,8 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                  state_sharding=state_sharding, abstract_state=abstract_state,
                  batch_sharding=batch_sharding,
                  init=jax.jit(init, out_shardings=state_sharding),
-                 train_step=train_step, eval_step=eval_step, distillation=distillation,
-                 abstract_teacher=abstract_teacher)
+                 train_step=train_step, eval_step=eval_step, objective=objective,
+                 abstract_extras=abstract_extras)
 
 
 def abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
@@ -129,13 +129,6 @@ def abstract_variables(model: nn.Module, mesh: jax.sharding.Mesh,
                                          config.fsdp_min_size, type(model))
     return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
                         dict(shapes), placement)
-
-
-def with_teacher(run: Setup, teacher_variables: Any) -> Setup:
-    """`run` whose `train_step(state, batch)` passes `teacher_variables` along."""
-    step = run.train_step
-    return dataclasses.replace(run, train_step=lambda state, batch: step(state, batch,
-                                                                          teacher_variables))
 
 
 def _mixing(config: ml_collections.ConfigDict) -> MixFn | None:

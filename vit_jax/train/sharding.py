@@ -93,6 +93,12 @@ def _axis_sizes(spec: Sequence[Sequence[Any]], n: int) -> dict[str, int]:
     return {a: sizes.get(a, 1) for a in AXES}
 
 
+def place(value: Any, like: Any) -> jax.Array:
+    """The host or device array `value` placed as `like` (an array or a
+    `jax.ShapeDtypeStruct` with a sharding) is."""
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda i: value[i])
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array."""
     return NamedSharding(mesh, PartitionSpec())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -15,7 +15,7 @@ from flax import struct
 
 from vit_jax.data.device import model_inputs
 from vit_jax.errors import ModelError
-from vit_jax.train import distill
+from vit_jax.train.objectives import Classification, Objective
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -143,9 +143,11 @@ MixFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mix_fn: MixFn | None = None, options: StepOptions = StepOptions(),
-                    distillation: distill.Distillation | None = None,
+                    objective: Objective | None = None,
                     grad_sharding: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
-    """Returns `train_step(state, batch, teacher_variables=None) -> (state, metrics)`.
+    """Returns `train_step(state, batch, extras=None) -> (state, metrics)`, minimising
+    `objective` (see `vit_jax.train.objectives`; default `Classification()`; `extras` the
+    variables of its `frozen` models).
 
     `batch`: `{'image': [batch, h, w, 3], 'label': [batch]}` (and `seed` [batch, 2] when
     erasing), uint8 pixels or float model inputs (`vit_jax.data.device.model_inputs`). With
@@ -169,15 +171,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     `metrics['finite']` is 1 when the loss, every gradient and every updated parameter (and
     moving average) are finite.
 
-    With `distillation`, the frozen teacher (`teacher_variables`, no gradient, no optimizer
-    state) scores the (mixed) images and the loss is DeiT's (`vit_jax.train.distill`). A model
-    returning two heads in training (DeiT's `distilled=True`) puts the distillation loss on the
-    second; without a teacher both heads learn the targets (the mean of their losses). The
-    training accuracy is that of the heads' average, as evaluation predicts.
+    `Classification` learns the labels; `vit_jax.train.distill.Distillation` adds DeiT's
+    frozen teacher.
     """
     accum_steps, label_smoothing, ema_decay = (options.accum_steps, options.label_smoothing,
                                                options.ema_decay)
     loss_of = LOSSES[options.loss]
+    objective = objective or Classification()
     if mix_fn is not None and not model.num_classes:
         raise ModelError('mixup / cutmix need a model with a classification head '
                          '(num_classes > 0); set --config.mixup_alpha=0 --config.cutmix_alpha=0')
@@ -189,22 +189,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return mix_fn(jax.random.fold_in(rng, MIX_STREAM), images, labels, model.num_classes,
                       label_smoothing=label_smoothing)
 
-    def loss_fn(params, model_state, images, labels, rng, teacher_variables):
+    def loss_fn(params, model_state, images, labels, rng, extras):
         images, targets = mixed_inputs(images, labels, rng)
         variables = {'params': params, **model_state}
         outputs, new_state = model.apply(variables, images, train=True,
                                          rngs=rng_streams(model, rng), mutable=list(model_state))
         mixing = mix_fn is not None
-        logits, kd_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
-        loss = loss_of(logits, targets, 0.0 if mixing else label_smoothing)
-        if distillation is not None:
-            teacher = distill.teacher_logits(distillation.teacher, teacher_variables, images)
-            loss = (1 - distillation.alpha) * loss + distillation.alpha * \
-                distill.distillation_loss(kd_logits, teacher, distillation.type, distillation.tau)
-        elif isinstance(outputs, tuple):
-            loss = (loss + loss_of(kd_logits, targets, 0.0 if mixing else label_smoothing)) / 2
+        smoothing = 0.0 if mixing else label_smoothing
+        loss, logits = objective(outputs, images, extras,
+                                 lambda logits: loss_of(logits, targets, smoothing))
         dominant = targets.argmax(-1) if mixing else targets
-        correct = (((logits + kd_logits) / 2).argmax(-1) == dominant).mean()
+        correct = (logits.argmax(-1) == dominant).mean()
         return loss.mean(), (correct, new_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -218,13 +213,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             return grads
         return jax.lax.with_sharding_constraint(grads, grad_sharding)
 
-    def train_step(state: TrainState, batch: Batch, teacher_variables: Any = None,
+    def train_step(state: TrainState, batch: Batch, extras: Mapping[str, Any] | None = None,
                    ) -> tuple[TrainState, Metrics]:
+        extras = extras or {}
         rng = jax.random.fold_in(state.rng, state.step)
         if accum_steps == 1:
             (loss, (accuracy, model_state)), grads = grad_fn(
-                state.params, state.model_state, images(batch), batch['label'], rng,
-                teacher_variables)
+                state.params, state.model_state, images(batch), batch['label'], rng, extras)
         else:
             micro = jax.tree.map(functools.partial(split_micro_batches, steps=accum_steps), batch)
 
@@ -233,7 +228,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                 i, mb = inputs
                 (mb_loss, (mb_accuracy, model_state)), mb_grads = grad_fn(
                     state.params, model_state, images(mb), mb['label'], jax.random.fold_in(rng, i),
-                    teacher_variables)
+                    extras)
                 return (place(jax.tree.map(jnp.add, grads, place(mb_grads))), loss + mb_loss,
                         accuracy + mb_accuracy, model_state), None
 
