@@ -31,6 +31,8 @@ HEADS_AXES = ('batch', 'tokens', 'heads', None)  # logical axes of [batch, token
 # be (other lengths, e.g. ViT's 197 tokens, it refuses).
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 CUDNN_TOKENS = 16
+# The primitive of cuDNN's attention forward in training: its output and softmax statistics.
+CUDNN_ATTENTION_FORWARD = 'dot_product_attention_fwd_wrapper'
 
 
 # timm's and the DeiT-family authors' weight init for linear and conv layers.
@@ -232,6 +234,21 @@ class MultiHeadAttention(nn.Module):
         y = nn.with_logical_constraint(y, HEADS_AXES)
         return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
                                kernel_init=self.kernel_init, name='out')(y)
+
+
+def save_matmuls(prim: jax.extend.core.Primitive, *args: Any, **params: Any) -> bool:
+    """The remat policy of every family's blocks: the backward pass keeps the outputs of
+    matmuls without batch dimensions (the Dense layers) and of cuDNN's fused attention, and
+    recomputes the rest from them (LayerNorm, activations, residual adds, XLA's attention)."""
+    return prim.name == CUDNN_ATTENTION_FORWARD or \
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+
+
+def remat_block(block: type[nn.Module], full: bool = False) -> type[nn.Module]:
+    """`block`, whose `__call__(x, deterministic, ...)` takes `deterministic` second, under
+    `nn.remat`: with `full`, its input alone is kept for the backward pass (~1/3 more compute),
+    else what `save_matmuls` keeps."""
+    return nn.remat(block, static_argnums=(2,), policy=None if full else save_matmuls)
 
 
 def check_images(x: Array, in_chans: int) -> None:

@@ -104,8 +104,7 @@ class Encoder(nn.Module):
             pe = np.pad(pe, ((0, 0), (self.num_prefix_tokens, 0), (0, 0)))
             x = x + jnp.asarray(pe, x.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        # Remat keeps only each block's input for the backward pass and recomputes the rest.
-        block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+        block = layers.remat_block(EncoderBlock, full=self.remat)
         rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
         options = dict(dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
                        act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
