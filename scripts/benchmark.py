@@ -14,8 +14,8 @@ compiled step and serve both frameworks' TFLOP/s. Imports neither TensorFlow nor
 from __future__ import annotations
 
 import argparse
-import functools
 import collections
+import functools
 import os
 import re
 import subprocess
@@ -130,8 +130,9 @@ def bench_ours(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]
         return out
 
     seconds = timed(run, args.steps, args.warmup)
-    return {'img_s': args.batch * args.steps / seconds, 'flops': xla_costs.cpu_flops(step, *abstract),
-            'peak': device_peak_bytes(), 'xla': xla_costs.footprint(compiled)}
+    return {'img_s': args.batch * args.steps / seconds,
+            'flops': xla_costs.cpu_flops(step, *abstract), 'peak': device_peak_bytes(),
+            'xla': xla_costs.footprint(compiled)}
 
 
 def gpu_mesh(gpu: str) -> jax.sharding.Mesh:

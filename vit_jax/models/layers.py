@@ -160,15 +160,17 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Array | None = Non
                             implementation='xla')
     if q.dtype not in CUDNN_DTYPES or bias is not None or mask is not None:
         return xla(q, k, v)
+    cudnn = functools.partial(padded_attention, implementation='cudnn')
     try:
-        return jax.lax.platform_dependent(q, k, v, cuda=_cudnn_attention, default=xla)
+        return jax.lax.platform_dependent(q, k, v, cuda=cudnn, default=xla)
     except (RuntimeError, NotImplementedError):  # raised while tracing the cuDNN call
         return xla(q, k, v)
 
 
-def _cudnn_attention(q: Array, k: Array, v: Array) -> Array:
-    """`jax.nn.dot_product_attention(implementation='cudnn')` over tokens padded to a multiple
-    of `CUDNN_TOKENS` (shapes as `dot_product_attention`)."""
+def padded_attention(q: Array, k: Array, v: Array, implementation: str) -> Array:
+    """`jax.nn.dot_product_attention` with `implementation` over tokens zero-padded to a
+    multiple of `CUDNN_TOKENS`, their counts passed as the sequence lengths, and the padded
+    queries cut off (shapes as `dot_product_attention`)."""
     batch, q_tokens, k_tokens = q.shape[0], q.shape[1], k.shape[1]
 
     def pad(x: Array) -> Array:
@@ -178,7 +180,8 @@ def _cudnn_attention(q: Array, k: Array, v: Array) -> Array:
     if q_tokens % CUDNN_TOKENS or k_tokens % CUDNN_TOKENS:
         lengths = dict(query_seq_lengths=jnp.full((batch,), q_tokens, jnp.int32),
                        key_value_seq_lengths=jnp.full((batch,), k_tokens, jnp.int32))
-    y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), implementation='cudnn', **lengths)
+    y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), implementation=implementation,
+                                     **lengths)
     return tokens(y, 0, q_tokens)
 
 
