@@ -49,7 +49,7 @@ def aot_rows(repo, *args: str) -> dict[str, dict[str, str]]:
     lines = [line for line in result.stdout.splitlines() if line.startswith('| ')]
     head = [c.strip() for c in lines[0].strip('|').split('|')]
     rows = [dict(zip(head, [c.strip() for c in line.strip('|').split('|')], strict=True))
-            for line in lines[2:]]
+            for line in lines[1:]]
     return {row['model']: row for row in rows}
 
 
