@@ -6,8 +6,11 @@
 One train step = forward + backward + AdamW on synthetic on-device data `[batch, img, img, 3]`.
 vit_jax: `make_train_step` jitted with the state donated, timed with `jax.block_until_ready`
 after the loop only. timm (when torch and timm import): bf16 autocast, channels-last, fused
-AdamW on CUDA, optionally `torch.compile`. FLOPs per step come from XLA's cost analysis of our
-compiled step and serve both frameworks' TFLOP/s. Imports neither TensorFlow nor ml_collections
+AdamW on CUDA, optionally `torch.compile`. FLOPs per step are XLA's count of our step lowered
+for the CPU (`xla_costs.cpu_flops`, right on any device) and serve both frameworks' TFLOP/s.
+`--aot=h200|h100` compiles the same steps for that GPU without one (`JAX_PLATFORMS=cpu` is set)
+and prints what XLA chose and the bytes it assigns instead. Imports neither TensorFlow nor
+ml_collections.
 
 """
 
