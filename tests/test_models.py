@@ -1,6 +1,7 @@
 """ViT models: exact parameter counts, the original parameter tree, every option's forward
 pass, fused vs explicit attention, the registry and its errors."""
 
+import functools
 import subprocess
 import sys
 
@@ -174,6 +175,26 @@ def test_attention_bias_and_mask_agree_between_paths():
         variables = attn.init(jax.random.key(2), x)
         outs.append(attn.apply(variables, x, bias=bias, mask=mask))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize('q_tokens, k_tokens', [(197, 197), (17, 33), (32, 32)])
+def test_padded_attention_equals_attention_over_the_true_tokens(q_tokens, k_tokens):
+    # The padding cuDNN gets (to multiples of 16, true lengths passed), here through XLA's
+    # implementation: the padded keys get no weight, the padded queries reach no output.
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, n, 3, 8))
+               for i, n in enumerate((q_tokens, k_tokens, k_tokens)))
+    cotangent = jax.random.normal(jax.random.key(3), q.shape)
+
+    def loss(attention):
+        return lambda q, k, v: (attention(q, k, v) * cotangent).sum()
+
+    padded = functools.partial(layers.padded_attention, implementation='xla')
+    np.testing.assert_allclose(padded(q, k, v), jax.nn.dot_product_attention(q, k, v),
+                               atol=1e-6)
+    grads = jax.grad(loss(padded), argnums=(0, 1, 2))(q, k, v)
+    expected = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+    for grad, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(grad, want, atol=1e-5)
 
 
 def test_drop_path_drops_whole_examples_and_keeps_expectation():

@@ -8,7 +8,11 @@
     pooled, maps = vit_jax.features(model, variables, images)  # pre-logits, [batch, h, w, c] maps
 """
 
-from vit_jax import storage, weights  # noqa: F401 -- storage sets the stores' variables
+from vit_jax import (  # noqa: F401 -- storage sets the stores' variables
+    startup,  # noqa: F401 -- imports jax first, without the CUDA plugin's notes
+    storage,
+    weights,
+)
 from vit_jax.models import create_model, list_models, model_options
 from vit_jax.models.features import features
 from vit_jax.version import __version__

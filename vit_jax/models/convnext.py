@@ -33,7 +33,7 @@ class ConvNeXtBlock(nn.Module):
     dtype: str = 'float32'
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         dim = x.shape[-1]
         k = self.kernel_size
         y = nn.Conv(dim, (k, k), padding=k // 2, feature_group_count=dim, dtype=self.dtype,
@@ -67,9 +67,9 @@ class ConvNeXtStage(nn.Module):
             x = nn.Conv(self.dim, (2, 2), strides=2, padding='VALID', dtype=self.dtype,
                         kernel_init=layers.trunc_normal, name='downsample')(x)
         for j in range(self.depth):
-            x = ConvNeXtBlock(self.kernel_size, self.mlp_ratio, self.ls_init_value,
-                              self.drop_path_rates[j], self.dtype, name=f'blocks_{j}')(
-                                  x, deterministic=deterministic)
+            x = layers.remat_block(ConvNeXtBlock)(
+                self.kernel_size, self.mlp_ratio, self.ls_init_value, self.drop_path_rates[j],
+                self.dtype, name=f'blocks_{j}')(x, deterministic)
         return x
 
 

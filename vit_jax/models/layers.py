@@ -4,6 +4,7 @@ relative position bias tables) to another grid. Each idea lives here once."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,12 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 ATTENTION_IMPLS = ('fused', 'explicit')
 HEADS_AXES = ('batch', 'tokens', 'heads', None)  # logical axes of [batch, tokens, heads, head_dim]
+# cuDNN's fused attention: the input dtypes it takes, and the multiple its sequence lengths must
+# be (other lengths, e.g. ViT's 197 tokens, it refuses).
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_TOKENS = 16
+# The primitive of cuDNN's attention forward in training: its output and softmax statistics.
+CUDNN_ATTENTION_FORWARD = 'dot_product_attention_fwd_wrapper'
 
 
 # timm's and the DeiT-family authors' weight init for linear and conv layers.
@@ -137,13 +144,54 @@ def attention_weights(q: Array, k: Array, bias: Array | None = None,
     return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
+def dot_product_attention(q: Array, k: Array, v: Array, bias: Array | None = None,
+                          mask: Array | None = None) -> Array:
+    """Softmax attention: `q` `[batch, q_tokens, heads, head_dim]`, `k`, `v` `[batch, k_tokens,
+    heads, head_dim]` -> `[batch, q_tokens, heads, head_dim]`; `bias`, `mask` broadcastable to
+    `[batch, heads, q_tokens, k_tokens]`.
+
+    Lowered for a CUDA GPU, bfloat16 and float16 attention without bias or mask runs cuDNN's
+    fused kernel forward and backward: the tokens are zero-padded to a multiple of
+    `CUDNN_TOKENS` and their count passed as the sequence lengths, so padded keys get no weight
+    and padded queries are cut off. Elsewhere (CPU, TPU), and where cuDNN refuses (no cuDNN
+    library, a head dim it does not take), XLA's attention (`jax.nn.dot_product_attention`).
+    """
+    xla = functools.partial(jax.nn.dot_product_attention, bias=bias, mask=mask,
+                            implementation='xla')
+    if q.dtype not in CUDNN_DTYPES or bias is not None or mask is not None:
+        return xla(q, k, v)
+    cudnn = functools.partial(padded_attention, implementation='cudnn')
+    try:
+        return jax.lax.platform_dependent(q, k, v, cuda=cudnn, default=xla)
+    except (RuntimeError, NotImplementedError):  # raised while tracing the cuDNN call
+        return xla(q, k, v)
+
+
+def padded_attention(q: Array, k: Array, v: Array, implementation: str) -> Array:
+    """`jax.nn.dot_product_attention` with `implementation` over tokens zero-padded to a
+    multiple of `CUDNN_TOKENS`, their counts passed as the sequence lengths, and the padded
+    queries cut off (shapes as `dot_product_attention`)."""
+    batch, q_tokens, k_tokens = q.shape[0], q.shape[1], k.shape[1]
+
+    def pad(x: Array) -> Array:
+        return jnp.pad(x, ((0, 0), (0, -x.shape[1] % CUDNN_TOKENS), (0, 0), (0, 0)))
+
+    lengths = {}
+    if q_tokens % CUDNN_TOKENS or k_tokens % CUDNN_TOKENS:
+        lengths = dict(query_seq_lengths=jnp.full((batch,), q_tokens, jnp.int32),
+                       key_value_seq_lengths=jnp.full((batch,), k_tokens, jnp.int32))
+    y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), implementation=implementation,
+                                     **lengths)
+    return tokens(y, 0, q_tokens)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with the original ViT parameter layout.
 
     Parameters: `query`, `key`, `value` (kernel `[dim, heads, head_dim]`) and `out`
     (kernel `[heads, head_dim, dim]`), as in flax's `MultiHeadDotProductAttention`.
 
-    `impl='fused'` calls `jax.nn.dot_product_attention` (cuDNN flash attention on GPU);
+    `impl='fused'` calls `dot_product_attention` (cuDNN's fused kernel on GPU);
     `impl='explicit'` computes the softmax step by step and stores the attention weights
     `[batch, heads, tokens, tokens]` in the 'intermediates' collection under
     'attention_weights' (read them with `apply(..., mutable=['intermediates'])`). Both give the
@@ -179,7 +227,7 @@ class MultiHeadAttention(nn.Module):
         if self.impl == 'fused' and not dropping:
             if bias is not None:
                 bias = bias.astype(q.dtype)
-            y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+            y = dot_product_attention(q, k, v, bias=bias, mask=mask)
         else:
             weights = attention_weights(q, k, bias, mask)
             self.sow('intermediates', 'attention_weights', weights)
@@ -189,6 +237,21 @@ class MultiHeadAttention(nn.Module):
         y = nn.with_logical_constraint(y, HEADS_AXES)
         return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
                                kernel_init=self.kernel_init, name='out')(y)
+
+
+def save_matmuls(prim: jax.extend.core.Primitive, *args: Any, **params: Any) -> bool:
+    """The remat policy of every family's blocks: the backward pass keeps the outputs of
+    matmuls without batch dimensions (the Dense layers) and of cuDNN's fused attention, and
+    recomputes the rest from them (LayerNorm, activations, residual adds, XLA's attention)."""
+    return prim.name == CUDNN_ATTENTION_FORWARD or \
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+
+
+def remat_block(block: type[nn.Module], full: bool = False) -> type[nn.Module]:
+    """`block`, whose `__call__(x, deterministic, ...)` takes `deterministic` second, under
+    `nn.remat`: with `full`, its input alone is kept for the backward pass (~1/3 more compute),
+    else what `save_matmuls` keeps."""
+    return nn.remat(block, static_argnums=(2,), policy=None if full else save_matmuls)
 
 
 def check_images(x: Array, in_chans: int) -> None:

@@ -116,7 +116,7 @@ class SwinBlock(nn.Module):
     dtype: str = 'float32'
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         dim = x.shape[-1]
         drop_path = layers.DropPath(self.drop_path_rate)
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm1')(x)
@@ -174,10 +174,10 @@ class SwinStage(nn.Module):
         if self.downsample:
             x = PatchMerging(self.dim, dtype=self.dtype, name='downsample')(x)
         for j in range(self.depth):
-            x = SwinBlock(self.num_heads, self.window, self.shift if j % 2 else 0,
-                          self.mlp_ratio, self.proj_drop_rate, self.attn_drop_rate,
-                          self.drop_path_rates[j], self.attn_impl, self.dtype,
-                          name=f'blocks_{j}')(x, deterministic=deterministic)
+            x = layers.remat_block(SwinBlock)(
+                self.num_heads, self.window, self.shift if j % 2 else 0, self.mlp_ratio,
+                self.proj_drop_rate, self.attn_drop_rate, self.drop_path_rates[j],
+                self.attn_impl, self.dtype, name=f'blocks_{j}')(x, deterministic)
         return x
 
 

@@ -104,8 +104,7 @@ class Encoder(nn.Module):
             pe = np.pad(pe, ((0, 0), (self.num_prefix_tokens, 0), (0, 0)))
             x = x + jnp.asarray(pe, x.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        # Remat keeps only each block's input for the backward pass and recomputes the rest.
-        block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+        block = layers.remat_block(EncoderBlock, full=self.remat)
         rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
         options = dict(dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
                        act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
@@ -145,8 +144,9 @@ class VisionTransformer(nn.Module, contract.Family):
     embedding, whose patches are then taken from the ResNet's feature map. `dtype` is the
     compute dtype; parameters stay float32. `norm_eps` is every LayerNorm's epsilon (1e-6 as the
     original; Hugging Face's ViT uses 1e-12 with `act_layer='gelu'`). `num_classes=0` returns
-    the pooled features `[batch, embed_dim or representation_size]`. `remat=True` recomputes
-    each block's activations in the backward pass (less memory, ~1/3 more compute).
+    the pooled features `[batch, embed_dim or representation_size]`. Each block keeps only its
+    matmul and attention outputs for the backward pass (`layers.save_matmuls`); `remat=True`
+    keeps only its input (less memory, ~1/3 more compute).
     `scan_layers=True` runs the blocks as one `nn.scan` (compiled once, not `depth` times): their
     parameters are stacked `[depth, ...]` under `Transformer/encoderblock` (big_vision's layout);
     `vit_jax.weights` loads and saves either way. Activations carry logical axis names (`batch`,

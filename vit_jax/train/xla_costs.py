@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
+from jax._src.lib import _jax
+
+
+def cpu_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """FLOPs of one call `fn(*args)` (arrays or `ShapeDtypeStruct`s) for any device: XLA's CPU
+    cost analysis of the program lowered for the CPU, before optimisation. (The analysis of a
+    program compiled for a GPU leaves out its cuBLAS and cuDNN calls.)"""
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    hlo = jax.jit(fn).trace(*specs).lower(lowering_platforms=('cpu',)).compiler_ir('hlo')
+    cpu = jax.local_devices(backend='cpu')[0].client
+    return float(_jax.hlo_module_cost_analysis(cpu, hlo.as_hlo_module())['flops'])
 
 
 def flops(compiled: jax.stages.Compiled) -> float:
