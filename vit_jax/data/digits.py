@@ -70,18 +70,32 @@ def prepare_offline(name: str, version: str, build: Callable[[str, str], None],
 
 def _build(data_dir: str, path: str) -> None:
     images, labels = images_and_labels()
-    store_atomically(
+    store_digit_splits(
         data_dir, path, name=NAME, version=VERSION,
+        splits={split: (indices, images[indices], labels[indices]) for split, indices in
+                zip(('train', 'test'), split_indices(labels), strict=True)},
+        description="scikit-learn's load_digits: 8x8 handwritten digits (UCI).")
+
+
+def store_digit_splits(data_dir: str, path: str, *, name: str, version: str,
+                       splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       description: str) -> None:
+    """Stores `splits` (`{split: (keys [n], uint8 images [n, h, w, c], labels [n])}`) of the
+    ten digit classes '0' ... '9' as the tfds dataset `name` `version` at `path`
+    (`store_atomically`)."""
+    shape = next(iter(splits.values()))[1].shape[1:]
+    store_atomically(
+        data_dir, path, name=name, version=version,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(8, 8, 3)),
+            'image': tfds.features.Image(shape=shape),
             'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
         }),
         split_datasets={
-            split: [(int(i), {'image': images[i], 'label': labels[i]}) for i in indices]
-            for split, indices in zip(('train', 'test'), split_indices(labels), strict=True)
+            split: [(int(key), {'image': image, 'label': label})
+                    for key, image, label in zip(keys, images, labels, strict=True)]
+            for split, (keys, images, labels) in splits.items()
         },
-        description="scikit-learn's load_digits: 8x8 handwritten digits (UCI).",
-    )
+        description=description)
 
 
 def store_atomically(data_dir: str, path: str, *, name: str, version: str,

