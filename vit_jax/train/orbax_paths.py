@@ -5,7 +5,7 @@ fails three ways: its tensorstore spec is built with `os.path.normpath`, which t
 `s3:/bucket/...` and then refuses it as not absolute; its arrays would go to tensorstore's `file`
 driver; and a finished save is marked by renaming a temporary folder, which S3 cannot do (s3fs
 copies object by object, and fails on a folder written by tensorstore). `install()` wraps the
-four orbax functions that decide this, for `s3://` directories only: their tensorstore spec is
+five orbax functions that decide this, for `s3://` directories only: their tensorstore spec is
 `storage.kvstore_spec` (the `s3` driver, with `AWS_ENDPOINT_URL`), and a save is marked complete
 the way orbax marks it on GCS, by a `commit_success.txt` written last into the step's folder.
 Everything else orbax does with an `s3://` directory goes through etils.epath (s3fs).
