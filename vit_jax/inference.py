@@ -4,10 +4,10 @@ training run (`workdir`), a weights file or URL with a registered model name, a 
 model, its variables, how its evaluation images are prepared and, where the source says, its
 class names.
 
-    loaded = inference.load(workdir='runs/digits')            # a run of vit_jax.main
-    loaded = inference.load(weights='ViT-B_16.npz', model='ViT-B_16')
-    loaded = inference.load(weights='hf/vit-base-patch16-224')  # a Hugging Face directory
-    loaded = inference.load(weights='imagenet21k/ViT-B_16')   # a published name
+    loaded = inference.load(workdir='runs/digits')                   # a run of vit_jax.main
+    loaded = inference.load(weights_source='ViT-B_16.npz', model='ViT-B_16')
+    loaded = inference.load(weights_source='hf/vit-base-patch16-224')  # a Hugging Face directory
+    loaded = inference.load(weights_source='imagenet21k/ViT-B_16')   # a published name
 """
 
 from __future__ import annotations
@@ -96,4 +96,3 @@ def _from_workdir(workdir: str | os.PathLike, step: int | None, ema: bool,
         'interpolation': 'bilinear', **NORMALIZATIONS[config.pp.get('normalize',
                                                                       'minus_one_one')]})
     return Loaded(net, variables, config.model_name, preprocessing, tuple(names), config)
-

@@ -13,7 +13,6 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -276,30 +275,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f'vit_jax.config.base_config(), as the packaged config files do')
     for key in KEYS:
         key.check(_value(config, key.name))
-    for rule in _rules(config):
-        raise ConfigError(rule)
+    _check_rules(config)
     sharding.check_rules(config.param_sharding)
     distill.check_config(config)
     registry.get_spec(config.model_name)
 
 
-def _rules(c: ml_collections.ConfigDict) -> Iterator[str]:
-    """What is wrong with how `c`'s keys go together, if anything."""
+def _check_rules(c: ml_collections.ConfigDict) -> None:
+    """A one-line `ConfigError` when `c`'s keys do not go together."""
     if c.batch % c.accum_steps:
-        yield (f'--config.batch={c.batch} is not divisible by --config.accum_steps='
-               f'{c.accum_steps}')
+        raise ConfigError(f'--config.batch={c.batch} is not divisible by '
+                          f'--config.accum_steps={c.accum_steps}')
     if c.warmup_steps >= c.total_steps:
-        yield (f'--config.warmup_steps={c.warmup_steps} must be smaller than '
-               f'--config.total_steps={c.total_steps}')
+        raise ConfigError(f'--config.warmup_steps={c.warmup_steps} must be smaller than '
+                          f'--config.total_steps={c.total_steps}')
     if c.pretrained == '':
-        yield ('this config fine-tunes loaded weights: pass --config.pretrained=PATH (an '
-               'original or big_vision .npz, a timm .pth/.bin/.safetensors), a URL or a '
-               'published name (python -m vit_jax.hub --list)')
+        raise ConfigError('this config fine-tunes loaded weights: pass --config.pretrained=PATH '
+                          '(an original or big_vision .npz, a timm .pth/.bin/.safetensors), a '
+                          'URL or a published name (python -m vit_jax.hub --list)')
     shots = tuple(c.fewshot_shots)
     if not shots or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0
                             for k in shots):
-        yield (f'--config.fewshot_shots must be positive integers (examples per class), e.g. '
-               f'(1, 5, 10, 25); got {shots!r}')
+        raise ConfigError(f'--config.fewshot_shots must be positive integers (examples per '
+                          f'class), e.g. (1, 5, 10, 25); got {shots!r}')
 
 
 def reference() -> str:
