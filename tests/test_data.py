@@ -296,6 +296,26 @@ def test_folder_errors(image_folder, breakage, message):
         create_datasets(config)
 
 
+def test_a_launch_checks_each_image_of_a_folder_once(image_folder, tmp_path_factory,
+                                                     monkeypatch):
+    """Training, evaluation and few-shot evaluation read the dataset the launch opened: each
+    image file is checked once (it was three times: the info, the streams, few-shot)."""
+    import scale_worker
+
+    from vit_jax.data import folders
+    from vit_jax.train import loop
+
+    checked, check = [], folders.image_problem
+    monkeypatch.setattr(folders, 'image_problem', lambda path: checked.append(path) or check(path))
+    config = scale_worker.make_config([
+        ('dataset', str(image_folder)), ('batch', '4'), ('batch_eval', '2'),
+        ('total_steps', '2'), ('fewshot_every', '2'), ('fewshot_shots', '(1,)')])
+    final = loop.train(config, str(tmp_path_factory.mktemp('run')))
+    images = [str(p) for p in image_folder.rglob('*') if p.suffix.lower() != '.txt' and p.is_file()]
+    assert sorted(checked) == sorted(images) and len(images) == 8
+    assert final['count'] == 3
+
+
 BAD_IMAGES = {  # file name -> (bytes, the reason the check gives)
     'empty.jpg': (b'', 'empty file'),
     'cut.jpg': (None, r'truncated JPEG \(no end marker\)'),

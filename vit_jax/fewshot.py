@@ -34,8 +34,9 @@ def run_fewshot(model: nn.Module, variables: dict, config: ml_collections.Config
     this process's first device."""
     from vit_jax import data  # the input pipeline imports TensorFlow: only when used
 
-    _, make_test_iter, info = data.create_datasets(config)
-    make_train_iter = data.create_datasets(fewshot.train_split_config(config))[1]
+    dataset = data.Dataset(config)
+    _, make_test_iter, info = dataset(config)
+    make_train_iter = dataset(fewshot.train_split_config(config))[1]
     step = jax.jit(fewshot.feature_step(model, config.pp.normalize))
     return fewshot.evaluate(step, variables, make_train_iter(), make_test_iter(),
                             info.num_classes, shots, config.seed)

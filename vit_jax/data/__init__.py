@@ -22,6 +22,30 @@ if TYPE_CHECKING:  # the models import vit_jax.normalization: no ml_collections 
     import ml_collections
 
 
+class Dataset:
+    """The data `config` names, opened once: `info`, and called as `create_datasets` over it.
+
+    The dataset and its splits `pp.train` and `pp.test` are opened when it is built (an image
+    folder's files listed and checked); a call may name another split of the same dataset (the
+    few-shot examples' `pp.test`), opened at its first use; no split is opened twice.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        _check_config(config)
+        from vit_jax.data import pipeline  # Imports TensorFlow, so only here.
+
+        self._opened = pipeline.open_dataset(config)
+        self.info: DatasetInfo = self._opened.info(config.pp.train, config.pp.test)
+
+    def __call__(self, config: ml_collections.ConfigDict, start: int = 0
+                 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
+        """`create_datasets(config, start)` over this dataset (`config.dataset` is its name)."""
+        _check_config(config)
+        from vit_jax.data import pipeline
+
+        return pipeline.create_datasets(config, start, self._opened)
+
+
 def create_datasets(
     config: ml_collections.ConfigDict, start: int = 0
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
@@ -51,19 +75,13 @@ def create_datasets(
         images into model inputs with `vit_jax.data.device.model_inputs` (normalised as
         `pp.normalize` says, erased with probability `pp.erase_prob` in training).
     """
-    _check_config(config)
-    from vit_jax.data import pipeline  # Imports TensorFlow, so only here.
-
-    return pipeline.create_datasets(config, start)
+    return Dataset(config)(config, start)
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     """The `info` that `create_datasets(config)` returns, without building the input pipeline
-    (only the dataset's metadata, split sizes and file lists are read)."""
-    _check_config(config)
-    from vit_jax.data import pipeline  # Imports TensorFlow, so only here.
-
-    return pipeline.dataset_info(config)
+    (only the dataset's metadata, split sizes and file lists are read, folder images checked)."""
+    return Dataset(config).info
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:

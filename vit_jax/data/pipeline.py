@@ -12,6 +12,8 @@ Datasets are only read where they are; what the pipeline writes goes to this mac
 (`vit_jax.data.cache`).
 """
 
+from __future__ import annotations
+
 import collections
 import concurrent.futures
 import difflib
@@ -27,6 +29,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from vit_jax import storage
 from vit_jax.data import cache, folders, known
@@ -52,10 +55,11 @@ _JPEG_DCT = 'INTEGER_ACCURATE'
 
 
 def create_datasets(
-    config: ml_collections.ConfigDict, start: int = 0
+    config: ml_collections.ConfigDict, start: int, dataset: OpenDataset
 ) -> tuple[Iterator[Batch], Callable[[], Iterator[Batch]], DatasetInfo]:
-    """Implements `vit_jax.data.create_datasets` (see there)."""
-    info, train, test = _sources(config)
+    """Implements `vit_jax.data.Dataset.__call__` (see there) over the opened `dataset`."""
+    train, test = dataset.split(config.pp.train), dataset.split(config.pp.test)
+    info = dataset.info(config.pp.train, config.pp.test)
     count, index = jax.process_count(), jax.process_index()
     threads = config.input_threads or os.cpu_count()
     rows = config.batch // count
@@ -195,27 +199,63 @@ def _read(source: Source, threads: int,
     return ds.with_options(options)
 
 
-def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-    """Implements `vit_jax.data.dataset_info` (see there)."""
-    return _sources(config)[0]
+class OpenDataset:
+    """A dataset opened once: its `name`, `class_names` and each split's examples by index
+    (`split`), each split opened at its first use and then kept. Subclasses say what a split's
+    key is (`_key`) and how one is opened (`_open`: its examples and the files left out)."""
+
+    name: str
+    class_names: tuple[str, ...]
+
+    def __init__(self) -> None:
+        self._splits: dict[str, tuple[Source, tuple[str, ...]]] = {}
+
+    def split(self, split: str) -> Source:
+        """The examples of `split` (e.g. `train[:98%]`), read by index (nothing decoded yet)."""
+        return self._opened(split)[0]
+
+    def info(self, train: str, test: str) -> DatasetInfo:
+        """The info of training on split `train` and evaluating on split `test`."""
+        (train_examples, skipped), (test_examples, skipped_test) = \
+            self._opened(train), self._opened(test)
+        return DatasetInfo(self.name, len(self.class_names), train_examples.size,
+                           test_examples.size, self.class_names,
+                           tuple(dict.fromkeys(skipped + skipped_test)))
+
+    def _opened(self, split: str) -> tuple[Source, tuple[str, ...]]:
+        key = self._key(split)
+        if key not in self._splits:
+            self._splits[key] = self._open(split)
+        return self._splits[key]
+
+    def _key(self, split: str) -> str:
+        raise NotImplementedError
+
+    def _open(self, split: str) -> tuple[Source, tuple[str, ...]]:
+        raise NotImplementedError
 
 
-def _sources(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
-    """The info and the train and eval examples, read by index (nothing decoded yet)."""
+def open_dataset(config: ml_collections.ConfigDict) -> OpenDataset:
+    """The dataset `config.dataset` names: an offline one (`vit_jax.data.known`), an image
+    folder (local or in a bucket) or a prepared tfds dataset; its splits `pp.train` and
+    `pp.test` are opened, their images checked."""
     tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
     if config.tfds_data_dir and storage.is_remote(config.tfds_data_dir):
         _check_bucket(config.tfds_data_dir, 'tfds_data_dir')
     offline = known.dataset(config.dataset).builder
     if offline:
         builder = importlib.import_module(f'vit_jax.data.{offline}').prepare(config.tfds_data_dir)
-        return _from_tfds(builder, config, config.dataset)
-    if storage.is_remote(config.dataset) or storage.path(config.dataset).is_dir():
-        return _from_folder(config)
-    if _looks_like_path(config.dataset):
+        dataset = TfdsDataset(builder, config.dataset)
+    elif storage.is_remote(config.dataset) or storage.path(config.dataset).is_dir():
+        dataset = FolderDataset(config)
+    elif _looks_like_path(config.dataset):
         raise DataError(f'No such folder {config.dataset!r} (and no tfds name); check the path '
                         f'of --config.dataset.')
-    builder = _tfds_builder(config.dataset, config.tfds_data_dir)
-    return _from_tfds(builder, config, config.dataset)
+    else:
+        dataset = TfdsDataset(_tfds_builder(config.dataset, config.tfds_data_dir),
+                              config.dataset)
+    dataset.info(config.pp.train, config.pp.test)
+    return dataset
 
 
 def _looks_like_path(name: str) -> bool:
@@ -345,21 +385,25 @@ def _first_line(error: Exception) -> str:
     return re.sub(r'^\{\{.*?\}\}\s*', '', str(error).strip().split('\n')[0]).rstrip(' .:')
 
 
-def _from_tfds(
-    builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict, name: str
-) -> tuple[DatasetInfo, Source, Source]:
-    """Returns the info and the train and eval sources of a tfds dataset."""
-    features = builder.info.features
-    labels = features['label'] if 'label' in features.keys() else None
-    if 'image' not in features.keys() or not isinstance(labels, tfds.features.ClassLabel):
-        raise DataError(
-            f"Dataset {name!r} has no 'image' and 'label' (class) features, only "
-            f'{list(features.keys())}; use an image classification dataset.'
-        )
-    train = _tfds_split(builder, name, config.pp.train)
-    test = _tfds_split(builder, name, config.pp.test)
-    info = DatasetInfo(name, labels.num_classes, train.size, test.size, tuple(labels.names))
-    return info, train, test
+class TfdsDataset(OpenDataset):
+    """A tfds dataset (from its `builder`) opened as `name`; a split is a tfds split string."""
+
+    def __init__(self, builder: tfds.core.DatasetBuilder, name: str):
+        super().__init__()
+        features = builder.info.features
+        labels = features['label'] if 'label' in features.keys() else None
+        if 'image' not in features.keys() or not isinstance(labels, tfds.features.ClassLabel):
+            raise DataError(
+                f"Dataset {name!r} has no 'image' and 'label' (class) features, only "
+                f'{list(features.keys())}; use an image classification dataset.'
+            )
+        self.name, self.class_names, self._builder = name, tuple(labels.names), builder
+
+    def _key(self, split: str) -> str:
+        return split
+
+    def _open(self, split: str) -> tuple[Source, tuple[str, ...]]:
+        return _tfds_split(self._builder, self.name, split), ()
 
 
 def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Source:
@@ -396,36 +440,47 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Sou
         ) from None
 
 
-def _from_folder(config: ml_collections.ConfigDict) -> tuple[DatasetInfo, Source, Source]:
-    """Returns the info and the train and eval sources of an image folder (local or in a
-    bucket), every file checked (`vit_jax.data.folders`)."""
-    root = storage.path(config.dataset)
-    if storage.is_remote(config.dataset):
-        _check_bucket(config.dataset, 'dataset')
-        if not root.is_dir():
-            raise DataError(f'No such folder {config.dataset!r}; check the path of '
-                            '--config.dataset.')
-    train_dir = root / config.pp.train.split('[')[0]
-    test_dir = root / config.pp.test.split('[')[0]
-    class_names = folders.class_names(train_dir)
-    if len(class_names) < 2:
-        raise DataError(f'{train_dir} holds one class folder, {class_names[0]!r}; a classifier '
-                        f'needs two or more: add a folder of images per class.')
-    unknown = sorted(set(folders.class_names(test_dir)) - set(class_names))
-    if unknown:
-        raise DataError(
-            f'{test_dir} has classes that {train_dir} lacks: {unknown}; every eval class needs '
-            'training images, so add them to the train split or remove them from the eval split.'
-        )
-    *train, skipped = folders.check_images(*folders.list_images(train_dir, class_names),
-                                           skip=config.skip_bad_images)
-    *test, skipped_test = folders.check_images(*folders.list_images(test_dir, class_names),
-                                               skip=config.skip_bad_images)
-    for split_dir, files in ((train_dir, train[0]), (test_dir, test[0])):
-        if not files:
+class FolderDataset(OpenDataset):
+    """An image folder, local or in a bucket (`config.dataset`), laid out
+    `root/<split>/<class>/...` (`vit_jax.data.folders`): the classes are the class folders of
+    split `pp.train`; a split is its folder, any tfds slice ignored (`train[:98%]` is `train`);
+    every image is checked when its split is opened (`config.skip_bad_images`)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__()
+        self.name, self._root = config.dataset, storage.path(config.dataset)
+        if storage.is_remote(config.dataset):
+            _check_bucket(config.dataset, 'dataset')
+            if not self._root.is_dir():
+                raise DataError(f'No such folder {config.dataset!r}; check the path of '
+                                '--config.dataset.')
+        self._skip = config.skip_bad_images
+        self._train_dir = self._root / self._key(config.pp.train)
+        self.class_names = folders.class_names(self._train_dir)
+        if len(self.class_names) < 2:
+            raise DataError(f'{self._train_dir} holds one class folder, {self.class_names[0]!r}; '
+                            f'a classifier needs two or more: add a folder of images per class.')
+        self._check_classes(self._root / self._key(config.pp.test))
+
+    def _key(self, split: str) -> str:
+        return split.split('[')[0]
+
+    def _check_classes(self, split_dir: epath.Path) -> None:
+        """Raises a `DataError` when `split_dir` has a class folder the train split lacks."""
+        unknown = sorted(set(folders.class_names(split_dir)) - set(self.class_names))
+        if unknown:
+            raise DataError(
+                f'{split_dir} has classes that {self._train_dir} lacks: {unknown}; every eval '
+                'class needs training images, so add them to the train split or remove them '
+                'from the eval split.'
+            )
+
+    def _open(self, split: str) -> tuple[Source, tuple[str, ...]]:
+        split_dir = self._root / self._key(split)
+        self._check_classes(split_dir)
+        paths, labels, skipped = folders.check_images(
+            *folders.list_images(split_dir, self.class_names), skip=self._skip)
+        if not paths:
             raise DataError(f'No readable images in {split_dir}: every file failed the check; '
                             f'see {split_dir} or --config.skip_bad_images.')
-    train, test = FileList(*train), FileList(*test)
-    info = DatasetInfo(config.dataset, len(class_names), train.size, test.size, class_names,
-                       tuple(skipped + skipped_test))
-    return info, train, test
+        return FileList(paths, labels), tuple(skipped)

@@ -117,7 +117,7 @@ class DynamicAggregationFeedForward(nn.Module):
         return jnp.concatenate([cls * weight, y.reshape(batch, -1, dim)], axis=1)
 
 
-class HeadInteractingAttention(nn.Module):
+class HeadInteractingAttention(layers.AttentionOptions):
     """HI-MHSA: `[batch, tokens, dim] -> [batch, tokens, dim]`, token 0 the class token.
 
     Head token `h` is the mean over all tokens of channel group `h`, projected to `dim`
@@ -129,10 +129,6 @@ class HeadInteractingAttention(nn.Module):
 
     num_heads: int
     qkv_bias: bool = True
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -146,15 +142,15 @@ class HeadInteractingAttention(nn.Module):
         pos = self.param('head_pos_embed', dense_init, (1, heads, dim))
         ht = ht + pos.astype(ht.dtype)
         y = layers.MultiHeadAttention(
-            heads, dropout_rate=self.attn_dropout_rate, qkv_bias=self.qkv_bias,
+            heads, dropout_rate=self.attn_drop_rate, qkv_bias=self.qkv_bias,
             impl=self.attn_impl, dtype=self.dtype, kernel_init=dense_init, name='attn',
         )(jnp.concatenate([x, ht], axis=1), deterministic=deterministic)
         cls = layers.tokens(y, 0, 1) + layers.tokens(y, tokens).mean(axis=1, keepdims=True)
         y = jnp.concatenate([cls, layers.tokens(y, 1, tokens)], axis=1)
-        return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        return nn.Dropout(self.drop_rate)(y, deterministic=deterministic)
 
 
-class DHVTBlock(nn.Module):
+class DHVTBlock(layers.AttentionOptions):
     """Pre-norm block, HI-MHSA then DAFF: `[batch, 1 + rows * cols, dim]` in and out.
 
     `hi_mhsa=False` / `daff=False` use DeiT's plain attention / MLP instead (ablations).
@@ -164,11 +160,7 @@ class DHVTBlock(nn.Module):
     mlp_dim: int
     grid: tuple[int, int]
     qkv_bias: bool = True
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
     hi_mhsa: bool = True
     daff: bool = True
 
@@ -177,15 +169,14 @@ class DHVTBlock(nn.Module):
         drop_path = layers.DropPath(self.drop_path_rate)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm1')(x)
         if self.hi_mhsa:
-            y = HeadInteractingAttention(
-                self.num_heads, self.qkv_bias, self.dropout_rate, self.attn_dropout_rate,
-                self.attn_impl, self.dtype, name='attn')(y, deterministic=not train)
+            y = HeadInteractingAttention(self.num_heads, self.qkv_bias, **self.attention_options(),
+                                         name='attn')(y, deterministic=not train)
         else:
             y = layers.MultiHeadAttention(
-                self.num_heads, dropout_rate=self.attn_dropout_rate, qkv_bias=self.qkv_bias,
+                self.num_heads, dropout_rate=self.attn_drop_rate, qkv_bias=self.qkv_bias,
                 impl=self.attn_impl, dtype=self.dtype, kernel_init=dense_init, name='attn',
             )(y, deterministic=not train)
-            y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+            y = nn.Dropout(self.drop_rate)(y, deterministic=not train)
         x = x + drop_path(y, deterministic=not train)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm2')(x)
         if self.daff:
@@ -198,7 +189,7 @@ class DHVTBlock(nn.Module):
         return x + drop_path(y, deterministic=not train)
 
 
-class DHVT(nn.Module, contract.Family):
+class DHVT(layers.AttentionOptions, contract.Family):
     """DHVT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use the authors' (timm) names. `patch_size` is 2, 4 or 16; the image sides must be
@@ -219,11 +210,7 @@ class DHVT(nn.Module, contract.Family):
     num_heads: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
     in_chans: int = 3
     sope: bool = True
     daff: bool = True
@@ -287,10 +274,8 @@ class DHVT(nn.Module, contract.Family):
         for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
             x = DHVTBlock(
                 self.num_heads, int(self.embed_dim * self.mlp_ratio), (rows, cols),
-                qkv_bias=self.qkv_bias, dropout_rate=self.drop_rate,
-                attn_dropout_rate=self.attn_drop_rate, drop_path_rate=rate,
-                attn_impl=self.attn_impl, dtype=self.dtype, hi_mhsa=self.hi_mhsa,
-                daff=self.daff, name=f'blocks_{i}')(x, train=train)
+                qkv_bias=self.qkv_bias, drop_path_rate=rate, hi_mhsa=self.hi_mhsa,
+                daff=self.daff, **self.attention_options(), name=f'blocks_{i}')(x, train=train)
             x = nn.with_logical_constraint(x, ('batch', 'tokens', 'embed'))
         x = layers.token(nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x), 0)
         return layers.classifier_head(x, self.num_classes, dtype=self.dtype,

@@ -4,6 +4,7 @@ relative position bias tables) to another grid. Each idea lives here once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -237,6 +238,30 @@ class MultiHeadAttention(nn.Module):
         y = nn.with_logical_constraint(y, HEADS_AXES)
         return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
                                kernel_init=self.kernel_init, name='out')(y)
+
+
+class AttentionOptions(nn.Module):
+    """The options every module with attention shares, from a family's top-level module down to
+    its blocks, keyword-only (after a module's own fields) and named as timm names them:
+    `drop_rate` drops the attention output and the MLP's activations (where else, each family's
+    docstring says), `attn_drop_rate` the attention weights; `attn_impl` is one of
+    `ATTENTION_IMPLS`, `dtype` the compute dtype. A module hands them to the blocks it builds
+    with `attention_options()`."""
+
+    _: dataclasses.KW_ONLY
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    attn_impl: str = 'fused'
+    dtype: str = 'float32'
+
+    def attention_options(self) -> dict[str, Any]:
+        """These options as keyword arguments for a child module."""
+        return {name: getattr(self, name) for name in ATTENTION_OPTIONS}
+
+
+# The names of those options (flax adds `parent` and `name` to every module).
+ATTENTION_OPTIONS = tuple(f.name for f in dataclasses.fields(AttentionOptions)
+                          if f.name not in ('parent', 'name'))
 
 
 def save_matmuls(prim: jax.extend.core.Primitive, *args: Any, **params: Any) -> bool:

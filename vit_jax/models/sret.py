@@ -84,30 +84,26 @@ def sliced(fn, x: Array, groups: int, perm: Array | None) -> Array:
     return y if perm is None else y[:, jnp.argsort(perm)]
 
 
-class RecursiveBlock(nn.Module):
+class RecursiveBlock(layers.AttentionOptions):
     """Pre-norm transformer block with sliced group attention and learnable residual
     coefficients: `[batch, tokens, dim] -> [batch, tokens, dim]`."""
 
     num_heads: int
     mlp_dim: int
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: Array, *, groups: int, perm: Array | None,
                  deterministic: bool) -> Array:
         drop_path = layers.DropPath(self.drop_path_rate)
-        attn = layers.MultiHeadAttention(self.num_heads, dropout_rate=self.attn_dropout_rate,
+        attn = layers.MultiHeadAttention(self.num_heads, dropout_rate=self.attn_drop_rate,
                                          impl=self.attn_impl, dtype=self.dtype, name='attn')
         y = sliced(lambda t: attn(t, deterministic=deterministic),
                    nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm1')(x), groups, perm)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = nn.Dropout(self.drop_rate)(y, deterministic=deterministic)
         x = Coefficient(name='residual_attn')(x) + Coefficient(name='branch_attn')(
             drop_path(y, deterministic=deterministic))
-        y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, act_layer='gelu',
+        y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.drop_rate, act_layer='gelu',
                             dtype=self.dtype, name='mlp')(
             nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm2')(x),
             deterministic=deterministic)
@@ -132,7 +128,7 @@ class NonLinearProjection(nn.Module):
         return Coefficient(name='residual')(x) + Coefficient(name='branch')(y)
 
 
-class RecursiveStage(nn.Module):
+class RecursiveStage(layers.AttentionOptions):
     """`recursive_num` shared blocks, each applied `depth / recursive_num` times and followed
     each time by its own NLL: `[batch, tokens, dim] -> [batch, tokens, dim]`.
 
@@ -147,11 +143,7 @@ class RecursiveStage(nn.Module):
     mlp_ratio: float
     np_mlp_ratio: float
     drop_path_rates: tuple[float, ...]
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
     mixed_depth_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: Array, *, perms: Sequence[Array | None], train: bool) -> Array:
@@ -159,12 +151,11 @@ class RecursiveStage(nn.Module):
         loops = self.depth // self.recursive_num
         perms = iter(perms)
         for r in range(self.recursive_num):
-            block = RecursiveBlock(
-                self.num_heads, int(dim * self.mlp_ratio), dropout_rate=self.dropout_rate,
-                attn_dropout_rate=self.attn_dropout_rate, drop_path_rate=self.drop_path_rates[r],
-                attn_impl=self.attn_impl, dtype=self.dtype, name=f'block_{r}')
+            block = RecursiveBlock(self.num_heads, int(dim * self.mlp_ratio),
+                                   self.drop_path_rates[r], **self.attention_options(),
+                                   name=f'block_{r}')
             for loop in range(loops):
-                nll = NonLinearProjection(int(dim * self.np_mlp_ratio), self.dropout_rate,
+                nll = NonLinearProjection(int(dim * self.np_mlp_ratio), self.drop_rate,
                                           self.dtype, name=f'nll_{r * loops + loop}')
                 if loop == 0:
                     y = block(x, groups=self.groups1, perm=None, deterministic=not train)
@@ -208,7 +199,7 @@ def _short_name(name: str) -> str:
     return '_'.join([_SHORT_SIZES[name.split('_')[1]], *name.split('_')[2:]])
 
 
-class SReT(nn.Module, contract.Family):
+class SReT(layers.AttentionOptions, contract.Family):
     """SReT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Per-stage options are tuples of three, named as the authors' constructor: token width
@@ -231,12 +222,8 @@ class SReT(nn.Module, contract.Family):
     groups2: tuple[int, ...] = (2, 1, 1)
     mlp_ratio: float = 3.6
     np_mlp_ratio: float = 1.0
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     mixed_depth_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     rng_streams = ('dropout', 'permute')
     feature_modules = r'stage_\d+/nll_\d+'
@@ -341,9 +328,8 @@ class SReT(nn.Module, contract.Family):
                 self.mlp_ratio, self.np_mlp_ratio,
                 drop_path_rates=tuple(self.drop_path_rate * i / total
                                       for i in range(start, start + depth)),
-                dropout_rate=self.drop_rate, attn_dropout_rate=self.attn_drop_rate,
-                mixed_depth_rate=self.mixed_depth_rate, attn_impl=self.attn_impl,
-                dtype=self.dtype, name=f'stage_{s}')(x, perms=stage_perms, train=train)
+                mixed_depth_rate=self.mixed_depth_rate, **self.attention_options(),
+                name=f'stage_{s}')(x, perms=stage_perms, train=train)
             start += depth
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x.mean(axis=1))
         return layers.classifier_head(x, self.num_classes, dtype=self.dtype)

@@ -61,7 +61,7 @@ def shifted_window_mask(size: int, window: int, shift: int) -> np.ndarray:
     return ids[:, :, None] == ids[:, None, :]
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(layers.AttentionOptions):
     """(Shifted-)window self-attention with a learned relative position bias.
 
     `[batch, h, w, dim] -> [batch, h, w, dim]`; `h` and `w` are multiples of `window`.
@@ -71,10 +71,6 @@ class WindowAttention(nn.Module):
     num_heads: int
     window: int
     shift: int = 0
-    attn_drop_rate: float = 0.0
-    proj_drop_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -95,37 +91,32 @@ class WindowAttention(nn.Module):
             self.num_heads, dropout_rate=self.attn_drop_rate, impl=self.attn_impl,
             dtype=self.dtype, kernel_init=layers.trunc_normal, name='attention')(
                 windows, bias=bias, mask=mask, deterministic=deterministic)
-        y = nn.Dropout(self.proj_drop_rate)(y, deterministic=deterministic)
+        y = nn.Dropout(self.drop_rate)(y, deterministic=deterministic)
         y = window_reverse(y, self.window, h, w)
         if self.shift:
             y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
         return y
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(layers.AttentionOptions):
     """Pre-norm block: window attention, then MLP. `[batch, h, w, dim] -> [batch, h, w, dim]`."""
 
     num_heads: int
     window: int
     shift: int = 0
     mlp_ratio: float = 4.0
-    proj_drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         dim = x.shape[-1]
         drop_path = layers.DropPath(self.drop_path_rate)
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm1')(x)
-        y = WindowAttention(self.num_heads, self.window, self.shift, self.attn_drop_rate,
-                            self.proj_drop_rate, self.attn_impl, self.dtype, name='attn')(
-                                y, deterministic=deterministic)
+        y = WindowAttention(self.num_heads, self.window, self.shift, **self.attention_options(),
+                            name='attn')(y, deterministic=deterministic)
         x = x + drop_path(y, deterministic=deterministic)
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm2')(x)
-        y = layers.MlpBlock(int(dim * self.mlp_ratio), dropout_rate=self.proj_drop_rate,
+        y = layers.MlpBlock(int(dim * self.mlp_ratio), dropout_rate=self.drop_rate,
                             act_layer='gelu', dtype=self.dtype, kernel_init=layers.trunc_normal,
                             bias_init=nn.initializers.zeros, name='mlp')(
                                 y, deterministic=deterministic)
@@ -152,7 +143,7 @@ class PatchMerging(nn.Module):
                         kernel_init=layers.trunc_normal, name='reduction')(x)
 
 
-class SwinStage(nn.Module):
+class SwinStage(layers.AttentionOptions):
     """Patch merging (all stages but the first, as timm), then `depth` blocks with the shift on
     every second one. `[batch, h, w, c] -> [batch, h', w', dim]`."""
 
@@ -163,11 +154,7 @@ class SwinStage(nn.Module):
     shift: int
     downsample: bool
     mlp_ratio: float = 4.0
-    proj_drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     drop_path_rates: tuple[float, ...] = ()
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -176,8 +163,8 @@ class SwinStage(nn.Module):
         for j in range(self.depth):
             x = layers.remat_block(SwinBlock)(
                 self.num_heads, self.window, self.shift if j % 2 else 0, self.mlp_ratio,
-                self.proj_drop_rate, self.attn_drop_rate, self.drop_path_rates[j],
-                self.attn_impl, self.dtype, name=f'blocks_{j}')(x, deterministic)
+                self.drop_path_rates[j], **self.attention_options(), name=f'blocks_{j}')(
+                    x, deterministic)
         return x
 
 
@@ -213,7 +200,7 @@ def valid_img_sizes(img_size: int, patch_size: int, window_size: int, num_stages
     return f'{below} or {above}' if below else str(above)
 
 
-class SwinTransformer(nn.Module, contract.Family):
+class SwinTransformer(layers.AttentionOptions, contract.Family):
     """Swin: images `[batch, img_size, img_size, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `embed_dim` doubles at each stage; shifted windows on every
@@ -229,12 +216,8 @@ class SwinTransformer(nn.Module, contract.Family):
     depths: tuple[int, ...] = (2, 2, 6, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     mlp_ratio: float = 4.0
-    drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
 
     stem_layers = r'(patch_embed|patch_norm)/'
     block_layers = ((r'layers_(\d+)/downsample/', (0,)), (r'layers_(\d+)/blocks_(\d+)/', ()))
@@ -299,10 +282,9 @@ class SwinTransformer(nn.Module, contract.Family):
             first = sum(self.depths[:i])
             x = SwinStage(self.embed_dim * 2 ** i, depth, heads, window, shift,
                           downsample=i > 0, mlp_ratio=self.mlp_ratio,
-                          proj_drop_rate=self.proj_drop_rate, attn_drop_rate=self.attn_drop_rate,
                           drop_path_rates=tuple(rates[first:first + depth]),
-                          attn_impl=self.attn_impl, dtype=self.dtype, name=f'layers_{i}')(
-                              x, deterministic=not train)
+                          **self.attention_options() | {'drop_rate': self.proj_drop_rate},
+                          name=f'layers_{i}')(x, deterministic=not train)
             x = nn.with_logical_constraint(x, ('batch', 'height', 'width', 'embed'))
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name='norm')(x)
         x = x.mean(axis=(1, 2))

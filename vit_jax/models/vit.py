@@ -27,17 +27,13 @@ CLASSIFIERS = ('token', 'gap')
 POS_EMBEDS = ('learned', 'sincos1d', 'sincos2d', 'none')
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(layers.AttentionOptions):
     """Pre-norm transformer block: `[batch, tokens, dim] -> [batch, tokens, dim]`."""
 
     num_heads: int
     mlp_dim: int
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     act_layer: str = 'gelu_tanh'
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
     norm_eps: float = 1e-6
 
     @nn.compact
@@ -47,12 +43,12 @@ class EncoderBlock(nn.Module):
         drop_path = functools.partial(layers.DropPath(self.drop_path_rate), rate=drop_path_rate)
         y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='LayerNorm_0')(x)
         y = layers.MultiHeadAttention(
-            self.num_heads, dropout_rate=self.attn_dropout_rate, impl=self.attn_impl,
+            self.num_heads, dropout_rate=self.attn_drop_rate, impl=self.attn_impl,
             dtype=self.dtype, name='MultiHeadDotProductAttention_1')(y, deterministic=deterministic)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = nn.Dropout(self.drop_rate)(y, deterministic=deterministic)
         x = x + drop_path(y, deterministic=deterministic)
         y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name='LayerNorm_2')(x)
-        y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, act_layer=self.act_layer,
+        y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.drop_rate, act_layer=self.act_layer,
                             dtype=self.dtype, name='MlpBlock_3')(y, deterministic=deterministic)
         return nn.with_logical_constraint(x + drop_path(y, deterministic=deterministic),
                                           ('batch', 'tokens', 'embed'))
@@ -69,7 +65,7 @@ def _scanned_block(block: EncoderBlock, x: jax.Array, rate: jax.Array | None,
     return block(x, deterministic, rate), None
 
 
-class Encoder(nn.Module):
+class Encoder(layers.AttentionOptions):
     """Position embedding, `depth` blocks and the final LayerNorm.
 
     `[batch, prefix + h * w, dim] -> [batch, prefix + h * w, dim]`, where the first
@@ -83,12 +79,8 @@ class Encoder(nn.Module):
     grid: tuple[int, int]
     num_prefix_tokens: int = 1
     pos_embed: str = 'learned'
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     act_layer: str = 'gelu_tanh'
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
     norm_eps: float = 1e-6
     remat: bool = False
     scan_layers: bool = False
@@ -103,12 +95,10 @@ class Encoder(nn.Module):
                 layers.sincos_2d(h, w, dim)
             pe = np.pad(pe, ((0, 0), (self.num_prefix_tokens, 0), (0, 0)))
             x = x + jnp.asarray(pe, x.dtype)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
         block = layers.remat_block(EncoderBlock, full=self.remat)
         rates = layers.drop_path_rates(self.drop_path_rate, self.depth)
-        options = dict(dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
-                       act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
-                       norm_eps=self.norm_eps)
+        options = dict(self.attention_options(), act_layer=self.act_layer, norm_eps=self.norm_eps)
         if self.scan_layers:
             # One block traced once; its parameters (and sown attention weights) get a leading
             # layer axis; each layer draws its own dropout keys and reads its drop-path rate.
@@ -135,7 +125,7 @@ def _short_name(name: str) -> str:
     return re.sub(r'([a-zA-Z])_(\d)', r'\1\2', short if short.startswith('G_') else short.lower())
 
 
-class VisionTransformer(nn.Module, contract.Family):
+class VisionTransformer(layers.AttentionOptions, contract.Family):
     """ViT: images `[batch, height, width, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `patch_kernel_size` > `patch_size` (with `patch_padding`) makes
@@ -175,12 +165,8 @@ class VisionTransformer(nn.Module, contract.Family):
     patch_kernel_size: int | None = None
     patch_padding: int = 0
     representation_size: int | None = None
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     act_layer: str = 'gelu_tanh'
-    attn_impl: str = 'fused'
-    dtype: str = 'float32'
     in_chans: int = 3
     head_bias_init: float = 0.0
     norm_eps: float = 1e-6
@@ -288,11 +274,9 @@ class VisionTransformer(nn.Module, contract.Family):
                                  for t in tokens] + [x], 1)
         x = Encoder(
             self.depth, self.num_heads, self.mlp_dim or int(self.embed_dim * self.mlp_ratio),
-            grid=(h, w),
-            num_prefix_tokens=prefix, pos_embed=self.pos_embed, dropout_rate=self.drop_rate,
-            attn_dropout_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
-            act_layer=self.act_layer, attn_impl=self.attn_impl, dtype=self.dtype,
-            norm_eps=self.norm_eps, remat=self.remat, scan_layers=self.scan_layers,
+            grid=(h, w), num_prefix_tokens=prefix, pos_embed=self.pos_embed,
+            drop_path_rate=self.drop_path_rate, act_layer=self.act_layer, norm_eps=self.norm_eps,
+            remat=self.remat, scan_layers=self.scan_layers, **self.attention_options(),
             name='Transformer')(x, deterministic=not train)
         if self.distilled and self.dist_head:
             return self._distilled_heads(layers.token(x, 0), layers.token(x, 1), train)

@@ -138,8 +138,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     evaluated: `ema_accuracy`, `ema_loss`).
 
     `datasets(config, start)` returns `(train_iterator, make_eval_iterator, info)` with the
-    train stream starting after `start` examples; the default is `vit_jax.data.create_datasets`
-    (TensorFlow), `vit_jax.data.arrays.array_datasets` serves numpy arrays.
+    train stream starting after `start` examples; the default is `vit_jax.data.Dataset`
+    (TensorFlow; the data opened once per launch), `vit_jax.data.arrays.array_datasets` serves
+    numpy arrays.
     """
     config_keys.validate(config)
     run_dir = Workdir(workdir)
@@ -157,7 +158,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Workdir, lock: WorkdirLoc
            datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
            diff: dict[str, tuple[Any, Any]]) -> dict[str, float]:
     """`train` once the workdir is checked and locked."""
-    info = _dataset_info(config, datasets)
+    datasets, info = _open_data(config, datasets)
     workdir.check_classes(info.class_names)
     run = setup(config, info.num_classes, make_mesh(config))
     sharding.check_input_split(run.mesh.devices)
@@ -186,7 +187,6 @@ def _train(config: ml_collections.ConfigDict, workdir: Workdir, lock: WorkdirLoc
     progress.print(f'{config.model_name}: {n_params:,} parameters; {info.num_train:,} train / '
                    f'{info.num_eval:,} eval examples of {info.name!r}, {info.num_classes} classes; '
                    f'mesh {dict(run.mesh.shape)} over {jax.process_count()} process(es).')
-    datasets = datasets or _create_datasets
     train_iter, make_eval_iter, _ = datasets(config, examples_seen)
     fewshot_eval = _fewshot_evaluation(config, run, datasets, make_eval_iter, info)
     start = time.perf_counter()
@@ -214,23 +214,18 @@ def _train(config: ml_collections.ConfigDict, workdir: Workdir, lock: WorkdirLoc
     return final
 
 
-def _dataset_info(config: ml_collections.ConfigDict,
-                  datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
-                  ) -> DatasetInfo:
-    """The dataset's info before its streams are built: `vit_jax.data.dataset_info` (reads
-    metadata only), or the info of a given `datasets` callable, whose streams at position 0
-    are left unread."""
+def _open_data(config: ml_collections.ConfigDict,
+               datasets: Callable[[ml_collections.ConfigDict, int], Datasets] | None,
+               ) -> tuple[Callable[[ml_collections.ConfigDict, int], Datasets], DatasetInfo]:
+    """`(datasets, info)` before any stream is built: by default `vit_jax.data.Dataset`, the
+    data opened once for the whole run (its metadata read, folder images checked); else the
+    given `datasets` callable and its info, its streams at position 0 left unread."""
     if datasets is not None:
-        return datasets(config, 0)[2]
+        return datasets, datasets(config, 0)[2]
     from vit_jax import data  # the input pipeline imports TensorFlow: only when used
 
-    return data.dataset_info(config)
-
-
-def _create_datasets(config: ml_collections.ConfigDict, start: int) -> Datasets:
-    from vit_jax import data  # the input pipeline imports TensorFlow: only when used
-
-    return data.create_datasets(config, start)
+    dataset = data.Dataset(config)
+    return dataset, dataset.info
 
 
 def _loop(config: ml_collections.ConfigDict, run: Setup, state: TrainState,
