@@ -18,6 +18,7 @@ from vit_jax.analysis import attention
 from vit_jax.models import layers
 from vit_jax.train import optim, sharding, step
 from vit_jax.train.loop import train
+from vit_jax.train.workdir import Workdir
 
 SMALL = dict(num_classes=5, img_size=16, patch_size=4, embed_dim=16, depth=3, num_heads=2,
              drop_rate=0.0)
@@ -209,6 +210,15 @@ def test_resuming_with_the_other_scan_setting_is_a_clear_error(tmp_path):
         return train(config, str(tmp_path), datasets=data)
 
     run('False')
+    with pytest.raises(ConfigError, match=r'holds a run of another config \(model.scan_layers='
+                                          r'False there, True here\); rerun with its values'):
+        run('True')  # the run record refuses it before any checkpoint is opened
+    config = scale_worker.make_config([('model.scan_layers', 'True')])
+    model = vit_jax.create_model('testing', **config_lib.model_overrides(config),
+                                 num_classes=scale_worker.NUM_CLASSES, img_size=8)
+    scanned = step.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (1, 8, 8, 3))
+    checkpointer = Workdir(str(tmp_path)).checkpointer(every=0, keep=1, read_only=True)
     with pytest.raises(ConfigError, match='written with --config.model.scan_layers=False; '
                                           'resume with that setting'):
-        run('True')
+        checkpointer.restore(scanned, 'testing')  # and so would the checkpoint
+    checkpointer.close()
