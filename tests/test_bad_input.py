@@ -198,6 +198,12 @@ def test_predict_refuses_bad_options_and_class_files(tmp_path, capsys):
     (tmp_path / 'classes.txt').write_bytes(b'\xffcat\n')
     with pytest.raises(VitJaxError, match=r'classes.txt is not UTF-8 text; save the class names'):
         predict.class_names(1, str(tmp_path / 'classes.txt'))
+    with pytest.raises(VitJaxError, match=r'Is a directory; give a file, not a folder, as '
+                                          r'--classes$'):
+        predict.class_names(1, str(tmp_path))
+    with pytest.raises(VitJaxError, match=r'Not a directory; a part of the path is a file, not a '
+                                          r'folder: fix --classes$'):
+        predict.class_names(1, str(tmp_path / 'classes.txt' / 'names.txt'))
 
 
 @pytest.mark.parametrize('text, message', [

@@ -261,8 +261,10 @@ _HINTS = {
     errno.ENOSPC: 'free some space',
     errno.EDQUOT: 'free some of your quota',
     errno.EROFS: 'use a writable {what}',
-    errno.EACCES: 'use a {what} this user may write to',
-    errno.EPERM: 'use a {what} this user may write to',
+    errno.EACCES: 'use a {what} this user may access',
+    errno.EPERM: 'use a {what} this user may access',
+    errno.EISDIR: 'give a file, not a folder, as {what}',
+    errno.ENOTDIR: 'a part of the path is a file, not a folder: fix {what}',
 }
 
 

@@ -204,7 +204,9 @@ class SwinTransformer(layers.AttentionOptions, contract.Family):
     """Swin: images `[batch, img_size, img_size, in_chans]` -> logits `[batch, num_classes]`.
 
     Options use timm's names. `embed_dim` doubles at each stage; shifted windows on every
-    second block. `num_classes=0` returns the pooled features `[batch, embed_dim * 2**3]`.
+    second block. `drop_rate` drops the pooled features before the head, `proj_drop_rate` the
+    blocks' attention outputs and MLP activations. `num_classes=0` returns the pooled features
+    `[batch, embed_dim * 2**3]`.
     """
 
     num_classes: int = 1000
