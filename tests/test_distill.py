@@ -163,23 +163,42 @@ def test_teacher_weights_that_do_not_fit_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_distilled_student_beats_the_same_student_alone_on_digits(digits_config, tmp_path):
-    """The main job's ViT (98.6 % held out) teaches a distilled ViT-digits (class and
-    distillation tokens) for 400 steps; alone, the same student reaches 96.4 %, with the teacher
-    (hard distillation) 97.5 % (measured; one seed)."""
+def test_the_distillation_head_learns_the_teacher_and_the_class_head_the_labels(digits_config,
+                                                                                 tmp_path):
+    """A distilled ViT-digits (class and distillation tokens) trained 400 steps with hard
+    distillation from the main job's ViT (98.6 % held out) whose head is shifted one class
+    (it answers `(label + 1) % 10`): on the held-out digits its class head answers the labels
+    and its distillation head the teacher's answers, each for more than 90 % of the images
+    (97.2 % each, measured)."""
+    # A teacher answering right gains a student of its own architecture nothing measurable on
+    # digits: docs/recipes.md, scripts/distill_digits.py.
+    from vit_jax import data, inference
+    from vit_jax.data.device import model_inputs
     from vit_jax.train import loop
 
     teacher_dir = str(tmp_path / 'teacher')
-    teacher = loop.train(digits_config(), teacher_dir)
-    student = [('total_steps', '400'), ('warmup_steps', '20'), ('eval_every', '400'),
-               ('checkpoint_every', '400'), ('model.distilled', 'True'),
-               ('model.classifier', 'token')]
-    alone = loop.train(digits_config(*student), str(tmp_path / 'alone'))
-    taught = loop.train(digits_config(
-        *student, ('distill.type', 'hard'), ('teacher.model', 'ViT-digits'),
-        ('teacher.weights', f'{teacher_dir}/weights.npz')), str(tmp_path / 'taught'))
-    assert teacher['accuracy'] > 0.97
-    assert taught['accuracy'] >= alone['accuracy'] + 0.01, (alone, taught)
+    assert loop.train(digits_config(), teacher_dir)['accuracy'] > 0.97
+    shifted = {k: np.roll(v, 1, axis=-1) if k.startswith('head/') else v
+               for k, v in np.load(f'{teacher_dir}/weights.npz').items()}
+    np.savez(tmp_path / 'shifted.npz', **shifted)
+    config = digits_config(
+        ('total_steps', '400'), ('warmup_steps', '20'), ('eval_every', '400'),
+        ('checkpoint_every', '400'), ('model.distilled', 'True'), ('model.classifier', 'token'),
+        ('distill.type', 'hard'), ('teacher.model', 'ViT-digits'),
+        ('teacher.weights', str(tmp_path / 'shifted.npz')))
+    loop.train(config, str(tmp_path / 'student'))
+    student = inference.load(workdir=str(tmp_path / 'student'))
+    heads, labels = [[], []], []
+    for batch in data.Dataset(config)(config)[1]():
+        images = model_inputs(batch, config.pp.normalize)
+        both = student.model.apply(student.variables, images, train=True)
+        for answers, logits in zip(heads, both, strict=True):
+            answers.append(np.asarray(logits.argmax(-1))[batch['mask'] > 0])
+        labels.append(batch['label'][batch['mask'] > 0])
+    labels, (head, head_dist) = np.concatenate(labels), map(np.concatenate, heads)
+    assert len(labels) == 360
+    assert (head == labels).mean() > 0.9, (head == labels).mean()
+    assert (head_dist == (labels + 1) % 10).mean() > 0.9, (head_dist == (labels + 1) % 10).mean()
 
 
 def test_a_distilled_vit_needs_a_class_token():
