@@ -150,6 +150,9 @@ def edit_json(path, **changes):
     (lambda d: edit_json(d / 'config.json', hidden_size=-192),
      r"config.json' gives embed_dim=-192, which a model cannot have"),
     (lambda d: edit_json(d / 'config.json', num_hidden_layers=0), r'gives depth=0'),
+    (lambda d: edit_json(d / 'config.json', hidden_size=0),
+     r"config.json' gives hidden_size=0, which a model cannot have; download or save the model "
+     r'again$'),
     (lambda d: edit_json(d / 'config.json', image_size='32'), r"gives img_size='32'"),
     (lambda d: edit_json(d / 'config.json', patch_size=16.0), r'gives patch_size=16.0'),
     (lambda d: edit_json(d / 'config.json', intermediate_size=None),

@@ -306,7 +306,12 @@ def hf_model(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
     where = os.path.join(os.fspath(directory), 'config.json')
     try:
         options = family.checkpoints().hf_options(config, frozenset(read(directory)))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+    except ZeroDivisionError:  # a width of 0 divides another (ViT's mlp_ratio)
+        zero = next((f'{k}=0' for k, v in config.items() if v == 0 and not isinstance(v, bool)
+                     and (k.endswith('_size') or k.startswith('num_'))), 'a size of 0')
+        raise ModelError(f'{where!r} gives {zero}, which a model cannot have; download or save '
+                         f'the model again') from None
+    except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f'{where!r} is no {kind} config vit_jax reads ({type(e).__name__}: '
                          f'{e}); download or save the model again') from None
     _check_sizes(family, options, where)
