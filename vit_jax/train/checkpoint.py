@@ -334,8 +334,7 @@ class Checkpointer:
                  jax.tree_util.tree_leaves_with_path(metadata) if hasattr(m, 'shape')}
         wanted = {tree.array_name(p): tuple(np.shape(x)) for p, x in
                   jax.tree_util.tree_leaves_with_path(target)}
-        diff = next((k for k in sorted(saved.keys() | wanted.keys())
-                     if k.startswith('params/') and saved.get(k) != wanted.get(k)), None)
+        diff = next((k for k in _differing(saved, wanted) if k.startswith('params/')), None)
         scanned = [any(tree.layer_axes(k) for k in names) for names in (saved, wanted)]
         if diff is not None and scanned[0] != scanned[1]:
             raise ConfigError(
