@@ -15,7 +15,7 @@ import ml_collections
 from vit_jax.config import adamw_recipe, base_config, model_config, parse_bool, require_pretrained
 from vit_jax.data import known
 from vit_jax.errors import ConfigError
-from vit_jax.models import families, list_models
+from vit_jax.models import families, get_spec, list_models
 
 # The config files' families by lower-case label ('vit': configs/vit.py), each family's short
 # names as its class declares them.
@@ -45,11 +45,12 @@ def model_name(family: str, name: str) -> str:
 def start(family: str, arg: types.SimpleNamespace, **model_options: Any
           ) -> ml_collections.ConfigDict:
     """`base_config()` training `arg.model` (a short or registered name of `family`) with
-    `model_options` on `arg.dataset`."""
+    `model_options` on `arg.dataset`, at the variant's input size (`pp.crop`)."""
     c = base_config()
     c.model_name = model_name(family, arg.model)
     c.model = model_config(c.model_name, **model_options)
     c.dataset = arg.dataset
+    c.pp.crop = get_spec(c.model_name).pretrained_cfg['input_size'][0]
     return c
 
 

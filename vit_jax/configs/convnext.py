@@ -35,7 +35,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
     c = common.start('convnext', arg)
     c.model.drop_path_rate = DROP_PATH[c.model_name.split('_')[1]][arg.ft]
-    c.pp.crop = 224
     c.batch = 512 if arg.ft else 4096
     common.paper_recipe(c, ft=arg.ft, grad_norm_clip=0.0,
                         scratch=dict(epochs=300, warmup_epochs=20, base_lr=4e-3,

@@ -47,8 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, model='tiny_cifar_patch4', dataset='cifar100')
     c = common.start('dhvt', arg, drop_path_rate=0.1)
     recipe = RECIPES.get(c.dataset, OTHER_RECIPE)
-    # Digits are 8x8: upsampled to 16 px (4x4 tokens of patch 4); otherwise the variant's size.
-    c.pp.crop = 16 if c.dataset == 'digits' else 32 if '_cifar_' in c.model_name else 224
+    if c.dataset == 'digits':  # 8x8, upsampled to 16 px: 4x4 tokens of patch 4
+        c.pp.crop = 16
     c.pp.test = known.dataset(c.dataset).test
     c.pp.update(recipe['pp'])
     c.pp.normalize = 'imagenet'

@@ -10,16 +10,19 @@ MODEL is `tiny` (SReT_T), `light_tiny` (SReT_LT), `small` (SReT_S), optionally w
 Recipe (DeiT, as the authors train SReT): AdamW (0.9, 0.999), lr 5e-4 x batch / 512 = 1e-3 at
 batch 1024, weight decay 0.05 (not on biases, norms, coefficients or the position embedding), 5
 warm-up epochs then cosine decay, 300 epochs, no gradient clipping, label smoothing 0.1,
-stochastic depth 0.1, random-resized crops (area 0.08-1) with flips at 224 px, RandAugment
+stochastic depth 0.1, random-resized crops (area 0.08-1) with flips at the variant's size (224
+px; the `finetune_384` / `_512` variants at theirs), RandAugment
 rand-m9-mstd0.5-inc1 (bilinear where DeiT uses bicubic), random erasing 0.25, repeated
 augmentation (3 copies), mixup 0.8 / cutmix 1.0, an EMA of the weights (0.99996), ImageNet
 mean/std normalisation (all but the last off for the quick `digits` check). The authors' README
 reports better results with lr 1e-3 x batch / 512 and 30 warm-up epochs (`--config.base_lr=2e-3
 --config.warmup_steps=37_530`).
 
-DeiT's schedule ends: warm-up from 1e-6, a 1e-5 floor of the cosine decay; and its evaluation at
-224 px: the shorter side resized to 256, the centre 224 cut out (`pp.eval_crop_pct=0.875`). Not
-expressible yet: distillation from a teacher (the `_distill` variants' soft-label loss).
+DeiT's schedule ends: warm-up from 1e-6, a 1e-5 floor of the cosine decay; and its evaluation:
+the shorter side resized to crop / 0.875 (256 for 224), the centre crop cut out
+(`pp.eval_crop_pct=0.875`). The `_distill` variants learn from a teacher with
+`--config.distill.type=soft --config.teacher.model=NAME --config.teacher.weights=FILE`
+(docs/recipes.md).
 """
 
 import ml_collections
@@ -35,7 +38,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, model='tiny', dataset='imagenet2012')
     c = common.start('sret', arg, drop_path_rate=0.1)
     c.pp.train, c.pp.test = 'train', known.dataset(c.dataset).test
-    c.pp.crop = 224
     c.pp.augment = 'inception'
     c.pp.area_min = 0.08
     c.pp.normalize = 'imagenet'

@@ -35,7 +35,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, model='tiny', dataset='cifar10', ft=False)
     c = common.start('swin', arg)
     c.model.drop_path_rate = DROP_PATH[c.model_name.split('_')[1]][arg.ft]
-    c.pp.crop = 384 if c.model_name.endswith('384') else 224
     c.batch = 1024
     common.paper_recipe(c, ft=arg.ft, grad_norm_clip=5.0,
                         scratch=dict(epochs=300, warmup_epochs=20, base_lr=1e-3,
