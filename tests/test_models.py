@@ -281,3 +281,26 @@ def test_hybrid_image_size_error_names_sizes_that_work():
     variables = model.init(jax.random.key(0), x)
     assert model.apply(variables, x).shape == (2, 3)
     assert model.grid == (2, 2)
+
+
+def test_the_remat_policy_keeps_matmuls_and_1x1_convolutions_only():
+    """`layers.save_matmuls` keeps the Dense layers' and 1x1 convolutions' outputs (DHVT's
+    DAFF) for the backward pass and recomputes depthwise convolutions, batched matmuls (XLA's
+    attention) and the elementwise rest."""
+    def step(x, dense, pointwise, depthwise):
+        y = jnp.tanh(x @ dense)  # [batch, h, w, c] @ [c, c]
+        conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1),
+                                 padding='SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        y = conv(y, pointwise)
+        y = conv(y, depthwise, feature_group_count=y.shape[-1])
+        scores = jnp.einsum('bqc,bkc->bqk', y.reshape(2, -1, 4), y.reshape(2, -1, 4))
+        return scores.sum()
+
+    args = [jnp.ones((2, 3, 3, 4)), jnp.ones((4, 4)), jnp.ones((1, 1, 4, 4)),
+            jnp.ones((3, 3, 1, 4))]
+    eqns = jax.make_jaxpr(step)(*args).eqns
+    kinds = [e.primitive.name for e in eqns]
+    saved = [e.primitive.name for e in eqns
+             if layers.save_matmuls(e.primitive, *(v.aval for v in e.invars), **e.params)]
+    assert kinds.count('conv_general_dilated') == 2 and kinds.count('dot_general') == 2
+    assert saved == ['dot_general', 'conv_general_dilated']  # the Dense, the 1x1 convolution

@@ -165,7 +165,7 @@ class DHVTBlock(layers.AttentionOptions):
     daff: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         drop_path = layers.DropPath(self.drop_path_rate)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm1')(x)
         if self.hi_mhsa:
@@ -272,10 +272,10 @@ class DHVT(layers.AttentionOptions, contract.Family):
         if not self.sope:
             x = layers.LearnedPositionEmbedding(name='pos_embed')(x)
         for i, rate in enumerate(layers.drop_path_rates(self.drop_path_rate, self.depth)):
-            x = DHVTBlock(
+            x = layers.remat_block(DHVTBlock)(
                 self.num_heads, int(self.embed_dim * self.mlp_ratio), (rows, cols),
                 qkv_bias=self.qkv_bias, drop_path_rate=rate, hi_mhsa=self.hi_mhsa,
-                daff=self.daff, **self.attention_options(), name=f'blocks_{i}')(x, train=train)
+                daff=self.daff, **self.attention_options(), name=f'blocks_{i}')(x, train)
             x = nn.with_logical_constraint(x, ('batch', 'tokens', 'embed'))
         x = layers.token(nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(x), 0)
         return layers.classifier_head(x, self.num_classes, dtype=self.dtype,

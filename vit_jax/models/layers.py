@@ -266,17 +266,29 @@ ATTENTION_OPTIONS = tuple(f.name for f in dataclasses.fields(AttentionOptions)
 
 def save_matmuls(prim: jax.extend.core.Primitive, *args: Any, **params: Any) -> bool:
     """The remat policy of every family's blocks: the backward pass keeps the outputs of
-    matmuls without batch dimensions (the Dense layers) and of cuDNN's fused attention, and
-    recomputes the rest from them (LayerNorm, activations, residual adds, XLA's attention)."""
-    return prim.name == CUDNN_ATTENTION_FORWARD or \
+    matmuls without batch dimensions (the Dense layers and 1x1 convolutions) and of cuDNN's
+    fused attention, and recomputes the rest from them (LayerNorm, BatchNorm, activations,
+    residual adds, depthwise convolutions, XLA's attention)."""
+    return prim.name == CUDNN_ATTENTION_FORWARD or _pointwise_conv(prim, *args, **params) or \
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
 
 
-def remat_block(block: type[nn.Module], full: bool = False) -> type[nn.Module]:
-    """`block`, whose `__call__(x, deterministic, ...)` takes `deterministic` second, under
-    `nn.remat`: with `full`, its input alone is kept for the backward pass (~1/3 more compute),
-    else what `save_matmuls` keeps."""
-    return nn.remat(block, static_argnums=(2,), policy=None if full else save_matmuls)
+def _pointwise_conv(prim: jax.extend.core.Primitive, *args: Any, **params: Any) -> bool:
+    """Whether `prim` is a 1x1 convolution over all channels: a matmul per pixel."""
+    if prim.name != 'conv_general_dilated' or params['feature_group_count'] != 1:
+        return False
+    kernel, layout = args[1], params['dimension_numbers'].rhs_spec
+    return all(kernel.shape[d] == 1 for d in layout[2:])
+
+
+def remat_block(block: type[nn.Module], full: bool = False,
+                static_args: int = 1) -> type[nn.Module]:
+    """`block`, whose `__call__(x, deterministic, ...)` takes `deterministic` (or `train`)
+    second and `static_args - 1` more static (hashable) arguments after it, under `nn.remat`:
+    with `full`, its input alone is kept for the backward pass (~1/3 more compute), else what
+    `save_matmuls` keeps."""
+    return nn.remat(block, static_argnums=tuple(range(2, 2 + static_args)),
+                    policy=None if full else save_matmuls)
 
 
 def check_images(x: Array, in_chans: int) -> None:

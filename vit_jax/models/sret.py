@@ -93,8 +93,8 @@ class RecursiveBlock(layers.AttentionOptions):
     drop_path_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array, *, groups: int, perm: Array | None,
-                 deterministic: bool) -> Array:
+    def __call__(self, x: Array, deterministic: bool, groups: int,
+                 perm: Array | None = None) -> Array:
         drop_path = layers.DropPath(self.drop_path_rate)
         attn = layers.MultiHeadAttention(self.num_heads, dropout_rate=self.attn_drop_rate,
                                          impl=self.attn_impl, dtype=self.dtype, name='attn')
@@ -151,17 +151,17 @@ class RecursiveStage(layers.AttentionOptions):
         loops = self.depth // self.recursive_num
         perms = iter(perms)
         for r in range(self.recursive_num):
-            block = RecursiveBlock(self.num_heads, int(dim * self.mlp_ratio),
-                                   self.drop_path_rates[r], **self.attention_options(),
-                                   name=f'block_{r}')
+            block = layers.remat_block(RecursiveBlock, static_args=2)(
+                self.num_heads, int(dim * self.mlp_ratio), self.drop_path_rates[r],
+                **self.attention_options(), name=f'block_{r}')
             for loop in range(loops):
                 nll = NonLinearProjection(int(dim * self.np_mlp_ratio), self.drop_rate,
                                           self.dtype, name=f'nll_{r * loops + loop}')
                 if loop == 0:
-                    y = block(x, groups=self.groups1, perm=None, deterministic=not train)
+                    y = block(x, not train, self.groups1)
                     x = nll(y, deterministic=not train)
                     continue
-                y = block(x, groups=self.groups2, perm=next(perms), deterministic=not train)
+                y = block(x, not train, self.groups2, next(perms))
                 y = nll(y, deterministic=not train)
                 x = self._mix_depth(x, y) if train and self.mixed_depth_rate else y
         return x
