@@ -14,6 +14,7 @@ Datasets are only read where they are; what the pipeline writes goes to this mac
 
 from __future__ import annotations
 
+import abc
 import collections
 import concurrent.futures
 import difflib
@@ -199,7 +200,7 @@ def _read(source: Source, threads: int,
     return ds.with_options(options)
 
 
-class OpenDataset:
+class OpenDataset(abc.ABC):
     """A dataset opened once: its `name`, `class_names` and each split's examples by index
     (`split`), each split opened at its first use and then kept. Subclasses say what a split's
     key is (`_key`) and how one is opened (`_open`: its examples and the files left out)."""
@@ -228,34 +229,32 @@ class OpenDataset:
             self._splits[key] = self._open(split)
         return self._splits[key]
 
+    @abc.abstractmethod
     def _key(self, split: str) -> str:
-        raise NotImplementedError
+        """The split's name as the dataset tells its splits apart."""
 
+    @abc.abstractmethod
     def _open(self, split: str) -> tuple[Source, tuple[str, ...]]:
-        raise NotImplementedError
+        """The split's examples and the files left out of it (`'path: reason'` each)."""
 
 
 def open_dataset(config: ml_collections.ConfigDict) -> OpenDataset:
     """The dataset `config.dataset` names: an offline one (`vit_jax.data.known`), an image
-    folder (local or in a bucket) or a prepared tfds dataset; its splits `pp.train` and
-    `pp.test` are opened, their images checked."""
+    folder (local or in a bucket) or a prepared tfds dataset; a folder's classes are read,
+    its splits are opened (their images checked) at their first use."""
     tf.config.set_visible_devices([], 'GPU')  # Accelerators stay JAX's.
     if config.tfds_data_dir and storage.is_remote(config.tfds_data_dir):
         _check_bucket(config.tfds_data_dir, 'tfds_data_dir')
     offline = known.dataset(config.dataset).builder
     if offline:
         builder = importlib.import_module(f'vit_jax.data.{offline}').prepare(config.tfds_data_dir)
-        dataset = TfdsDataset(builder, config.dataset)
-    elif storage.is_remote(config.dataset) or storage.path(config.dataset).is_dir():
-        dataset = FolderDataset(config)
-    elif _looks_like_path(config.dataset):
+        return TfdsDataset(builder, config.dataset)
+    if storage.is_remote(config.dataset) or storage.path(config.dataset).is_dir():
+        return FolderDataset(config)
+    if _looks_like_path(config.dataset):
         raise DataError(f'No such folder {config.dataset!r} (and no tfds name); check the path '
                         f'of --config.dataset.')
-    else:
-        dataset = TfdsDataset(_tfds_builder(config.dataset, config.tfds_data_dir),
-                              config.dataset)
-    dataset.info(config.pp.train, config.pp.test)
-    return dataset
+    return TfdsDataset(_tfds_builder(config.dataset, config.tfds_data_dir), config.dataset)
 
 
 def _looks_like_path(name: str) -> bool:
